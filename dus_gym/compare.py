@@ -1,0 +1,129 @@
+"""Several samplers over several seeds on one task: a table with paired differences to uniform."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from dus_gym.config import RunConfig
+from dus_gym.driver import RunResult, run_training, write_atomic
+from dus_gym.tasks import make_task
+
+REFERENCE = "uniform"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler to compare: its table label, registered name and keyword arguments."""
+
+    label: str
+    name: str
+    kwargs: dict[str, Any]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def paired_interval(values: list[float], reference: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean paired difference and its Student-t confidence interval (nan bounds for one pair)."""
+    d = np.asarray(values, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
+def late_fusion_accuracy(alone: list[RunResult], modalities: tuple[str, ...]) -> float:
+    """Accuracy of the late fusion of separately trained unimodal models (sum of log-probabilities)."""
+    log_p = sum(np.log(run.test.unimodal_probabilities[m] + 1e-12) for run, m in zip(alone, modalities, strict=True))
+    return float((log_p.argmax(1) == alone[0].test.labels).mean())
+
+
+def run_comparison(
+    base: RunConfig,
+    samplers: list[SamplerSpec],
+    seeds: list[int],
+    out_dir: Path | None,
+    alone: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every sampler (and, with ``alone``, every modality trained alone) on every seed.
+
+    Returns the JSON-serialisable record that is also written to ``out_dir/compare.json``.
+    """
+    task = make_task(base.task, **base.task_kwargs)
+    M, B = len(task.modalities), base.learner.batch_size
+    runs: dict[str, list[dict[str, Any]]] = {}
+    late: list[float] = []
+    jobs = [(spec.label, spec.name, spec.kwargs) for spec in samplers]
+    if alone:
+        jobs += [(f"alone:{m}", "constant", {"counts": [B if j == k else 0 for j in range(M)]})
+                 for k, m in enumerate(task.modalities)]
+    for seed in seeds:
+        alone_runs = []
+        for label, name, kwargs in jobs:
+            config = replace(base, sampler=name, sampler_kwargs=kwargs, seed=seed)
+            run_dir = out_dir / label.replace(":", "-") / f"seed{seed}" if out_dir is not None else None
+            result = run_training(config, run_dir=run_dir, task=task, progress=progress)
+            result.summary["label"] = label
+            runs.setdefault(label, []).append(result.summary)
+            if label.startswith("alone:"):
+                alone_runs.append(result)
+        if alone:
+            late.append(late_fusion_accuracy(alone_runs, task.modalities))
+    record = {"task": task.name, "modalities": list(task.modalities), "seeds": list(seeds), "runs": runs,
+              "late_fusion_acc": late}
+    record["table"] = format_table(record)
+    if out_dir is not None:
+        write_atomic(Path(out_dir) / "compare.json", json.dumps(record, indent=2))
+        write_atomic(Path(out_dir) / "table.md", record["table"] + "\n")
+    return record
+
+
+def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = mean_std([v * scale for v in values])
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """A markdown table: mean ± std over seeds, and the paired difference to uniform with its 95 % CI."""
+    modalities = record["modalities"]
+    runs = record["runs"]
+    head = (["sampler", "fused acc"] + [f"acc {m}" for m in modalities] + [f"probe {m}" for m in modalities]
+            + ["Δ fused vs uniform [95% CI]", "final abs(CMD)", "iterations"]
+            + [f"samples {m}" for m in modalities] + ["wall s"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    reference = runs.get(REFERENCE)
+    for label, rs in runs.items():
+        alone_of = label.split(":", 1)[1] if label.startswith("alone:") else None
+        fused = [r["test"]["fused"]["acc"] for r in rs]
+        row = [label, "—" if alone_of else _pm(fused)]
+        for m in modalities:
+            row.append(_pm([r["test"][m]["acc"] for r in rs]) if alone_of in (None, m) else "—")
+        for m in modalities:
+            row.append(_pm([r["probe_acc"][m] for r in rs]) if alone_of in (None, m) else "—")
+        if reference is not None and alone_of is None and label != REFERENCE and len(reference) == len(rs):
+            d, lo, hi = paired_interval(fused, [r["test"]["fused"]["acc"] for r in reference])
+            row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        else:
+            row.append("—")
+        row.append("—" if alone_of else _pm([r["final_gap"] for r in rs], scale=1.0, digits=3))
+        row.append(f"{int(np.mean([r['iterations'] for r in rs]))}")
+        for m in modalities:
+            row.append(f"{np.mean([r['samples_seen'][m] for r in rs]):.0f}")
+        row.append(f"{np.mean([r['train_seconds'] for r in rs]):.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    if record.get("late_fusion_acc"):
+        lines.append("| late fusion (alone models) | " + _pm(record["late_fusion_acc"]) + " |"
+                     + " — |" * (len(head) - 2))
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+"""Explicit, frozen configuration objects, read from YAML mappings with strict key checking."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the multimodal learner trains (DESIGN.md §2)."""
+
+    batch_size: int = 64
+    """Base batch size B: what every modality gets under uniform sampling."""
+    optimizer: str = "sgd"
+    """"sgd" (with momentum) or "adam"."""
+    lr: float = 0.05
+    """Learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 1e-4
+    """L2 weight decay."""
+    unimodal_loss: str = "scaled"
+    """"scaled": each unimodal loss times n(m)/B (the DUS default); "mean": plain batch average."""
+    fusion: str = "concat"
+    """Fusion of the encoders' features: "concat" (a linear head on the concatenation)."""
+    device: str = "cpu"
+    """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available)."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"learner.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.optimizer in ("sgd", "adam"), f"learner.optimizer must be 'sgd' or 'adam', got '{self.optimizer}'")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"learner.lr must be a positive number, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"learner.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"learner.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.unimodal_loss in ("scaled", "mean"),
+               f"learner.unimodal_loss must be 'scaled' or 'mean', got '{self.unimodal_loss}'")
+        _check(self.fusion == "concat", f"learner.fusion must be 'concat', got '{self.fusion}'")
+
+
+@dataclass(frozen=True)
+class CMDConfig:
+    """Where the learning status comes from and how it accumulates (DESIGN.md §2)."""
+
+    source: str = "train"
+    """"train": the modality's own training batch; "probe": a fixed slice held out of training."""
+    probe_size: int = 200
+    """Samples held out of the training split as the probe (used when source is "probe")."""
+    window: int | None = None
+    """None: running mean; w: exponential mean with window w."""
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("train", "probe"), f"cmd.source must be 'train' or 'probe', got '{self.source}'")
+        _check(self.probe_size >= 1, f"cmd.probe_size must be >= 1, got {self.probe_size}")
+        _check(self.window is None or self.window >= 1, f"cmd.window must be >= 1 or null, got {self.window}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: task, learner, CMD, sampler, budget, seed and logging."""
+
+    task: str = "mfeat"
+    """Registered task name, or "package.module:function" for a user's own builder."""
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the task builder."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """Learner settings."""
+    cmd: CMDConfig = field(default_factory=CMDConfig)
+    """CMD monitor settings."""
+    sampler: str = "uniform"
+    """Sampler name (uniform, heuristic, constant)."""
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the sampler (beyond B and M)."""
+    n_iterations: int | None = 1000
+    """Budget in learner iterations (optimizer steps). Exactly one of n_iterations and epochs is set."""
+    epochs: float | None = None
+    """Budget in epochs at the base batch size B: n_iterations = ceil(epochs * n_train / B)."""
+    seed: int = 0
+    """Seed of model initialisation, data order and probe slice."""
+    eval_every: int = 100
+    """Evaluate on the validation split every this many iterations (and at the end)."""
+    log_every: int = 10
+    """Write TensorBoard scalars every this many iterations."""
+    run_dir: str = "runs"
+    """Parent folder of run folders."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+
+    def __post_init__(self) -> None:
+        _check((self.n_iterations is None) != (self.epochs is None),
+               "set exactly one of n_iterations and epochs (the other to null)")
+        _check(self.n_iterations is None or self.n_iterations >= 1,
+               f"n_iterations must be >= 1, got {self.n_iterations}")
+        _check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        _check(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
+
+    def budget(self, n_train: int) -> int:
+        """The budget in learner iterations for a training split of ``n_train`` samples."""
+        if self.n_iterations is not None:
+            return self.n_iterations
+        return max(1, math.ceil(self.epochs * n_train / self.learner.batch_size))
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says what to change."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build the dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {names}"
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path)
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The plain-mapping form of a config (what gets written next to results)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,183 @@
+"""A full training run with any sampler: the loop, TensorBoard scalars and the results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from dus_gym.cmd import CMDMonitor, cmd_observation
+from dus_gym.config import RunConfig, to_dict
+from dus_gym.learner import Evaluation, Learner
+from dus_gym.samplers import Sampler, SamplerState, make_sampler
+from dus_gym.tasks import Task, make_task
+
+
+class DivergedError(RuntimeError):
+    """The learner's loss became NaN or inf."""
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run (``summary`` is what goes into results.json).
+
+    Args:
+        summary: JSON-serialisable metrics and facts of the run.
+        test: the final evaluation on the test split (with probabilities, for late fusion).
+        counts: (iterations, M) counts chosen at every iteration.
+    """
+
+    summary: dict[str, Any]
+    test: Evaluation
+    counts: np.ndarray = field(repr=False)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sampler_state(learner: Learner, monitor: CMDMonitor, counts: np.ndarray, n_iterations: int) -> SamplerState:
+    """What a sampler sees before the learner's next iteration."""
+    progress = learner.iteration / n_iterations
+    B = learner.config.batch_size
+    return SamplerState(
+        iteration=learner.iteration,
+        n_iterations=n_iterations,
+        batch_size=B,
+        cumulative=monitor.cumulative.copy(),
+        discrepancy=monitor.discrepancy.copy(),
+        status=monitor.status.copy(),
+        counts=counts.copy(),
+        observation=cmd_observation(monitor, counts, B, progress),
+    )
+
+
+def run_training(
+    config: RunConfig,
+    run_dir: Path | None = None,
+    task: Task | None = None,
+    sampler: Sampler | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train ``config.task`` with ``config.sampler`` for the budget; log and write results.
+
+    Args:
+        config: the resolved run configuration.
+        run_dir: folder for config.yaml, results.json and TensorBoard events (None: write nothing).
+        task: an already built task (saves rebuilding it across seeds); built from config if None.
+        sampler: an already built sampler; built from config if None.
+        progress: show a progress bar.
+
+    Raises:
+        DivergedError: the loss became NaN/inf; results of the iterations before are not written.
+    """
+    task = task if task is not None else make_task(config.task, **config.task_kwargs)
+    probe_size = config.cmd.probe_size if config.cmd.source == "probe" else 0
+    learner = Learner(task, config.learner, seed=config.seed, probe_size=probe_size)
+    M, B = len(task.modalities), config.learner.batch_size
+    sampler = sampler if sampler is not None else make_sampler(config.sampler, B, M, **config.sampler_kwargs)
+    sampler.reset()
+    monitor = CMDMonitor(M, window=config.cmd.window)
+    n_iterations = config.budget(learner.n_train)
+
+    writer = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    counts = np.full(M, B, dtype=np.int64)
+    history = np.zeros((n_iterations, M), dtype=np.int64)
+    last_status = np.zeros(M)
+    val_curve = []
+    start = time.perf_counter()
+    bar = tqdm(total=n_iterations, desc=f"{task.name}/{sampler.name}/seed{config.seed}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    try:
+        for t in range(n_iterations):
+            counts = np.asarray(sampler.counts(sampler_state(learner, monitor, counts, n_iterations)), dtype=np.int64)
+            stats = learner.step(counts)
+            if not stats.finite:
+                raise DivergedError(
+                    f"the loss became {stats.loss} at iteration {t + 1} ({task.name}, {sampler.name}, "
+                    f"seed {config.seed}); lower learner.lr or check the data"
+                )
+            history[t] = counts
+            if probe_size:
+                status = learner.probe_status()
+            else:  # a modality that drew no sample keeps its last status
+                status = np.where(np.isnan(stats.status), last_status, stats.status)
+            last_status = status
+            monitor.update(status)
+            bar.update(1)
+            if writer is not None and ((t + 1) % config.log_every == 0 or t + 1 == n_iterations):
+                _log_iteration(writer, t + 1, task.modalities, monitor, stats, learner)
+            if (t + 1) % config.eval_every == 0 or t + 1 == n_iterations:
+                val = learner.evaluate("val")
+                val_curve.append({"iteration": t + 1, "fused_acc": val.fused["acc"],
+                                  **{f"acc/{m}": val.unimodal[m]["acc"] for m in task.modalities}})
+                bar.set_postfix(val_acc=f"{val.fused['acc']:.3f}", gap=f"{monitor.gap:.3f}")
+                if writer is not None:
+                    writer.add_scalar("val/fused_acc", val.fused["acc"], t + 1)
+                    for m in task.modalities:
+                        writer.add_scalar(f"val/acc/{m}", val.unimodal[m]["acc"], t + 1)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    train_time = time.perf_counter() - start
+
+    test = learner.evaluate("test")
+    summary = {
+        "task": task.name,
+        "modalities": list(task.modalities),
+        "sampler": sampler.name,
+        "seed": config.seed,
+        "iterations": n_iterations,
+        "epochs": learner.planner.epochs_done,
+        "samples_seen": dict(zip(task.modalities, learner.samples_seen.tolist(), strict=True)),
+        "mean_counts": dict(zip(task.modalities, history.mean(0).tolist(), strict=True)),
+        "test": {"fused": test.fused, **{m: test.unimodal[m] for m in task.modalities}},
+        "probe_acc": {m: learner.linear_probe(m) for m in task.modalities},
+        "final_cmd": dict(zip(task.modalities, monitor.discrepancy.tolist(), strict=True)),
+        "final_gap": monitor.gap,
+        "val_curve": val_curve,
+        "train_seconds": train_time,
+    }
+    if run_dir is not None:
+        write_atomic(run_dir / "results.json", json.dumps(summary, indent=2))
+    return RunResult(summary, test, history)
+
+
+def _log_iteration(writer: Any, step: int, modalities: tuple[str, ...], monitor: CMDMonitor,
+                   stats: Any, learner: Learner) -> None:
+    writer.add_scalar("imbalance/gap", monitor.gap, step)
+    writer.add_scalar("learner/loss", stats.loss, step)
+    writer.add_scalar("learner/loss_fusion", stats.fusion_loss, step)
+    writer.add_scalar("learner/epoch", learner.planner.epochs_done, step)
+    for k, m in enumerate(modalities):
+        writer.add_scalar(f"imbalance/cmd/{m}", monitor.discrepancy[k], step)
+        writer.add_scalar(f"imbalance/cumulative/{m}", monitor.cumulative[k], step)
+        writer.add_scalar(f"imbalance/status/{m}", monitor.status[k], step)
+        writer.add_scalar(f"sampler/count/{m}", stats.counts[k], step)
+        writer.add_scalar(f"learner/loss/{m}", stats.unimodal_losses[k], step)

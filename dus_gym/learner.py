@@ -1,0 +1,258 @@
+"""The multimodal learner: per-modality encoders and heads, a fusion head, one iteration at a time.
+
+One iteration takes per-modality counts and follows the batch plan of DESIGN.md §2:
+loss = CE(fusion) on the paired samples + sum_m w(m) CE(head_m) on modality m's own samples, with
+w(m) = n(m)/B ("scaled", the default) or 1 ("mean"). No Gymnasium here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dus_gym.batch_plan import BatchPlanner
+from dus_gym.cmd import learning_status
+from dus_gym.config import LearnerConfig
+from dus_gym.metrics import classification_metrics, linear_probe_accuracy
+from dus_gym.tasks.base import MultimodalSplit, Task
+
+EVAL_CHUNK = 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn "cpu", "cuda", "cuda:N" or "auto" into a device, with a clear error if CUDA is absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' asked for but CUDA is not available; use device 'cpu' or 'auto'")
+    return device
+
+
+class MultimodalNet(nn.Module):
+    """Encoders, unimodal heads and a concatenation fusion head for a task."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.modalities = task.modalities
+        self.encoders = nn.ModuleDict({m: task.encoders[m]() for m in task.modalities})
+        dims = [int(self.encoders[m].out_dim) for m in task.modalities]
+        self.heads = nn.ModuleDict(
+            {m: nn.Linear(d, task.n_classes) for m, d in zip(task.modalities, dims, strict=True)}
+        )
+        self.fusion = nn.Linear(sum(dims), task.n_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Unimodal logits per modality and fused logits for paired inputs."""
+        encoded = {m: self.encoders[m](features[m]) for m in self.modalities}
+        logits = {m: self.heads[m](encoded[m]) for m in self.modalities}
+        return logits, self.fusion(torch.cat([encoded[m] for m in self.modalities], dim=1))
+
+
+@dataclass(frozen=True)
+class IterationStats:
+    """What one iteration measured.
+
+    Args:
+        loss: the total loss that was back-propagated.
+        fusion_loss: CE of the fusion head on the paired samples (nan when no sample is paired).
+        unimodal_losses: CE of each modality's head on its own samples (nan for a count of 0).
+        status: s(m) on the modality's own training samples (nan for a count of 0).
+        counts: the counts used.
+    """
+
+    loss: float
+    fusion_loss: float
+    unimodal_losses: np.ndarray
+    status: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def finite(self) -> bool:
+        """False when the loss diverged (NaN or inf)."""
+        return bool(np.isfinite(self.loss))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Predictions and metrics on one split.
+
+    Args:
+        fused: accuracy, f1 and map of the fusion head.
+        unimodal: per modality, the same metrics of its own head.
+        fused_probabilities: (n, classes) softmax of the fusion head.
+        unimodal_probabilities: per modality, (n, classes) softmax of its head.
+        labels: true classes.
+    """
+
+    fused: dict[str, float]
+    unimodal: dict[str, dict[str, float]]
+    fused_probabilities: np.ndarray
+    unimodal_probabilities: dict[str, np.ndarray]
+    labels: np.ndarray
+
+
+class Learner:
+    """Trains a :class:`MultimodalNet` on a task, one iteration per call of :meth:`step`.
+
+    Args:
+        task: the task (data and encoders).
+        config: learner settings.
+        seed: seeds model initialisation, data order and the probe slice (no global RNG is touched).
+        probe_size: samples held out of the training split as the CMD probe (0 for none).
+    """
+
+    def __init__(self, task: Task, config: LearnerConfig, seed: int = 0, probe_size: int = 0) -> None:
+        self.task = task
+        self.config = config
+        self.seed = seed
+        self.device = resolve_device(config.device)
+        self.generator = torch.Generator().manual_seed(seed)
+        train = task.splits["train"]
+        if probe_size >= len(train):
+            raise ValueError(f"probe_size ({probe_size}) must be smaller than the training split ({len(train)})")
+        order = torch.randperm(len(train), generator=self.generator)
+        self.probe = train.subset(order[:probe_size]).to(self.device) if probe_size else None
+        self.train_split = train.subset(torch.sort(order[probe_size:]).values).to(self.device)
+        self.planner = BatchPlanner(len(self.train_split), self.generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = MultimodalNet(task).to(self.device)
+        self.optimizer = self._build_optimizer()
+        self.iteration = 0
+        self.samples_seen = np.zeros(len(task.modalities), dtype=np.int64)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modality names in count order."""
+        return self.task.modalities
+
+    @property
+    def n_train(self) -> int:
+        """Samples the learner trains on (the training split less the probe)."""
+        return len(self.train_split)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "adam":
+            return torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def step(self, counts: Sequence[int]) -> IterationStats:
+        """Run one optimizer step with ``counts[m]`` samples of modality m."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != (len(self.modalities),):
+            raise ValueError(f"counts must have {len(self.modalities)} entries (one per modality "
+                             f"{list(self.modalities)}), got {counts.tolist()}")
+        plan = self.planner.plan(counts.tolist())
+        data, labels = self.train_split.features, self.train_split.labels
+        self.model.train()
+        loss = torch.zeros((), device=self.device)
+        encoded = {}
+        unimodal_losses = np.full(len(counts), np.nan)
+        status = np.full(len(counts), np.nan)
+        B = self.config.batch_size
+        for k, m in enumerate(self.modalities):
+            if counts[k] == 0:
+                continue
+            index = plan.modality_indices(k).to(self.device)
+            encoded[m] = self.model.encoders[m](data[m][index])
+            logits = self.model.heads[m](encoded[m])
+            target = labels[index]
+            ce = F.cross_entropy(logits, target)
+            weight = counts[k] / B if self.config.unimodal_loss == "scaled" else 1.0
+            loss = loss + weight * ce
+            unimodal_losses[k] = float(ce.detach())
+            status[k] = learning_status(logits.detach().softmax(1), target)
+        fusion_loss = float("nan")
+        if plan.n_paired > 0:
+            paired = torch.cat([encoded[m][: plan.n_paired] for m in self.modalities], dim=1)
+            ce = F.cross_entropy(self.model.fusion(paired), labels[plan.paired_indices.to(self.device)])
+            loss = loss + ce
+            fusion_loss = float(ce.detach())
+        total = float(loss.detach())
+        if np.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        self.iteration += 1
+        self.samples_seen += counts
+        return IterationStats(total, fusion_loss, unimodal_losses, status, counts)
+
+    @torch.no_grad()
+    def predict(self, split: MultimodalSplit) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Softmax outputs of every unimodal head and of the fusion head on ``split``."""
+        self.model.eval()
+        unimodal: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
+        fused = []
+        for start in range(0, len(split), EVAL_CHUNK):
+            chunk = {m: x[start : start + EVAL_CHUNK].to(self.device) for m, x in split.features.items()}
+            logits, fused_logits = self.model(chunk)
+            for m in self.modalities:
+                unimodal[m].append(logits[m].softmax(1).float().cpu())
+            fused.append(fused_logits.softmax(1).float().cpu())
+        return {m: torch.cat(p).numpy() for m, p in unimodal.items()}, torch.cat(fused).numpy()
+
+    def probe_status(self) -> np.ndarray:
+        """s(m) of every modality on the held-out probe slice."""
+        if self.probe is None:
+            raise ValueError("this learner has no probe slice (probe_size=0)")
+        unimodal, _ = self.predict(self.probe)
+        labels = self.probe.labels.cpu().numpy()
+        return np.array([float(unimodal[m][np.arange(len(labels)), labels].mean()) for m in self.modalities])
+
+    def evaluate(self, split_name: str) -> Evaluation:
+        """Metrics of the fusion head and of every unimodal head on a split of the task."""
+        split = self.task.splits[split_name]
+        unimodal, fused = self.predict(split)
+        labels = split.labels.numpy()
+        n = self.task.n_classes
+        return Evaluation(
+            fused=classification_metrics(fused, labels, n),
+            unimodal={m: classification_metrics(p, labels, n) for m, p in unimodal.items()},
+            fused_probabilities=fused,
+            unimodal_probabilities=unimodal,
+            labels=labels,
+        )
+
+    @torch.no_grad()
+    def encode(self, split: MultimodalSplit, modality: str) -> np.ndarray:
+        """Features of ``modality``'s encoder on ``split`` (for linear probes)."""
+        self.model.eval()
+        encoder = self.model.encoders[modality]
+        parts = [encoder(split.features[modality][s : s + EVAL_CHUNK].to(self.device)).float().cpu()
+                 for s in range(0, len(split), EVAL_CHUNK)]
+        return torch.cat(parts).numpy()
+
+    def linear_probe(self, modality: str, split_name: str = "test") -> float:
+        """Accuracy of a linear classifier on the frozen features of ``modality``'s encoder."""
+        train = self.train_split
+        test = self.task.splits[split_name]
+        return linear_probe_accuracy(
+            self.encode(train, modality), train.labels.cpu().numpy(),
+            self.encode(test, modality), test.labels.numpy(),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, data walk and counters."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "planner": self.planner.state_dict(),
+            "iteration": self.iteration,
+            "samples_seen": self.samples_seen.tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state saved by :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.planner.load_state_dict(state["planner"])
+        self.iteration = int(state["iteration"])
+        self.samples_seen = np.asarray(state["samples_seen"], dtype=np.int64)

@@ -1,0 +1,59 @@
+"""Built-in tasks and the name -> builder table through which tasks are found."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
+from dus_gym.tasks.mfeat import make_mfeat
+from dus_gym.tasks.synthetic import make_synthetic
+
+TaskBuilder = Callable[..., Task]
+
+TASKS: dict[str, TaskBuilder] = {"mfeat": make_mfeat, "synthetic": make_synthetic}
+"""Task name -> builder (a function of keyword arguments that returns a :class:`Task`)."""
+
+
+def register_task(name: str, builder: TaskBuilder) -> None:
+    """Make ``builder`` available under ``name`` (for ``make_task`` and run configs)."""
+    if not callable(builder):
+        raise TypeError(f"task builder for '{name}' must be callable, got {builder!r}")
+    TASKS[name] = builder
+
+
+def resolve_task_builder(name: str) -> TaskBuilder:
+    """Find a builder by registered name, or by a ``"package.module:function"`` path."""
+    if name in TASKS:
+        return TASKS[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            builder = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot import task builder '{name}': {err}") from err
+        if not callable(builder):
+            raise ValueError(f"task builder '{name}' is not callable")
+        return builder
+    close = difflib.get_close_matches(name, TASKS, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ValueError(f"unknown task '{name}'{hint}; known: {sorted(TASKS)}, or give 'package.module:function'")
+
+
+def make_task(name: str, **kwargs: Any) -> Task:
+    """Build the task ``name`` with keyword arguments ``kwargs``."""
+    builder = resolve_task_builder(name)
+    try:
+        inspect.signature(builder).bind(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad arguments for task '{name}': {err}") from err
+    return builder(**kwargs)
+
+
+__all__ = [
+    "TASKS", "MLPEncoder", "MultimodalSplit", "SmallCNNEncoder", "Task", "make_mfeat", "make_synthetic",
+    "make_task", "register_task", "resolve_task_builder",
+]

@@ -1,0 +1,112 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dus_gym.config import LearnerConfig
+from dus_gym.learner import Learner
+from dus_gym.tasks import make_task
+
+
+@pytest.fixture(scope="module")
+def mfeat():
+    return make_task("mfeat", pix_encoder="mlp", hidden_dim=32)
+
+
+def hand_loss(learner, counts, scaled):
+    """DESIGN.md §2 loss on the window the planner is about to give, from a copy of the model."""
+    planner = copy.deepcopy(learner.planner)
+    window = planner.plan(counts).window
+    model, data = learner.model, learner.train_split
+    y = data.labels
+    total, feats = 0.0, {}
+    for k, m in enumerate(learner.modalities):
+        idx = window[: counts[k]]
+        feats[m] = model.encoders[m](data.features[m][idx])
+        w = counts[k] / learner.config.batch_size if scaled else 1.0
+        total += w * F.cross_entropy(model.heads[m](feats[m]), y[idx]).item()
+    n = min(counts)
+    fused = model.fusion(torch.cat([feats[m][:n] for m in learner.modalities], 1))
+    return total + F.cross_entropy(fused, y[window[:n]]).item()
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_iteration_loss_follows_the_batch_plan(mfeat, scaled):
+    config = LearnerConfig(batch_size=16, unimodal_loss="scaled" if scaled else "mean")
+    learner = Learner(mfeat, config, seed=1)
+    for counts in ([8, 24], [30, 5], [16, 16]):
+        expected = hand_loss(learner, counts, scaled)
+        stats = learner.step(counts)
+        assert stats.loss == pytest.approx(expected, rel=1e-5)
+    assert learner.samples_seen.tolist() == [54, 45]
+    assert learner.planner.cursor == 24 + 30 + 16
+
+
+def test_zero_count_trains_one_modality_alone(mfeat):
+    learner = Learner(mfeat, LearnerConfig(batch_size=16), seed=0)
+    before = copy.deepcopy(learner.model.encoders["fou"].state_dict())
+    fusion_before = learner.model.fusion.weight.clone()
+    stats = learner.step([16, 0])
+    assert np.isnan(stats.fusion_loss) and np.isnan(stats.status[1]) and not np.isnan(stats.status[0])
+    after = learner.model.encoders["fou"].state_dict()
+    # weight decay still acts on every parameter, but no loss gradient reaches fou or the fusion head
+    decay = 1 - learner.config.lr * learner.config.weight_decay
+    for key in before:
+        assert torch.allclose(after[key], before[key] * decay, atol=1e-7)
+    assert torch.allclose(learner.model.fusion.weight, fusion_before * decay, atol=1e-7)
+
+
+def test_learner_learns(mfeat):
+    learner = Learner(mfeat, LearnerConfig(), seed=0)
+    chance = 1 / mfeat.n_classes
+    start = learner.evaluate("val").fused["acc"]
+    for _ in range(150):
+        learner.step([64, 64])
+    result = learner.evaluate("test")
+    assert start < 0.3
+    assert result.fused["acc"] > 0.9 and result.fused["acc"] > 5 * chance
+    assert result.unimodal["pix"]["acc"] > 0.85
+    assert 0.5 < result.fused["f1"] <= 1 and 0.5 < result.fused["map"] <= 1
+    assert learner.linear_probe("fou") > 0.6
+
+
+def test_same_seed_same_run_other_seed_differs(mfeat):
+    def run(seed):
+        learner = Learner(mfeat, LearnerConfig(batch_size=32), seed=seed)
+        return [learner.step([20, 40]).loss for _ in range(5)]
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_probe_slice_is_held_out(mfeat):
+    learner = Learner(mfeat, LearnerConfig(), seed=0, probe_size=200)
+    assert learner.n_train == 1000 and len(learner.probe) == 200
+    def rows(split):
+        return {tuple(r) for r in torch.cat([split.features["pix"], split.features["fou"]], 1).numpy()}
+    full = rows(mfeat.splits["train"])
+    assert len(full) >= 1195  # nearly every training digit distinct (a few pix-fou duplicates exist)
+    assert len(rows(learner.probe) & rows(learner.train_split)) <= 1200 - len(full)
+    assert rows(learner.probe) | rows(learner.train_split) == full
+    status = learner.probe_status()
+    assert status.shape == (2,) and np.all((status > 0) & (status < 1))
+
+
+def test_state_dict_round_trip(mfeat):
+    a = Learner(mfeat, LearnerConfig(batch_size=32), seed=0)
+    for _ in range(3):
+        a.step([10, 40])
+    b = Learner(mfeat, LearnerConfig(batch_size=32), seed=7)
+    assert not torch.equal(a.model.fusion.weight, b.model.fusion.weight)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    assert [a.step([40, 10]).loss for _ in range(3)] == [b.step([40, 10]).loss for _ in range(3)]
+
+
+def test_bad_counts_and_device(mfeat):
+    learner = Learner(mfeat, LearnerConfig(), seed=0)
+    with pytest.raises(ValueError, match="2 entries"):
+        learner.step([64, 64, 64])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Learner(mfeat, LearnerConfig(device="cuda"), seed=0)
