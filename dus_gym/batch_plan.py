@@ -82,6 +82,12 @@ class BatchPlanner:
                 self.epoch += 1
         return BatchPlan(torch.cat(parts), counts)
 
+    def reseed(self, seed: int) -> None:
+        """Start a fresh walk (new order, cursor 0, epoch kept) from ``seed``."""
+        self.generator.manual_seed(seed)
+        self.order = torch.randperm(self.n_train, generator=self.generator)
+        self.cursor = 0
+
     def state_dict(self) -> dict[str, Any]:
         """What resumes the walk exactly (order, cursor, epoch, generator state)."""
         return {"order": self.order.clone(), "cursor": self.cursor, "epoch": self.epoch,

@@ -8,7 +8,6 @@ Configuration is resolved in this order, later wins: the RunConfig defaults; the
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from collections.abc import Sequence
@@ -18,41 +17,7 @@ from typing import Any
 import yaml
 
 from dus_gym.config import ConfigError, RunConfig, from_dict
-
-PACKAGE_ROOT = Path(__file__).resolve().parent
-
-
-def specs_dir(kind: str) -> Path:
-    """Folder of the shipped specs: ``envs`` or ``agents`` (in the wheel, or the source checkout)."""
-    packaged = PACKAGE_ROOT / "_specs" / kind
-    return packaged if packaged.is_dir() else PACKAGE_ROOT.parent / kind
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader; one clear error for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return data
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``update``, merging nested mappings key by key."""
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+from dus_gym.specs import deep_merge, read_yaml, sampler_settings, specs_dir
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -67,18 +32,6 @@ def parse_override(text: str) -> dict[str, Any]:
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
-
-
-def sampler_settings(sampler: str, task: str) -> dict[str, Any]:
-    """Keyword arguments of ``sampler`` for ``task`` from ``agents/<sampler>.yml`` (or {})."""
-    path = specs_dir("agents") / f"{sampler}.yml"
-    if not path.is_file():
-        return {}
-    table = read_yaml(path)
-    settings = table.get(task, table.get("default", {}))
-    if not isinstance(settings, dict):
-        raise ConfigError(f"{path}: the entry for '{task}' must be a mapping")
-    return settings
 
 
 def resolve_config(args: argparse.Namespace, sampler: str | None = None) -> dict[str, Any]:
@@ -128,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a task with one sampler and one seed")
     _common(run)
-    run.add_argument("--sampler", help="uniform, heuristic or constant")
+    run.add_argument("--sampler", help="uniform, heuristic, constant, schedule or ppo")
+    run.add_argument("--policy", help="saved policy folder (train_policy.py), for --sampler ppo")
     run.add_argument("--seed", type=int)
     compare = sub.add_parser("compare", help="run several samplers over several seeds and print a table")
     _common(compare)
@@ -136,7 +90,50 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     compare.add_argument("--no-alone", action="store_true",
                          help="skip the modalities trained alone (and so the late-fusion row)")
+    compare.add_argument("--policy", help="saved policy folder (train_policy.py), for the ppo sampler")
+    compare.add_argument("--controls", action="store_true",
+                         help="with ppo: add a constant at the policy's mean counts and its open-loop replay")
+    compare.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
+    train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
+    add_train_policy_arguments(train)
     return parser
+
+
+def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``train_policy.py`` / ``dus-gym train-policy``."""
+    parser.add_argument("--env", default="dus_gym/Synthetic-v0", help="registered env id")
+    parser.add_argument("-conf", "--conf-file", dest="hyperparams", help="RL Zoo style YAML (default agents/ppo.yml)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-n", "--n-timesteps", type=int, help="env steps (overrides the YAML)")
+    parser.add_argument("--vec-env", choices=["dummy", "subproc"], default="subproc")
+    parser.add_argument("--run-dir", default="runs")
+    parser.add_argument("--resume", help="run folder to continue from its last checkpoint")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="env kwargs overrides, e.g. n_iterations=400 iterations_per_step=10")
+    parser.add_argument("--eval-freq", type=int, default=2000, help="EvalCallback period in env steps (0: off)")
+    parser.add_argument("--checkpoint-freq", type=int, default=2000)
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104])
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the comparison after training")
+    parser.add_argument("--no-controls", action="store_true", help="skip the policy's constant and replay controls")
+    parser.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def cmd_train_policy(args: argparse.Namespace) -> int:
+    """``dus-gym train-policy`` and ``train_policy.py``."""
+    from dus_gym.train import TrainPolicyConfig, train_policy
+
+    env_kwargs: dict[str, Any] = {}
+    for text in args.env_kwargs:
+        env_kwargs = deep_merge(env_kwargs, parse_override(text))
+    config = TrainPolicyConfig(
+        env_id=args.env, hyperparams=args.hyperparams, seed=args.seed, n_timesteps=args.n_timesteps,
+        vec_env=args.vec_env, run_dir=args.run_dir, resume=args.resume, env_kwargs=env_kwargs,
+        eval_freq=args.eval_freq, checkpoint_freq=args.checkpoint_freq, eval_seeds=tuple(args.eval_seeds),
+        evaluate=not args.no_evaluate, controls=not args.no_controls, grid=args.grid, progress=not args.no_progress,
+    )
+    train_policy(config, argv=[sys.argv[0], *(args.argv or [])])
+    return 0
 
 
 def _run_folder(parent: str, name: str) -> Path:
@@ -152,7 +149,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``dus-gym run``."""
     from dus_gym.driver import run_training
 
-    config = from_dict(RunConfig, resolve_config(args))
+    data = resolve_config(args)
+    if args.policy:
+        data = deep_merge(data, {"sampler_kwargs": {"policy": args.policy}})
+    config = from_dict(RunConfig, data)
     folder = _run_folder(config.run_dir, f"{config.task.split(':')[-1]}-{config.sampler}-seed{config.seed}")
     result = run_training(config, run_dir=folder, progress=not args.no_progress)
     s = result.summary
@@ -173,9 +173,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name in args.samplers:
         config = from_dict(RunConfig, resolve_config(args, sampler=name))
         base = base or config
-        specs.append(SamplerSpec(name, name, config.sampler_kwargs))
+        kwargs = dict(config.sampler_kwargs)
+        if name == "ppo":
+            if not args.policy:
+                raise ConfigError("the ppo sampler needs --policy PATH (a folder written by train_policy.py)")
+            kwargs["policy"] = args.policy
+        specs.append(SamplerSpec(name, name, kwargs))
     folder = _run_folder(base.run_dir, f"compare-{base.task.split(':')[-1]}")
-    record = run_comparison(base, specs, args.seeds, folder, alone=not args.no_alone, progress=not args.no_progress)
+    record = run_comparison(base, specs, args.seeds, folder, alone=not args.no_alone, controls=args.controls,
+                            grid=args.grid, progress=not args.no_progress)
     print(f"{record['task']} ({', '.join(record['modalities'])}), seeds {args.seeds}, test accuracy in %:")
     print(record["table"])
     print(f"results: {folder / 'compare.json'}")
@@ -186,10 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dus-gym`` console script; bad input gives one line and exit code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "compare": cmd_compare}
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    handlers = {"run": cmd_run, "compare": cmd_compare, "train-policy": cmd_train_policy}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"dus-gym: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

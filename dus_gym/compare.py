@@ -49,38 +49,68 @@ def late_fusion_accuracy(alone: list[RunResult], modalities: tuple[str, ...]) ->
     return float((log_p.argmax(1) == alone[0].test.labels).mean())
 
 
+DEFAULT_GRID = ((16, 128), (32, 128), (64, 128), (32, 96), (128, 64), (128, 32))
+"""Constant counts (two modalities) tried by ``grid=True``; the best by validation accuracy is kept."""
+
+
 def run_comparison(
     base: RunConfig,
     samplers: list[SamplerSpec],
     seeds: list[int],
     out_dir: Path | None,
     alone: bool = True,
+    controls: bool = False,
+    grid: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run every sampler (and, with ``alone``, every modality trained alone) on every seed.
+
+    With ``controls`` and a sampler labelled ``ppo`` (DESIGN.md §3): ``ppo-mean`` (constant counts at
+    the policy's mean counts over all seeds) and ``ppo-replay`` (the count schedule the policy chose
+    on seed i+1, replayed open-loop on seed i). With ``grid``: ``best-constant``, the constant counts
+    of :data:`DEFAULT_GRID` with the best mean validation accuracy (each cell is also a row).
 
     Returns the JSON-serialisable record that is also written to ``out_dir/compare.json``.
     """
     task = make_task(base.task, **base.task_kwargs)
     M, B = len(task.modalities), base.learner.batch_size
     runs: dict[str, list[dict[str, Any]]] = {}
-    late: list[float] = []
-    jobs = [(spec.label, spec.name, spec.kwargs) for spec in samplers]
-    if alone:
-        jobs += [(f"alone:{m}", "constant", {"counts": [B if j == k else 0 for j in range(M)]})
-                 for k, m in enumerate(task.modalities)]
-    for seed in seeds:
-        alone_runs = []
-        for label, name, kwargs in jobs:
+    results: dict[str, list[RunResult]] = {}
+
+    def run_all(label: str, name: str, kwargs_of_seed: Any) -> None:
+        for i, seed in enumerate(seeds):
+            kwargs = kwargs_of_seed(i) if callable(kwargs_of_seed) else kwargs_of_seed
             config = replace(base, sampler=name, sampler_kwargs=kwargs, seed=seed)
             run_dir = out_dir / label.replace(":", "-") / f"seed{seed}" if out_dir is not None else None
             result = run_training(config, run_dir=run_dir, task=task, progress=progress)
             result.summary["label"] = label
             runs.setdefault(label, []).append(result.summary)
-            if label.startswith("alone:"):
-                alone_runs.append(result)
-        if alone:
-            late.append(late_fusion_accuracy(alone_runs, task.modalities))
+            results.setdefault(label, []).append(result)
+
+    for spec in samplers:
+        run_all(spec.label, spec.name, spec.kwargs)
+    if controls and "ppo" in results:
+        policy_runs = results["ppo"]
+        mean_counts = np.rint(np.mean([r.counts.mean(0) for r in policy_runs], axis=0)).astype(int).tolist()
+        run_all("ppo-mean", "constant", {"counts": mean_counts})
+        run_all("ppo-replay", "schedule",
+                lambda i: {"schedule": policy_runs[(i + 1) % len(seeds)].counts.tolist()})
+    if grid:
+        if M != 2:
+            raise ValueError(f"the constant-count grid is defined for 2 modalities, this task has {M}")
+        cells = []
+        for counts in DEFAULT_GRID:
+            label = f"constant{list(counts)}".replace(" ", "")
+            run_all(label, "constant", {"counts": list(counts)})
+            cells.append(label)
+        best = max(cells, key=lambda c: np.mean([r["val_curve"][-1]["fused_acc"] for r in runs[c]]))
+        runs["best-constant"] = [dict(r, label="best-constant", best_of_grid=best) for r in runs[best]]
+    late: list[float] = []
+    if alone:
+        for k, m in enumerate(task.modalities):
+            run_all(f"alone:{m}", "constant", {"counts": [B if j == k else 0 for j in range(M)]})
+        late = [late_fusion_accuracy([results[f"alone:{m}"][i] for m in task.modalities], task.modalities)
+                for i in range(len(seeds))]
     record = {"task": task.name, "modalities": list(task.modalities), "seeds": list(seeds), "runs": runs,
               "late_fusion_acc": late}
     record["table"] = format_table(record)
@@ -107,6 +137,8 @@ def format_table(record: dict[str, Any]) -> str:
     for label, rs in runs.items():
         alone_of = label.split(":", 1)[1] if label.startswith("alone:") else None
         fused = [r["test"]["fused"]["acc"] for r in rs]
+        if label == "best-constant":
+            label = f"best-constant = {rs[0]['best_of_grid']}"
         row = [label, "—" if alone_of else _pm(fused)]
         for m in modalities:
             row.append(_pm([r["test"][m]["acc"] for r in rs]) if alone_of in (None, m) else "—")

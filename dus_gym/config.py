@@ -63,6 +63,40 @@ class CMDConfig:
 
 
 @dataclass(frozen=True)
+class EnvConfig:
+    """How training becomes a Gymnasium env (DESIGN.md §3); used by :class:`dus_gym.env.DUSEnv`."""
+
+    iterations_per_step: int = 20
+    """K: learner iterations run with the chosen counts per env step."""
+    n_min: int = 8
+    """Count at action -1 (box action)."""
+    n_max: int = 256
+    """Count at action +1 (box action)."""
+    action_type: str = "box"
+    """"box": [-1, 1]^M mapped affinely to [n_min, n_max]; "multidiscrete": one of count_levels each."""
+    count_levels: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    """Counts of the multidiscrete action."""
+    reward_delta_weight: float = 1.0
+    """Weight of the change of fused validation accuracy since the last step."""
+    reward_cmd_weight: float = 0.0
+    """Weight of the |CMD| penalty at every step."""
+    reward_terminal_weight: float = 1.0
+    """Weight of the final fused validation accuracy, added at the last step."""
+    divergence_penalty: float = 1.0
+    """Subtracted from the reward when the loss becomes NaN/inf (the episode is then truncated)."""
+    start_checkpoint: str | None = None
+    """A learner checkpoint (learner.pt of a run) to start every episode from; None: fresh."""
+
+    def __post_init__(self) -> None:
+        _check(self.iterations_per_step >= 1, f"env.iterations_per_step must be >= 1, got {self.iterations_per_step}")
+        _check(1 <= self.n_min <= self.n_max, f"env needs 1 <= n_min <= n_max, got {self.n_min} and {self.n_max}")
+        _check(self.action_type in ("box", "multidiscrete"),
+               f"env.action_type must be 'box' or 'multidiscrete', got '{self.action_type}'")
+        _check(min(self.reward_delta_weight, self.reward_cmd_weight, self.reward_terminal_weight,
+                   self.divergence_penalty) >= 0, "env reward weights and divergence_penalty must be >= 0")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One training run: task, learner, CMD, sampler, budget, seed and logging."""
 
@@ -92,6 +126,10 @@ class RunConfig:
     """Parent folder of run folders."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
+    env_id: str | None = None
+    """The Gymnasium id this spec is registered under (specs in envs/), e.g. dus_gym/MFeat-v0."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Env settings (step size K, action mapping, reward weights) for DUSEnv."""
 
     def __post_init__(self) -> None:
         _check((self.n_iterations is None) != (self.epochs is None),
@@ -149,6 +187,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")

@@ -53,6 +53,13 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def save_counts(path: Path, counts: np.ndarray) -> None:
+    """Write the (iterations, M) count history as .npy (atomically); a ``schedule`` sampler replays it."""
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, counts)
+    os.replace(tmp, path)
+
+
 def sampler_state(learner: Learner, monitor: CMDMonitor, counts: np.ndarray, n_iterations: int) -> SamplerState:
     """What a sampler sees before the learner's next iteration."""
     progress = learner.iteration / n_iterations
@@ -165,6 +172,8 @@ def run_training(
         "train_seconds": train_time,
     }
     if run_dir is not None:
+        learner.save(run_dir / "learner.pt")
+        save_counts(run_dir / "counts.npy", history)
         write_atomic(run_dir / "results.json", json.dumps(summary, indent=2))
     return RunResult(summary, test, history)
 

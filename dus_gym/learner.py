@@ -7,8 +7,10 @@ w(m) = n(m)/B ("scaled", the default) or 1 ("mean"). No Gymnasium here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,8 @@ from dus_gym.metrics import classification_metrics, linear_probe_accuracy
 from dus_gym.tasks.base import MultimodalSplit, Task
 
 EVAL_CHUNK = 1024
+CHECKPOINT_FORMAT = "dus-gym-learner"
+CHECKPOINT_VERSION = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,6 +203,15 @@ class Learner:
             fused.append(fused_logits.softmax(1).float().cpu())
         return {m: torch.cat(p).numpy() for m, p in unimodal.items()}, torch.cat(fused).numpy()
 
+    def accuracies(self, split_name: str) -> tuple[float, dict[str, float]]:
+        """Fused and per-modality accuracy on a split (cheaper than :meth:`evaluate`)."""
+        split = self.task.splits[split_name]
+        unimodal, fused = self.predict(split)
+        labels = split.labels.numpy()
+        return float((fused.argmax(1) == labels).mean()), {
+            m: float((p.argmax(1) == labels).mean()) for m, p in unimodal.items()
+        }
+
     def probe_status(self) -> np.ndarray:
         """s(m) of every modality on the held-out probe slice."""
         if self.probe is None:
@@ -248,6 +261,44 @@ class Learner:
             "iteration": self.iteration,
             "samples_seen": self.samples_seen.tolist(),
         }
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint (atomically: temporary file, then rename) that :meth:`load` reads."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": self.task.name,
+                   "modalities": list(self.modalities), "state": self.state_dict()}
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save` (read with ``weights_only=True``).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: not a dus-gym learner checkpoint, another version, or another task.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"learner checkpoint not found: {path}")
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:  # torch raises several types for unreadable files
+            raise ValueError(f"{path} is not a readable learner checkpoint ({type(err).__name__}); "
+                             "point to a learner.pt written by dus-gym") from err
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a dus-gym learner checkpoint")
+        if payload.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path} is a learner checkpoint of format version {payload.get('version')}, "
+                             f"this dus-gym reads version {CHECKPOINT_VERSION}; retrain or convert it")
+        if payload.get("task") != self.task.name or payload.get("modalities") != list(self.modalities):
+            raise ValueError(f"{path} was saved for task '{payload.get('task')}' with modalities "
+                             f"{payload.get('modalities')}, not '{self.task.name}' with {list(self.modalities)}")
+        try:
+            self.load_state_dict(payload["state"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ValueError(f"{path} does not fit this learner (encoders or sizes differ): {err}") from err
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state saved by :meth:`state_dict`."""

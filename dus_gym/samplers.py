@@ -156,16 +156,25 @@ class ConstantSampler(Sampler):
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls for cls in (UniformSampler, HeuristicSampler, ConstantSampler)
 }
-"""Sampler name -> class."""
+"""Sampler name -> class (``schedule`` and ``ppo`` join from ``dus_gym.policy`` on first use)."""
+
+
+def _sampler_table() -> dict[str, type[Sampler]]:
+    from dus_gym.policy import PolicySampler, ScheduleSampler
+
+    for cls in (ScheduleSampler, PolicySampler):
+        SAMPLERS.setdefault(cls.name, cls)
+    return SAMPLERS
 
 
 def make_sampler(name: str, batch_size: int, n_modalities: int, **kwargs: Any) -> Sampler:
     """Build the sampler ``name`` with its keyword arguments."""
-    if name not in SAMPLERS:
-        close = difflib.get_close_matches(name, SAMPLERS, n=1)
+    table = _sampler_table()
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown sampler '{name}'{hint}; known: {sorted(SAMPLERS)}")
+        raise ValueError(f"unknown sampler '{name}'{hint}; known: {sorted(table)}")
     try:
-        return SAMPLERS[name](batch_size, n_modalities, **kwargs)
+        return table[name](batch_size, n_modalities, **kwargs)
     except TypeError as err:
         raise ValueError(f"bad arguments for sampler '{name}': {err}") from err

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +55,24 @@ def make_task(name: str, **kwargs: Any) -> Task:
     return builder(**kwargs)
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_task(name: str, frozen_kwargs: str) -> Task:
+    return make_task(name, **json.loads(frozen_kwargs))
+
+
+def cached_task(name: str, **kwargs: Any) -> Task:
+    """Like :func:`make_task`, but built once per process for the same name and kwargs.
+
+    Tasks are immutable, so the envs and runs of one process share one copy of the data.
+    """
+    try:
+        key = json.dumps(kwargs, sort_keys=True)
+    except TypeError:  # kwargs that are not JSON (objects): no sharing
+        return make_task(name, **kwargs)
+    return _cached_task(name, key)
+
+
 __all__ = [
     "TASKS", "MLPEncoder", "MultimodalSplit", "SmallCNNEncoder", "Task", "make_mfeat", "make_synthetic",
-    "make_task", "register_task", "resolve_task_builder",
+    "cached_task", "make_task", "register_task", "resolve_task_builder",
 ]

@@ -1,0 +1,222 @@
+"""Train a sampling policy with SB3 PPO on a DUS env, save it, and evaluate it against the samplers.
+
+The run folder holds ``policy.zip`` (SB3 model), ``vecnormalize.pkl`` (when normalising),
+``policy.json`` (the env settings the policy acts under), ``config.yml`` (the hyper-parameters as
+written), ``args.yml``, ``command.txt``, ``checkpoints/``, ``eval/`` (EvalCallback),
+``tb/`` (TensorBoard) and, after the evaluation, ``compare/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import yaml
+
+from dus_gym.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, from_dict
+from dus_gym.driver import write_atomic
+from dus_gym.hyperparams import AgentHyperparams, load_hyperparams
+from dus_gym.policy import POLICY_FORMAT, POLICY_VERSION
+from dus_gym.specs import sampler_settings, specs_dir
+
+EVAL_SEED_OFFSET = 10_000
+"""EvalCallback's env is seeded here, away from the training envs' seeds."""
+
+
+@dataclass(frozen=True)
+class TrainPolicyConfig:
+    """A policy-training run (what ``train_policy.py`` parses)."""
+
+    env_id: str = "dus_gym/Synthetic-v0"
+    """A registered DUS env id."""
+    hyperparams: str | None = None
+    """RL Zoo style YAML of PPO hyper-parameters (default: the shipped agents/ppo.yml)."""
+    seed: int = 0
+    """Seed of PPO and of the training envs (env i gets seed + i)."""
+    n_timesteps: int | None = None
+    """Overrides the file's n_timesteps (env steps, all envs together)."""
+    vec_env: str = "subproc"
+    """"dummy" (one process) or "subproc" (one process per env, started with spawn)."""
+    run_dir: str = "runs"
+    """Parent folder of the run folder."""
+    resume: str | None = None
+    """A run folder to continue from its last checkpoint."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the env's kwargs (e.g. n_iterations, iterations_per_step)."""
+    eval_freq: int = 2000
+    """EvalCallback period in env steps (all envs together); 0 disables it."""
+    n_eval_episodes: int = 2
+    """Episodes per EvalCallback evaluation."""
+    checkpoint_freq: int = 2000
+    """Checkpoint period in env steps (all envs together)."""
+    evaluate: bool = True
+    """After training, compare the saved policy with uniform and heuristic on held-out seeds."""
+    eval_seeds: tuple[int, ...] = (100, 101, 102, 103, 104)
+    """Held-out learner seeds of that comparison (never drawn by training episodes in practice)."""
+    controls: bool = True
+    """Add the policy's own controls: constant at its mean counts, open-loop replay."""
+    grid: bool = False
+    """Add the best constant counts of a small grid (6 more rows; slower)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def make_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any], single_thread: bool) -> gym.Env:
+    """Create one monitored env (a picklable factory body for DummyVecEnv and SubprocVecEnv)."""
+    from stable_baselines3.common.monitor import Monitor
+
+    import dus_gym  # noqa: F401  (registers the ids in a spawned process)
+
+    if single_thread:
+        import torch
+
+        torch.set_num_threads(1)
+    env = gym.make(env_id, **env_kwargs)
+    env = Monitor(env, info_keywords=env.unwrapped.info_keywords())
+    env.reset(seed=seed + rank)
+    env.action_space.seed(seed + rank)
+    return env
+
+
+def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], kind: str) -> Any:
+    """DummyVecEnv or SubprocVecEnv (spawn) of ``n_envs`` monitored DUS envs."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    subproc = kind == "subproc" and n_envs > 1
+    factories = [partial(make_env, env_id, i, seed, env_kwargs, subproc) for i in range(n_envs)]
+    if subproc:
+        return SubprocVecEnv(factories, start_method="spawn")
+    if kind not in ("dummy", "subproc"):
+        raise ConfigError(f"vec_env must be 'dummy' or 'subproc', got '{kind}'")
+    return DummyVecEnv(factories)
+
+
+def env_run_config(env_id: str, env_kwargs: dict[str, Any], run_dir: Path) -> RunConfig:
+    """The run config of a registered DUS env (task, learner, CMD, budget), for driver runs."""
+    if env_id not in gym.registry:
+        import difflib
+
+        close = difflib.get_close_matches(env_id, [i for i in gym.registry if i.startswith("dus_gym/")], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown env id '{env_id}'{hint}; registered: "
+                          f"{sorted(i for i in gym.registry if i.startswith('dus_gym/'))}")
+    kwargs = {**gym.registry[env_id].kwargs, **env_kwargs}
+    return RunConfig(
+        task=kwargs["task"], task_kwargs=kwargs.get("task_kwargs") or {},
+        learner=from_dict(LearnerConfig, kwargs.get("learner") or {}, "learner"),
+        cmd=from_dict(CMDConfig, kwargs.get("cmd") or {}, "cmd"),
+        n_iterations=kwargs.get("n_iterations"), epochs=kwargs.get("epochs"), run_dir=str(run_dir),
+    )
+
+
+def _latest_checkpoint(folder: Path) -> tuple[Path, Path | None]:
+    zips = sorted((folder / "checkpoints").glob("ppo_*_steps.zip"),
+                  key=lambda p: int(re.findall(r"_(\d+)_steps", p.name)[0]))
+    if not zips:
+        raise FileNotFoundError(f"nothing to resume in {folder}: no checkpoints/ppo_<n>_steps.zip")
+    steps = re.findall(r"_(\d+)_steps", zips[-1].name)[0]
+    stats = folder / "checkpoints" / f"ppo_vecnormalize_{steps}_steps.pkl"
+    return zips[-1], stats if stats.is_file() else None
+
+
+def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Path:
+    """Train, save and (optionally) evaluate a policy; return the run folder."""
+    import time
+
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    import dus_gym  # noqa: F401  (registers the env ids)
+    from dus_gym.callbacks import DUSMetricsCallback
+
+    hp_path = Path(config.hyperparams) if config.hyperparams else specs_dir("agents") / "ppo.yml"
+    hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id)
+    env_kwargs = {**hp.env_kwargs, **config.env_kwargs}
+    n_timesteps = config.n_timesteps or hp.n_timesteps
+    if config.resume:
+        folder = Path(config.resume)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"run folder to resume not found: {folder}")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = Path(config.run_dir) / f"ppo-{config.env_id.split('/')[-1]}-seed{config.seed}-{stamp}"
+    env_run_config(config.env_id, env_kwargs, folder)  # fail early on a bad id or kwargs
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "config.yml", yaml.safe_dump({config.env_id: hp.raw}, sort_keys=False))
+    write_atomic(folder / "args.yml", yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
+    write_atomic(folder / "command.txt", " ".join(argv if argv is not None else sys.argv) + "\n")
+
+    venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env)
+    eval_venv = build_vec_env(config.env_id, 1, config.seed + EVAL_SEED_OFFSET, env_kwargs, "dummy")
+    try:
+        stats_path = None
+        if config.resume:
+            model_path, stats_path = _latest_checkpoint(folder)
+        if hp.normalize:
+            if stats_path is not None:
+                venv = VecNormalize.load(str(stats_path), venv)
+            else:
+                venv = VecNormalize(venv, **hp.normalize)
+            eval_venv = VecNormalize(eval_venv, training=False, norm_obs=venv.norm_obs, norm_reward=False)
+        if config.resume:
+            model = PPO.load(model_path, env=venv, device="cpu", tensorboard_log=str(folder / "tb"))
+            print(f"resuming from {model_path} at {model.num_timesteps} steps")
+        else:
+            model = PPO(hp.policy, venv, seed=config.seed, device="cpu", tensorboard_log=str(folder / "tb"),
+                        verbose=0, **hp.model_kwargs)
+        callbacks = [DUSMetricsCallback(),
+                     CheckpointCallback(max(1, config.checkpoint_freq // hp.n_envs), str(folder / "checkpoints"),
+                                        name_prefix="ppo", save_vecnormalize=bool(hp.normalize))]
+        if config.eval_freq > 0:
+            callbacks.append(EvalCallback(eval_venv, n_eval_episodes=config.n_eval_episodes,
+                                          eval_freq=max(1, config.eval_freq // hp.n_envs),
+                                          log_path=str(folder / "eval"), best_model_save_path=str(folder / "eval"),
+                                          deterministic=True, verbose=0))
+        remaining = max(0, n_timesteps - model.num_timesteps)
+        model.learn(remaining, callback=CallbackList(callbacks), progress_bar=config.progress,
+                    reset_num_timesteps=not config.resume, tb_log_name="ppo")
+        model.save(folder / "policy.zip")
+        if hp.normalize:
+            venv.save(str(folder / "vecnormalize.pkl"))
+        settings = venv.get_attr("settings", indices=[0])[0]
+        description = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "env_id": config.env_id,
+                       "timesteps": int(model.num_timesteps), **settings}
+        write_atomic(folder / "policy.json", json.dumps(description, indent=2))
+    finally:
+        venv.close()
+        eval_venv.close()
+    print(f"policy saved: {folder / 'policy.zip'} ({model.num_timesteps} env steps)")
+    if config.evaluate:
+        evaluate_policy(config, folder, env_kwargs)
+    return folder
+
+
+def evaluate_policy(config: TrainPolicyConfig, folder: Path, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Compare the saved policy with uniform and the heuristic (and controls) on held-out seeds."""
+    from dus_gym.compare import SamplerSpec, run_comparison
+
+    base = env_run_config(config.env_id, env_kwargs, folder)
+    specs = [SamplerSpec("uniform", "uniform", {}),
+             SamplerSpec("heuristic", "heuristic", sampler_settings("heuristic", base.task)),
+             SamplerSpec("ppo", "ppo", {"policy": str(folder)})]
+    record = run_comparison(base, specs, list(config.eval_seeds), folder / "compare", alone=False,
+                            controls=config.controls, grid=config.grid, progress=config.progress)
+    print(f"{config.env_id}: held-out seeds {list(config.eval_seeds)}, test accuracy in %:")
+    print(record["table"])
+    return record
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
