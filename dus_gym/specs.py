@@ -11,6 +11,8 @@ import yaml
 from dus_gym.config import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
+TRAINED_SAMPLERS = ("ppo",)
+"""Samplers whose agents/<name>.yml holds training hyper-parameters, not sampler settings."""
 
 
 def specs_dir(kind: str) -> Path:
@@ -49,7 +51,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def sampler_settings(sampler: str, task: str) -> dict[str, Any]:
     """Keyword arguments of ``sampler`` for ``task`` from ``agents/<sampler>.yml`` (or {})."""
     path = specs_dir("agents") / f"{sampler}.yml"
-    if not path.is_file():
+    if sampler in TRAINED_SAMPLERS or not path.is_file():
         return {}
     table = read_yaml(path)
     settings = table.get(task, table.get("default", {}))

@@ -1,0 +1,22 @@
+import pytest
+import yaml
+
+TINY_PPO = {"n_envs": 1, "n_timesteps": 64, "policy": "MlpPolicy", "n_steps": 32, "batch_size": 16, "n_epochs": 2,
+            "learning_rate": "lin_1e-3", "normalize": "dict(norm_obs=True, norm_reward=False)",
+            "policy_kwargs": "dict(net_arch=[16])"}
+TINY_ENV = {"n_iterations": 40, "iterations_per_step": 10}
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory):
+    """A PPO policy trained for 64 env steps on a 4-step synthetic env (shared by the policy tests)."""
+    from dus_gym.train import TrainPolicyConfig, train_policy
+
+    root = tmp_path_factory.mktemp("policy")
+    hp = root / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": TINY_PPO}))
+    config = TrainPolicyConfig(env_id="dus_gym/Synthetic-v0", hyperparams=str(hp), vec_env="dummy",
+                               run_dir=str(root / "runs"), env_kwargs=TINY_ENV, eval_freq=32, checkpoint_freq=32,
+                               evaluate=False, progress=False)
+    folder = train_policy(config, argv=["train_policy.py"])
+    return config, folder

@@ -1,0 +1,39 @@
+import pytest
+import yaml
+from torch import nn
+
+from dus_gym.config import ConfigError
+from dus_gym.hyperparams import LinearSchedule, load_hyperparams, parse_literal_call
+from dus_gym.specs import specs_dir
+
+
+def test_shipped_ppo_yml_resolves_for_every_env():
+    for env_id in ("dus_gym/Synthetic-v0", "dus_gym/MFeat-v0"):
+        hp = load_hyperparams(specs_dir("agents") / "ppo.yml", env_id)
+        assert hp.n_envs == 2 and hp.n_timesteps >= 1000 and hp.policy == "MlpPolicy"
+        assert hp.normalize == {"norm_obs": True, "norm_reward": False}
+        assert isinstance(hp.model_kwargs["learning_rate"], LinearSchedule)
+        assert hp.model_kwargs["learning_rate"](0.5) == pytest.approx(5e-4)
+        assert hp.model_kwargs["policy_kwargs"]["net_arch"] == {"pi": [64, 64], "vf": [64, 64]}
+        assert "n_envs" not in hp.model_kwargs and "normalize" not in hp.model_kwargs
+
+
+def test_zoo_strings_are_parsed_without_eval():
+    parsed = parse_literal_call("dict(net_arch=[32, 32], activation_fn=nn.Tanh, ortho_init=False)", "x")
+    assert parsed == {"net_arch": [32, 32], "activation_fn": nn.Tanh, "ortho_init": False}
+    for evil in ("__import__('os').system('true')", "dict(a=open('/etc/passwd'))", "dict(a=os.sep)"):
+        with pytest.raises(ConfigError):
+            parse_literal_call(evil, "x")
+
+
+def test_default_entry_and_bad_files(tmp_path):
+    path = tmp_path / "ppo.yml"
+    path.write_text(yaml.safe_dump({"default": {"n_timesteps": "1e3", "normalize": True, "clip_range": "lin_0.2"}}))
+    hp = load_hyperparams(path, "dus_gym/Anything-v0")
+    assert hp.n_timesteps == 1000 and hp.normalize == {"norm_obs": True, "norm_reward": True}
+    assert hp.model_kwargs["clip_range"](1.0) == pytest.approx(0.2)
+    path.write_text(yaml.safe_dump({"dus_gym/X-v0": {"learning_rate": "exp_1e-3"}}))
+    with pytest.raises(ConfigError, match="lin_"):
+        load_hyperparams(path, "dus_gym/X-v0")
+    with pytest.raises(ConfigError, match="no entry"):
+        load_hyperparams(path, "dus_gym/Y-v0")

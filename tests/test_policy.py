@@ -1,0 +1,95 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+
+from dus_gym.cli import main
+from dus_gym.cmd import CMDMonitor, cmd_observation
+from dus_gym.policy import PolicySampler, ScheduleSampler
+from dus_gym.samplers import SamplerState, make_sampler
+from dus_gym.train import train_policy
+
+
+def state(iteration, n_iterations=100):
+    return SamplerState(iteration, n_iterations, 64, np.zeros(2), np.zeros(2), np.zeros(2), np.array([64, 64]),
+                        np.zeros(9, dtype=np.float32))
+
+
+def test_schedule_replays_by_progress(tmp_path):
+    sampler = ScheduleSampler(64, 2, schedule=[[8, 100], [16, 90], [32, 80], [64, 70]])
+    assert [sampler.counts(state(t)).tolist() for t in (0, 24, 25, 74, 99)] == \
+        [[8, 100], [8, 100], [16, 90], [32, 80], [64, 70]]
+    np.save(tmp_path / "counts.npy", np.array([[1, 2]] * 3))
+    assert make_sampler("schedule", 64, 2, schedule=str(tmp_path / "counts.npy")).counts(state(50)).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="table of counts"):
+        ScheduleSampler(64, 2, schedule=[[1, 2, 3]])
+    with pytest.raises(FileNotFoundError):
+        ScheduleSampler(64, 2, schedule=str(tmp_path / "missing.npy"))
+
+
+def test_saved_policy_folder(tiny_policy):
+    _, folder = tiny_policy
+    for name in ("policy.zip", "vecnormalize.pkl", "policy.json", "config.yml", "args.yml", "command.txt"):
+        assert (folder / name).is_file(), name
+    assert list((folder / "checkpoints").glob("ppo_*_steps.zip"))
+    settings = json.loads((folder / "policy.json").read_text())
+    assert settings["env"]["iterations_per_step"] == 10 and settings["modalities"] == ["dominant", "weak"]
+    assert settings["timesteps"] >= 64
+
+
+def test_policy_drives_a_run_exactly_as_in_the_env(tiny_policy, tmp_path):
+    _, folder = tiny_policy
+    code = main(["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), "--iterations", "45",
+                 "--run-dir", str(tmp_path), "--no-progress", "--set", "eval_every=45"])
+    assert code == 0
+    run = next(tmp_path.glob("synthetic-ppo-seed0-*"))
+    counts = np.load(run / "counts.npy")
+    assert counts.shape == (45, 2)
+    for start in range(0, 45, 10):  # counts are held for K = 10 iterations, as one env step
+        block = counts[start : start + 10]
+        assert (block == block[0]).all()
+    model = PPO.load(folder / "policy.zip", device="cpu")
+    sampler = PolicySampler(64, 2, policy=str(folder))
+    obs0 = cmd_observation(CMDMonitor(2), np.array([64, 64]), 64, 0.0)
+    action, _ = model.predict(sampler.normalize(obs0), deterministic=True)
+    assert counts[0].tolist() == sampler.actions.to_counts(np.clip(action, -1, 1)).tolist()
+    results = json.loads((run / "results.json").read_text())
+    assert results["sampler"] == "ppo" and results["iterations"] == 45
+
+
+def test_compare_with_policy_and_controls(tiny_policy, tmp_path, capsys):
+    _, folder = tiny_policy
+    code = main(["compare", "--task", "synthetic", "--samplers", "uniform", "ppo", "--policy", str(folder),
+                 "--controls", "--seeds", "0", "1", "--no-alone", "--iterations", "30", "--run-dir", str(tmp_path),
+                 "--no-progress", "--set", "eval_every=30"])
+    assert code == 0
+    record = json.loads(next(tmp_path.glob("compare-synthetic-*/compare.json")).read_text())
+    assert set(record["runs"]) == {"uniform", "ppo", "ppo-mean", "ppo-replay"}
+    ppo_counts = [np.load(p) for p in sorted(tmp_path.glob("compare-synthetic-*/ppo/seed*/counts.npy"))]
+    replay = np.load(next(tmp_path.glob("compare-synthetic-*/ppo-replay/seed0/counts.npy")))
+    assert np.array_equal(replay, ppo_counts[1])  # seed 0 replays the schedule chosen on seed 1
+    mean = np.load(next(tmp_path.glob("compare-synthetic-*/ppo-mean/seed1/counts.npy")))
+    assert (mean == np.rint(np.mean([c.mean(0) for c in ppo_counts], axis=0))).all()
+    assert "ppo-replay" in capsys.readouterr().out
+
+
+def test_policy_mismatch_and_missing(tiny_policy, tmp_path):
+    _, folder = tiny_policy
+    with pytest.raises(ValueError, match="trained for 2 modalities"):
+        PolicySampler(64, 3, policy=str(folder))
+    with pytest.raises(ValueError, match="B = 64"):
+        PolicySampler(32, 2, policy=str(folder))
+    with pytest.raises(FileNotFoundError, match="policy.zip"):
+        PolicySampler(64, 2, policy=str(tmp_path))
+    assert main(["run", "--sampler", "ppo", "--run-dir", str(tmp_path)]) == 2
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_policy, capsys):
+    config, folder = tiny_policy
+    before = PPO.load(folder / "policy.zip", device="cpu").num_timesteps
+    train_policy(replace(config, resume=str(folder), n_timesteps=128), argv=["train_policy.py"])
+    assert "resuming from" in capsys.readouterr().out
+    after = PPO.load(folder / "policy.zip", device="cpu")
+    assert before >= 64 and after.num_timesteps >= 128
