@@ -192,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dus-gym`` console script; bad input gives one line and exit code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # let "module:function" tasks live in the working folder
+
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     handlers = {"run": cmd_run, "compare": cmd_compare, "train-policy": cmd_train_policy}
     try:

@@ -95,3 +95,12 @@ def test_config_file_and_python_dash_m(tmp_path):
     assert proc.returncode == 0, proc.stderr
     written = yaml.safe_load(only(tmp_path, "synthetic-uniform-seed0-*/config.yaml").read_text())
     assert written["learner"]["lr"] == 0.01 and written["n_iterations"] == 10
+
+
+def test_diverged_run_stops_with_one_line_and_writes_no_results(tmp_path, capsys):
+    code = main(["run", "--task", "synthetic", "--run-dir", str(tmp_path), "--set", "learner.lr=1e30", *FAST])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "loss became" in err and "lower learner.lr" in err and len(err.splitlines()) == 1
+    folder = only(tmp_path, "synthetic-uniform-seed0-*")
+    assert (folder / "config.yaml").is_file() and not (folder / "results.json").exists()
