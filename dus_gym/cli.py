@@ -96,7 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
     train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
     add_train_policy_arguments(train)
+    prepare = sub.add_parser("prepare", help="preprocess raw CREMA-D or Kinetics-Sounds media (needs ffmpeg)")
+    prepare.add_argument("dataset", choices=["cremad", "kinetics-sounds"])
+    prepare.add_argument("src", help="raw data (CREMA-D: AudioWAV/, VideoFlash/; Kinetics-Sounds: videos/)")
+    prepare.add_argument("dst", help="output folder (clips already there are skipped)")
+    prepare.add_argument("--train-list", help="published train list, clip,label lines (default SRC/train.csv)")
+    prepare.add_argument("--test-list", help="published test list (default SRC/test.csv)")
+    prepare.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    prepare.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """``dus-gym prepare``."""
+    from dus_gym.audiovisual.prepare import prepare_dataset
+
+    metadata = prepare_dataset(args.dataset, args.src, args.dst, args.train_list, args.test_list, args.workers,
+                               progress=not args.no_progress)
+    print(f"{args.dataset}: {metadata['counts']['train']} train / {metadata['counts']['test']} test clips, "
+          f"{len(metadata['classes'])} classes, in {args.dst}")
+    return 0
 
 
 def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, str(Path.cwd()))  # let "module:function" tasks live in the working folder
 
     args.argv = list(argv) if argv is not None else sys.argv[1:]
-    handlers = {"run": cmd_run, "compare": cmd_compare, "train-policy": cmd_train_policy}
+    handlers = {"run": cmd_run, "compare": cmd_compare, "train-policy": cmd_train_policy, "prepare": cmd_prepare}
     try:
         return handlers[args.command](args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:

@@ -33,6 +33,8 @@ class LearnerConfig:
     """Fusion of the encoders' features: "concat" (a linear head on the concatenation)."""
     device: str = "cpu"
     """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available)."""
+    eval_batch_size: int = 1024
+    """Samples per forward pass when evaluating (lower it for large encoders)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"learner.batch_size must be >= 1, got {self.batch_size}")
@@ -42,6 +44,7 @@ class LearnerConfig:
         _check(self.weight_decay >= 0, f"learner.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.unimodal_loss in ("scaled", "mean"),
                f"learner.unimodal_loss must be 'scaled' or 'mean', got '{self.unimodal_loss}'")
+        _check(self.eval_batch_size >= 1, f"learner.eval_batch_size must be >= 1, got {self.eval_batch_size}")
         _check(self.fusion == "concat", f"learner.fusion must be 'concat', got '{self.fusion}'")
 
 

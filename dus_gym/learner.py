@@ -24,7 +24,6 @@ from dus_gym.config import LearnerConfig
 from dus_gym.metrics import classification_metrics, linear_probe_accuracy
 from dus_gym.tasks.base import MultimodalSplit, Task
 
-EVAL_CHUNK = 1024
 CHECKPOINT_FORMAT = "dus-gym-learner"
 CHECKPOINT_VERSION = 1
 
@@ -166,7 +165,7 @@ class Learner:
             if counts[k] == 0:
                 continue
             index = plan.modality_indices(k).to(self.device)
-            encoded[m] = self.model.encoders[m](data[m][index])
+            encoded[m] = self.model.encoders[m](data[m][index].to(self.device, non_blocking=True))
             logits = self.model.heads[m](encoded[m])
             target = labels[index]
             ce = F.cross_entropy(logits, target)
@@ -195,8 +194,9 @@ class Learner:
         self.model.eval()
         unimodal: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
         fused = []
-        for start in range(0, len(split), EVAL_CHUNK):
-            chunk = {m: x[start : start + EVAL_CHUNK].to(self.device) for m, x in split.features.items()}
+        chunk_size = self.config.eval_batch_size
+        for start in range(0, len(split), chunk_size):
+            chunk = {m: x[start : start + chunk_size].to(self.device) for m, x in split.features.items()}
             logits, fused_logits = self.model(chunk)
             for m in self.modalities:
                 unimodal[m].append(logits[m].softmax(1).float().cpu())
@@ -239,8 +239,9 @@ class Learner:
         """Features of ``modality``'s encoder on ``split`` (for linear probes)."""
         self.model.eval()
         encoder = self.model.encoders[modality]
-        parts = [encoder(split.features[modality][s : s + EVAL_CHUNK].to(self.device)).float().cpu()
-                 for s in range(0, len(split), EVAL_CHUNK)]
+        size = self.config.eval_batch_size
+        parts = [encoder(split.features[modality][s : s + size].to(self.device)).float().cpu()
+                 for s in range(0, len(split), size)]
         return torch.cat(parts).numpy()
 
     def linear_probe(self, modality: str, split_name: str = "test") -> float:

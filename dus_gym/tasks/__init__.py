@@ -10,13 +10,19 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from dus_gym.tasks.audiovisual import make_audiovisual
 from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 from dus_gym.tasks.mfeat import make_mfeat
 from dus_gym.tasks.synthetic import make_synthetic
 
 TaskBuilder = Callable[..., Task]
 
-TASKS: dict[str, TaskBuilder] = {"mfeat": make_mfeat, "synthetic": make_synthetic}
+TASKS: dict[str, TaskBuilder] = {
+    "mfeat": make_mfeat,
+    "synthetic": make_synthetic,
+    "cremad": functools.partial(make_audiovisual, "cremad"),
+    "kinetics-sounds": functools.partial(make_audiovisual, "kinetics-sounds"),
+}
 """Task name -> builder (a function of keyword arguments that returns a :class:`Task`)."""
 
 

@@ -16,7 +16,9 @@ class MultimodalSplit:
     """One split of a multimodal data set: paired features per modality and one label per sample.
 
     Args:
-        features: modality name -> tensor whose first dimension indexes samples.
+        features: modality name -> tensor whose first dimension indexes samples, or a lazy source
+            (``__len__``, ``__getitem__`` with an index tensor or a slice returning a tensor, ``subset``
+            and ``to``; see ``dus_gym.tasks.audiovisual.ClipSource``).
         labels: int64 tensor of class indices, one per sample.
     """
 
@@ -33,8 +35,11 @@ class MultimodalSplit:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> MultimodalSplit:
-        """Return the samples at ``index`` (paired across modalities)."""
-        return MultimodalSplit({m: x[index] for m, x in self.features.items()}, self.labels[index])
+        """Return the samples at ``index`` (paired across modalities; lazy sources stay lazy)."""
+        return MultimodalSplit(
+            {m: x.subset(index) if hasattr(x, "subset") else x[index] for m, x in self.features.items()},
+            self.labels[index],
+        )
 
     def to(self, device: torch.device | str) -> MultimodalSplit:
         """Return a copy on ``device``."""
@@ -85,7 +90,7 @@ class Task:
                     f"task '{self.name}': split '{split_name}' has labels outside [0, {self.n_classes - 1}]"
                 )
             for m, x in split.features.items():
-                if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
                     raise ValueError(f"task '{self.name}': split '{split_name}', modality '{m}' has NaN/inf")
         if set(self.encoders) != set(self.modalities):
             raise ValueError(f"task '{self.name}': encoders given for {sorted(self.encoders)}, "

@@ -1,0 +1,116 @@
+"""Audio-visual pipeline on a tiny fixture in the real raw formats: ffmpeg -> prepare -> task -> learner."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from av_fixture import make_raw_cremad, make_raw_kinetics
+from dus_gym.audiovisual.features import cremad_log_spectrogram, kaldi_mel_banks, kinetics_fbank
+from dus_gym.audiovisual.prepare import prepare_dataset
+from dus_gym.cli import main
+from dus_gym.config import LearnerConfig
+from dus_gym.learner import Learner
+from dus_gym.tasks import make_task
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("av")
+    cremad = prepare_dataset("cremad", make_raw_cremad(root / "raw-cremad"), root / "cremad", workers=2,
+                             progress=False)
+    kinetics = prepare_dataset("kinetics-sounds", make_raw_kinetics(root / "raw-ks"), root / "ks", workers=2,
+                               progress=False)
+    return root, cremad, kinetics
+
+
+def test_prepare_writes_the_pinned_layout(prepared):
+    root, cremad, kinetics = prepared
+    assert cremad["classes"] == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"] and cremad["counts"] == {"train": 6, "test": 6}
+    assert cremad["audio"]["n_fft"] == 512 and cremad["audio"]["hop_length"] == 353 and cremad["visual"]["fps"] == 1
+    spec = np.load(root / "cremad" / "audio" / "1000_IEO_NEU_X0.npy")
+    assert spec.shape == (257, 188) and spec.dtype == np.float16
+    frames = sorted((root / "cremad" / "visual" / "1000_IEO_NEU_X0").glob("frame_*.jpg"))
+    assert len(frames) == 3  # 3 s at 1 fps
+    fbank = np.load(root / "ks" / "audio" / "yt00_000010_000020.npy")
+    assert fbank.shape == (1024, 128) and kinetics["classes"] == ["playing drums", "singing"]
+    fbank = fbank.astype(np.float32)
+    assert np.abs(fbank[:298]).sum() > 0 and np.abs(fbank[300:]).sum() == 0  # 3 s = 298 frames, then padding
+    assert not list((root / "cremad").rglob(".*tmp*"))
+
+
+def test_prepare_is_resumable(prepared, tmp_path):
+    root, _, _ = prepared
+    dst = tmp_path / "copy"
+    shutil.copytree(root / "cremad", dst)
+    (dst / "audio" / "1000_IEO_NEU_X0.npy").unlink()
+    shutil.rmtree(dst / "visual" / "1001_IEO_HAP_X1")
+    kept = (dst / "audio" / "1002_IEO_SAD_X0.npy").stat().st_mtime_ns
+    prepare_dataset("cremad", root / "raw-cremad", dst, workers=1, progress=False)
+    assert (dst / "audio" / "1000_IEO_NEU_X0.npy").is_file() and (dst / "visual" / "1001_IEO_HAP_X1").is_dir()
+    assert (dst / "audio" / "1002_IEO_SAD_X0.npy").stat().st_mtime_ns == kept  # done clips are skipped
+
+
+def test_task_and_one_learner_iteration_on_cpu(prepared):
+    root, _, _ = prepared
+    task = make_task("cremad", root=str(root / "cremad"), image_size=32, n_frames=2)
+    assert task.modalities == ("audio", "visual") and task.n_classes == 6
+    assert len(task.splits["train"]) + len(task.splits["val"]) == 6 and len(task.splits["test"]) == 6
+    batch = task.splits["train"].features["visual"][np.array([0, 1])]
+    assert batch.shape == (2, 2, 3, 32, 32)
+    assert task.splits["train"].features["audio"][0:2].shape == (2, 1, 257, 188)
+    learner = Learner(task, LearnerConfig(batch_size=4, lr=1e-2, eval_batch_size=4), seed=0)
+    before = [p.detach().clone() for p in learner.model.encoders["visual"].parameters()]
+    stats = learner.step([4, 2])
+    assert stats.finite and np.isfinite(stats.status).all()
+    after = [p.detach() for p in learner.model.encoders["visual"].parameters()]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    fused, per_modality = learner.accuracies("test")
+    assert 0.0 <= fused <= 1.0 and set(per_modality) == {"audio", "visual"}
+    ks = make_task("kinetics-sounds", root=str(root / "ks"), image_size=32)
+    assert ks.splits["test"].features["audio"][0:1].shape == (1, 1, 1024, 128)
+
+
+def test_missing_or_incomplete_data_root_is_one_line(prepared, tmp_path, capsys):
+    root, _, _ = prepared
+    assert main(["run", "--task", "cremad", "--set", f"task_kwargs.root={tmp_path / 'nowhere'}",
+                 "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data root not found" in err and "audio/<clip>.npy" in err and len(err.splitlines()) == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "cremad", broken)
+    shutil.rmtree(broken / "visual" / "1003_IEO_FEA_X1")
+    with pytest.raises(FileNotFoundError, match="1003_IEO_FEA_X1.*incomplete"):
+        make_task("cremad", root=str(broken))
+    with pytest.raises(ValueError, match="not 'kinetics-sounds'"):
+        make_task("kinetics-sounds", root=str(root / "cremad"))
+
+
+def test_prepare_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="raw data folder"):
+        prepare_dataset("cremad", tmp_path / "none", tmp_path / "out", progress=False)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.csv").write_text("a,XYZ\n")
+    (raw / "test.csv").write_text("b,NEU\n")
+    with pytest.raises(ValueError, match="XYZ"):
+        prepare_dataset("cremad", raw, tmp_path / "out", progress=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="apt-get install ffmpeg"):
+        prepare_dataset("cremad", raw, tmp_path / "out", progress=False)
+
+
+def test_audio_features_by_hand():
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(22050) / 22050).astype(np.float32)
+    spec = cremad_log_spectrogram(tone)
+    assert spec.shape == (257, 188) and spec[:, 50].argmax() == round(1000 / (22050 / 512))
+    fbank = kinetics_fbank(np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000))
+    banks = kaldi_mel_banks(128, 512, 16000, 20.0)
+    assert fbank[10].argmax() == banks[:, round(1000 / (16000 / 512))].argmax()
+    # at 128 bins the lowest filters are narrower than an FFT bin and some are empty, as in Kaldi's and
+    # torchaudio's filterbanks; their log energy is the floor, never -inf or NaN
+    assert (banks.sum(1) > 0).mean() > 0.9 and np.isfinite(fbank).all()
