@@ -22,7 +22,7 @@ def make_raw_cremad(root: Path, per_class: int = 2) -> Path:
             clip = f"10{k:02d}_IEO_{label}_X{i}"
             ffmpeg("-f", "lavfi", "-i", f"sine=frequency={200 + 150 * k}:sample_rate=16000:duration=2.5",
                    str(root / "AudioWAV" / f"{clip}.wav"))
-            ffmpeg("-f", "lavfi", "-i", f"testsrc=size=64x48:rate=5:duration=3", "-vf", f"hue=h={60 * k}",
+            ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=5:duration=3", "-vf", f"hue=h={60 * k}",
                    "-c:v", "flv1", str(root / "VideoFlash" / f"{clip}.flv"))
             rows.append((clip, label))
     test = rows[::per_class]

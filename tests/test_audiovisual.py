@@ -1,13 +1,11 @@
 """Audio-visual pipeline on a tiny fixture in the real raw formats: ffmpeg -> prepare -> task -> learner."""
 
-import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from av_fixture import make_raw_cremad, make_raw_kinetics
+
 from dus_gym.audiovisual.features import cremad_log_spectrogram, kaldi_mel_banks, kinetics_fbank
 from dus_gym.audiovisual.prepare import prepare_dataset
 from dus_gym.cli import main
@@ -30,7 +28,8 @@ def prepared(tmp_path_factory):
 
 def test_prepare_writes_the_pinned_layout(prepared):
     root, cremad, kinetics = prepared
-    assert cremad["classes"] == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"] and cremad["counts"] == {"train": 6, "test": 6}
+    assert cremad["classes"] == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
+    assert cremad["counts"] == {"train": 6, "test": 6}
     assert cremad["audio"]["n_fft"] == 512 and cremad["audio"]["hop_length"] == 353 and cremad["visual"]["fps"] == 1
     spec = np.load(root / "cremad" / "audio" / "1000_IEO_NEU_X0.npy")
     assert spec.shape == (257, 188) and spec.dtype == np.float16
