@@ -18,11 +18,16 @@ import numpy as np
 import torch
 
 
-def learning_status(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean softmax probability of the true class, s(m), from (batch, classes) probabilities."""
+def true_class_probability(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax probability of the true class as a 0-d tensor (no device sync)."""
     if len(labels) == 0:
         raise ValueError("learning status needs at least one sample")
-    return float(probabilities.gather(1, labels.view(-1, 1)).mean())
+    return probabilities.gather(1, labels.view(-1, 1)).mean()
+
+
+def learning_status(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean softmax probability of the true class, s(m), from (batch, classes) probabilities."""
+    return float(true_class_probability(probabilities, labels))
 
 
 class CMDMonitor:

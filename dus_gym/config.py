@@ -35,6 +35,22 @@ class LearnerConfig:
     """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available)."""
     eval_batch_size: int = 1024
     """Samples per forward pass when evaluating (lower it for large encoders)."""
+    lr_decay_every: int | None = None
+    """Multiply the learning rate by lr_decay_gamma every this many iterations (None: constant)."""
+    lr_decay_gamma: float = 0.1
+    """Factor of the step decay."""
+    precision: str = "fp32"
+    """"fp32", or "bf16" (autocast to bfloat16; the losses stay in float32)."""
+    channels_last: bool = False
+    """Image-like inputs and convolution weights in channels-last memory format (faster on GPUs)."""
+    cudnn_benchmark: bool = True
+    """On CUDA, let cuDNN pick the fastest kernels per shape (set process-wide)."""
+    compile: bool = False
+    """torch.compile each encoder (static shapes: use count_sizes so that few shapes occur)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend."""
+    count_sizes: tuple[int, ...] | None = None
+    """Round counts up to one of these batch sizes (e.g. [16, 32, 48, 64, 96, 128]); None: exact counts."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"learner.batch_size must be >= 1, got {self.batch_size}")
@@ -45,6 +61,13 @@ class LearnerConfig:
         _check(self.unimodal_loss in ("scaled", "mean"),
                f"learner.unimodal_loss must be 'scaled' or 'mean', got '{self.unimodal_loss}'")
         _check(self.eval_batch_size >= 1, f"learner.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check(self.lr_decay_every is None or self.lr_decay_every >= 1,
+               f"learner.lr_decay_every must be >= 1 or null, got {self.lr_decay_every}")
+        _check(0 < self.lr_decay_gamma <= 1, f"learner.lr_decay_gamma must be in (0, 1], got {self.lr_decay_gamma}")
+        _check(self.precision in ("fp32", "bf16"),
+               f"learner.precision must be 'fp32' or 'bf16', got '{self.precision}'")
+        _check(self.count_sizes is None or (len(self.count_sizes) > 0 and min(self.count_sizes) >= 1),
+               f"learner.count_sizes must be positive sizes or null, got {self.count_sizes}")
         _check(self.fusion == "concat", f"learner.fusion must be 'concat', got '{self.fusion}'")
 
 

@@ -129,6 +129,7 @@ def run_training(
                     f"the loss became {stats.loss} at iteration {t + 1} ({task.name}, {sampler.name}, "
                     f"seed {config.seed}); lower learner.lr or check the data"
                 )
+            counts = stats.counts  # what the learner used (after quantisation)
             history[t] = counts
             if probe_size:
                 status = learner.probe_status()

@@ -157,6 +157,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         if remaining <= 0:
             raise RuntimeError("the episode has ended; call reset()")
         n = min(self.config.iterations_per_step, remaining)
+        counts = self.learner.quantize(counts)
         for _ in range(n):
             stats = self.learner.step(counts)
             if not stats.finite:

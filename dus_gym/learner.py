@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dus_gym.batch_plan import BatchPlanner
-from dus_gym.cmd import learning_status
+from dus_gym.cmd import true_class_probability
 from dus_gym.config import LearnerConfig
 from dus_gym.metrics import classification_metrics, linear_probe_accuracy
 from dus_gym.tasks.base import MultimodalSplit, Task
@@ -127,7 +127,18 @@ class Learner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = MultimodalNet(task).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda" and config.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True  # a process-wide switch; shapes are few with count_sizes
+        self._encoders: dict[str, nn.Module] = dict(self.model.encoders.items())
+        if config.compile:
+            # compiled wrappers share the parameters; the state dict keeps plain module names
+            self._encoders = {m: torch.compile(e, backend=config.compile_backend, dynamic=False)
+                              for m, e in self._encoders.items()}
         self.optimizer = self._build_optimizer()
+        self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_decay_every, config.lr_decay_gamma)
+                          if config.lr_decay_every else None)
         self.iteration = 0
         self.samples_seen = np.zeros(len(task.modalities), dtype=np.int64)
 
@@ -147,46 +158,77 @@ class Learner:
             return torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
+    def quantize(self, counts: Sequence[int]) -> np.ndarray:
+        """Round each positive count up to the next of ``config.count_sizes`` (the largest if above all).
+
+        A small set of batch shapes keeps cuDNN autotuning and torch.compile from re-running as the
+        counts change; without ``count_sizes`` the counts pass unchanged.
+        """
+        counts = np.asarray(counts, dtype=np.int64)
+        sizes = self.config.count_sizes
+        if not sizes:
+            return counts
+        table = np.asarray(sorted(sizes), dtype=np.int64)
+        position = np.minimum(np.searchsorted(table, counts), len(table) - 1)
+        return np.where(counts > 0, table[position], 0)
+
     def step(self, counts: Sequence[int]) -> IterationStats:
-        """Run one optimizer step with ``counts[m]`` samples of modality m."""
+        """Run one optimizer step with ``counts[m]`` samples of modality m (quantised, see :meth:`quantize`)."""
         counts = np.asarray(counts, dtype=np.int64)
         if counts.shape != (len(self.modalities),):
             raise ValueError(f"counts must have {len(self.modalities)} entries (one per modality "
                              f"{list(self.modalities)}), got {counts.tolist()}")
+        counts = self.quantize(counts)
         plan = self.planner.plan(counts.tolist())
         data, labels = self.train_split.features, self.train_split.labels
         self.model.train()
+        nan = torch.full((), float("nan"), device=self.device)
+        unimodal_losses, status = [nan] * len(counts), [nan] * len(counts)
+        fusion_loss = nan
         loss = torch.zeros((), device=self.device)
         encoded = {}
-        unimodal_losses = np.full(len(counts), np.nan)
-        status = np.full(len(counts), np.nan)
         B = self.config.batch_size
-        for k, m in enumerate(self.modalities):
-            if counts[k] == 0:
-                continue
-            index = plan.modality_indices(k).to(self.device)
-            encoded[m] = self.model.encoders[m](data[m][index].to(self.device, non_blocking=True))
-            logits = self.model.heads[m](encoded[m])
-            target = labels[index]
-            ce = F.cross_entropy(logits, target)
-            weight = counts[k] / B if self.config.unimodal_loss == "scaled" else 1.0
-            loss = loss + weight * ce
-            unimodal_losses[k] = float(ce.detach())
-            status[k] = learning_status(logits.detach().softmax(1), target)
-        fusion_loss = float("nan")
-        if plan.n_paired > 0:
-            paired = torch.cat([encoded[m][: plan.n_paired] for m in self.modalities], dim=1)
-            ce = F.cross_entropy(self.model.fusion(paired), labels[plan.paired_indices.to(self.device)])
-            loss = loss + ce
-            fusion_loss = float(ce.detach())
-        total = float(loss.detach())
+        with self._autocast():
+            for k, m in enumerate(self.modalities):
+                if counts[k] == 0:
+                    continue
+                index = plan.modality_indices(k).to(self.device, non_blocking=True)
+                encoded[m] = self._encoders[m](self._to_device(data[m][index]))
+                logits = self.model.heads[m](encoded[m])
+                target = labels[index]
+                ce = F.cross_entropy(logits.float(), target)
+                weight = counts[k] / B if self.config.unimodal_loss == "scaled" else 1.0
+                loss = loss + weight * ce
+                unimodal_losses[k] = ce.detach()
+                status[k] = true_class_probability(logits.detach().float().softmax(1), target)
+            if plan.n_paired > 0:
+                paired = torch.cat([encoded[m][: plan.n_paired] for m in self.modalities], dim=1)
+                target = labels[plan.paired_indices.to(self.device, non_blocking=True)]
+                fusion_loss = F.cross_entropy(self.model.fusion(paired).float(), target)
+                loss = loss + fusion_loss
+        loss.backward()
+        # one device sync per iteration, after the backward pass has been queued
+        values = torch.stack([loss.detach(), fusion_loss.detach(), *unimodal_losses, *status]).cpu().numpy()
+        total = float(values[0])
         if np.isfinite(total):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         self.samples_seen += counts
-        return IterationStats(total, fusion_loss, unimodal_losses, status, counts)
+        M = len(counts)
+        return IterationStats(total, float(values[1]), values[2 : 2 + M].astype(np.float64),
+                              values[2 + M :].astype(np.float64), counts)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @torch.no_grad()
     def predict(self, split: MultimodalSplit) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -196,8 +238,9 @@ class Learner:
         fused = []
         chunk_size = self.config.eval_batch_size
         for start in range(0, len(split), chunk_size):
-            chunk = {m: x[start : start + chunk_size].to(self.device) for m, x in split.features.items()}
-            logits, fused_logits = self.model(chunk)
+            chunk = {m: self._to_device(x[start : start + chunk_size]) for m, x in split.features.items()}
+            with self._autocast():
+                logits, fused_logits = self.model(chunk)
             for m in self.modalities:
                 unimodal[m].append(logits[m].softmax(1).float().cpu())
             fused.append(fused_logits.softmax(1).float().cpu())
@@ -240,8 +283,9 @@ class Learner:
         self.model.eval()
         encoder = self.model.encoders[modality]
         size = self.config.eval_batch_size
-        parts = [encoder(split.features[modality][s : s + size].to(self.device)).float().cpu()
-                 for s in range(0, len(split), size)]
+        with self._autocast():
+            parts = [encoder(self._to_device(split.features[modality][s : s + size])).float().cpu()
+                     for s in range(0, len(split), size)]
         return torch.cat(parts).numpy()
 
     def linear_probe(self, modality: str, split_name: str = "test") -> float:
@@ -258,6 +302,7 @@ class Learner:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "planner": self.planner.state_dict(),
             "iteration": self.iteration,
             "samples_seen": self.samples_seen.tolist(),
@@ -305,6 +350,8 @@ class Learner:
         """Restore a state saved by :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.planner.load_state_dict(state["planner"])
         self.iteration = int(state["iteration"])
         self.samples_seen = np.asarray(state["samples_seen"], dtype=np.int64)
