@@ -49,6 +49,8 @@ class LearnerConfig:
     """torch.compile each encoder (static shapes: use count_sizes so that few shapes occur)."""
     compile_backend: str = "inductor"
     """torch.compile backend."""
+    num_workers: int = 0
+    """DataLoader worker processes that load on-disk (lazy) modalities ahead of the learner."""
     count_sizes: tuple[int, ...] | None = None
     """Round counts up to one of these batch sizes (e.g. [16, 32, 48, 64, 96, 128]); None: exact counts."""
 
@@ -61,6 +63,7 @@ class LearnerConfig:
         _check(self.unimodal_loss in ("scaled", "mean"),
                f"learner.unimodal_loss must be 'scaled' or 'mean', got '{self.unimodal_loss}'")
         _check(self.eval_batch_size >= 1, f"learner.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check(self.num_workers >= 0, f"learner.num_workers must be >= 0, got {self.num_workers}")
         _check(self.lr_decay_every is None or self.lr_decay_every >= 1,
                f"learner.lr_decay_every must be >= 1 or null, got {self.lr_decay_every}")
         _check(0 < self.lr_decay_gamma <= 1, f"learner.lr_decay_gamma must be in (0, 1], got {self.lr_decay_gamma}")

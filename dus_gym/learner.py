@@ -8,7 +8,7 @@ w(m) = n(m)/B ("scaled", the default) or 1 ("mean"). No Gymnasium here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from dus_gym.batch_plan import BatchPlanner
 from dus_gym.cmd import true_class_probability
 from dus_gym.config import LearnerConfig
+from dus_gym.loader import SampleDataset, WindowLoader
 from dus_gym.metrics import classification_metrics, linear_probe_accuracy
 from dus_gym.tasks.base import MultimodalSplit, Task
 
@@ -131,6 +133,8 @@ class Learner:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda" and config.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True  # a process-wide switch; shapes are few with count_sizes
+        self._lazy = any(not isinstance(x, torch.Tensor) for x in self.train_split.features.values())
+        self._window_loader: WindowLoader | None = None
         self._encoders: dict[str, nn.Module] = dict(self.model.encoders.items())
         if config.compile:
             # compiled wrappers share the parameters; the state dict keeps plain module names
@@ -179,8 +183,15 @@ class Learner:
             raise ValueError(f"counts must have {len(self.modalities)} entries (one per modality "
                              f"{list(self.modalities)}), got {counts.tolist()}")
         counts = self.quantize(counts)
+        if self._lazy and self.config.num_workers > 0 and self._window_loader is None:
+            self._window_loader = WindowLoader(self.train_split, self.planner, self.config.num_workers,
+                                               pin_memory=self.device.type == "cuda")
         plan = self.planner.plan(counts.tolist())
         data, labels = self.train_split.features, self.train_split.labels
+        window = None
+        if self._window_loader is not None:
+            window = {m: torch.cat([part.to(self.device, non_blocking=True) for part in parts])
+                      for m, parts in self._window_loader.take(plan.window).items()}
         self.model.train()
         nan = torch.full((), float("nan"), device=self.device)
         unimodal_losses, status = [nan] * len(counts), [nan] * len(counts)
@@ -193,7 +204,8 @@ class Learner:
                 if counts[k] == 0:
                     continue
                 index = plan.modality_indices(k).to(self.device, non_blocking=True)
-                encoded[m] = self._encoders[m](self._to_device(data[m][index]))
+                batch = window[m][: counts[k]] if window is not None else data[m][index]
+                encoded[m] = self._encoders[m](self._to_device(batch))
                 logits = self.model.heads[m](encoded[m])
                 target = labels[index]
                 ce = F.cross_entropy(logits.float(), target)
@@ -221,6 +233,19 @@ class Learner:
         return IterationStats(total, float(values[1]), values[2 : 2 + M].astype(np.float64),
                               values[2 + M :].astype(np.float64), counts)
 
+    def _batches(self, split: MultimodalSplit) -> Iterator[dict[str, torch.Tensor]]:
+        """``split`` in order, eval_batch_size samples at a time (lazy sources through DataLoader workers)."""
+        size = self.config.eval_batch_size
+        lazy = any(not isinstance(x, torch.Tensor) for x in split.features.values())
+        if lazy and self.config.num_workers > 0:
+            loader = DataLoader(SampleDataset(split), batch_size=size, num_workers=self.config.num_workers,
+                                pin_memory=self.device.type == "cuda")
+            for _, features in loader:
+                yield features
+            return
+        for start in range(0, len(split), size):
+            yield {m: x[start : start + size] for m, x in split.features.items()}
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
@@ -236,9 +261,8 @@ class Learner:
         self.model.eval()
         unimodal: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
         fused = []
-        chunk_size = self.config.eval_batch_size
-        for start in range(0, len(split), chunk_size):
-            chunk = {m: self._to_device(x[start : start + chunk_size]) for m, x in split.features.items()}
+        for features in self._batches(split):
+            chunk = {m: self._to_device(x) for m, x in features.items()}
             with self._autocast():
                 logits, fused_logits = self.model(chunk)
             for m in self.modalities:
@@ -282,10 +306,8 @@ class Learner:
         """Features of ``modality``'s encoder on ``split`` (for linear probes)."""
         self.model.eval()
         encoder = self.model.encoders[modality]
-        size = self.config.eval_batch_size
         with self._autocast():
-            parts = [encoder(self._to_device(split.features[modality][s : s + size])).float().cpu()
-                     for s in range(0, len(split), size)]
+            parts = [encoder(self._to_device(features[modality])).float().cpu() for features in self._batches(split)]
         return torch.cat(parts).numpy()
 
     def linear_probe(self, modality: str, split_name: str = "test") -> float:
@@ -353,5 +375,6 @@ class Learner:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.planner.load_state_dict(state["planner"])
+        self._window_loader = None  # the prefetch stream restarts from the restored walk
         self.iteration = int(state["iteration"])
         self.samples_seen = np.asarray(state["samples_seen"], dtype=np.int64)

@@ -113,3 +113,17 @@ def test_audio_features_by_hand():
     # at 128 bins the lowest filters are narrower than an FFT bin and some are empty, as in Kaldi's and
     # torchaudio's filterbanks; their log energy is the floor, never -inf or NaN
     assert (banks.sum(1) > 0).mean() > 0.9 and np.isfinite(fbank).all()
+
+
+def test_prefetching_workers_give_the_same_training(prepared):
+    root, _, _ = prepared
+    task = make_task("cremad", root=str(root / "cremad"), image_size=64)
+
+    def losses(workers):
+        learner = Learner(task, LearnerConfig(batch_size=2, num_workers=workers, eval_batch_size=3), seed=0)
+        out = [learner.step(counts).loss for counts in ([2, 1], [3, 3], [1, 4], [2, 2])]  # windows cross epochs
+        return out, learner.accuracies("val")
+
+    direct, val_direct = losses(0)
+    prefetched, val_prefetched = losses(2)
+    assert prefetched == pytest.approx(direct, rel=1e-5) and val_prefetched[0] == val_direct[0]
