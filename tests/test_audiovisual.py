@@ -127,3 +127,18 @@ def test_prefetching_workers_give_the_same_training(prepared):
     direct, val_direct = losses(0)
     prefetched, val_prefetched = losses(2)
     assert prefetched == pytest.approx(direct, rel=1e-5) and val_prefetched[0] == val_direct[0]
+
+
+@pytest.mark.parametrize("env_id, folder", [("dus_gym/CremaD-v0", "cremad"), ("dus_gym/KineticsSounds-v0", "ks")])
+def test_audiovisual_envs_pass_both_checkers(prepared, env_id, folder):
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    root, _, _ = prepared
+    env = gym.make(env_id, task_kwargs={"root": str(root / folder), "image_size": 64},
+                   learner={"batch_size": 2, "device": "cpu", "eval_batch_size": 8, "count_sizes": [2, 4]},
+                   n_iterations=2, iterations_per_step=1, n_min=2, n_max=4)
+    assert env.spec.nondeterministic  # registered for a GPU learner
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped)
