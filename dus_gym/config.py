@@ -7,6 +7,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
@@ -179,6 +180,12 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message says what to change."""
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -194,8 +201,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {names}"
+            hint = did_you_mean(str(key), names) or f" (valid keys: {names})"
             raise ConfigError(f"unknown config key '{path}'{hint}")
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)

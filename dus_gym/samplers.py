@@ -6,13 +6,14 @@ Every sampler implements :meth:`Sampler.counts`; a learned policy plugs in the s
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from dus_gym.config import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,7 @@ def make_sampler(name: str, batch_size: int, n_modalities: int, **kwargs: Any) -
     """Build the sampler ``name`` with its keyword arguments."""
     table = _sampler_table()
     if name not in table:
-        close = difflib.get_close_matches(name, table, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown sampler '{name}'{hint}; known: {sorted(table)}")
+        raise ValueError(f"unknown sampler '{name}'{did_you_mean(name, table)}; known: {sorted(table)}")
     try:
         return table[name](batch_size, n_modalities, **kwargs)
     except TypeError as err:

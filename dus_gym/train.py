@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
-from dus_gym.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, from_dict
+from dus_gym.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, did_you_mean, from_dict
 from dus_gym.driver import write_atomic
 from dus_gym.hyperparams import AgentHyperparams, load_hyperparams
 from dus_gym.policy import POLICY_FORMAT, POLICY_VERSION
@@ -101,12 +101,8 @@ def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any
 def env_run_config(env_id: str, env_kwargs: dict[str, Any], run_dir: Path) -> RunConfig:
     """The run config of a registered DUS env (task, learner, CMD, budget), for driver runs."""
     if env_id not in gym.registry:
-        import difflib
-
-        close = difflib.get_close_matches(env_id, [i for i in gym.registry if i.startswith("dus_gym/")], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown env id '{env_id}'{hint}; registered: "
-                          f"{sorted(i for i in gym.registry if i.startswith('dus_gym/'))}")
+        ours = sorted(i for i in gym.registry if i.startswith("dus_gym/"))
+        raise ConfigError(f"unknown env id '{env_id}'{did_you_mean(env_id, ours)}; registered: {ours}")
     kwargs = {**gym.registry[env_id].kwargs, **env_kwargs}
     return RunConfig(
         task=kwargs["task"], task_kwargs=kwargs.get("task_kwargs") or {},

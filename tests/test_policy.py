@@ -93,3 +93,10 @@ def test_resume_continues_from_the_last_checkpoint(tiny_policy, capsys):
     assert "resuming from" in capsys.readouterr().out
     after = PPO.load(folder / "policy.zip", device="cpu")
     assert before >= 64 and after.num_timesteps >= 128
+
+
+def test_unknown_env_id_is_one_line(tmp_path, capsys):
+    assert main(["train-policy", "--env", "dus_gym/Synthetc-v0", "--run-dir", str(tmp_path), "--no-evaluate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did you mean 'dus_gym/Synthetic-v0'" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written for a run that cannot start

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import inspect
@@ -10,6 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from dus_gym.config import did_you_mean
 from dus_gym.tasks.audiovisual import make_audiovisual
 from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 from dus_gym.tasks.mfeat import make_mfeat
@@ -46,9 +46,8 @@ def resolve_task_builder(name: str) -> TaskBuilder:
         if not callable(builder):
             raise ValueError(f"task builder '{name}' is not callable")
         return builder
-    close = difflib.get_close_matches(name, TASKS, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ValueError(f"unknown task '{name}'{hint}; known: {sorted(TASKS)}, or give 'package.module:function'")
+    raise ValueError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; known: {sorted(TASKS)}, "
+                     "or give 'package.module:function'")
 
 
 def make_task(name: str, **kwargs: Any) -> Task:
