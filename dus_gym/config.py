@@ -171,9 +171,20 @@ class RunConfig:
 
     def budget(self, n_train: int) -> int:
         """The budget in learner iterations for a training split of ``n_train`` samples."""
-        if self.n_iterations is not None:
-            return self.n_iterations
-        return max(1, math.ceil(self.epochs * n_train / self.learner.batch_size))
+        return iteration_budget(self.n_iterations, self.epochs, n_train, self.learner.batch_size)
+
+
+def iteration_budget(n_iterations: int | None, epochs: float | None, n_train: int, batch_size: int) -> int:
+    """Learner iterations of a budget given in iterations, or in epochs at the base batch size B."""
+    if (n_iterations is None) == (epochs is None):
+        raise ConfigError("set exactly one of n_iterations and epochs (the other to null)")
+    if n_iterations is not None:
+        if n_iterations < 1:
+            raise ConfigError(f"n_iterations must be >= 1, got {n_iterations}")
+        return n_iterations
+    if epochs <= 0:
+        raise ConfigError(f"epochs must be > 0, got {epochs}")
+    return max(1, math.ceil(epochs * n_train / batch_size))
 
 
 class ConfigError(ValueError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any
 
@@ -12,7 +11,7 @@ from gymnasium import spaces
 
 from dus_gym.action import CountsAction
 from dus_gym.cmd import CMDMonitor, cmd_observation
-from dus_gym.config import CMDConfig, EnvConfig, LearnerConfig, from_dict
+from dus_gym.config import CMDConfig, EnvConfig, LearnerConfig, from_dict, iteration_budget
 from dus_gym.learner import Learner
 from dus_gym.tasks import Task, cached_task
 
@@ -100,14 +99,10 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
             LearnerConfig, learner or {}, "learner")
         self.cmd_config = cmd if isinstance(cmd, CMDConfig) else from_dict(CMDConfig, cmd or {}, "cmd")
         self.config = from_dict(EnvConfig, env_kwargs, "env")
-        if (n_iterations is None) == (epochs is None):
-            raise ValueError("DUSEnv needs exactly one of n_iterations and epochs")
-        if n_iterations is not None and n_iterations < 1:
-            raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
         self.probe_size = self.cmd_config.probe_size if self.cmd_config.source == "probe" else 0
         n_train = len(self.task.splits["train"]) - self.probe_size
         B = self.learner_config.batch_size
-        self.n_iterations = n_iterations if n_iterations is not None else max(1, math.ceil(epochs * n_train / B))
+        self.n_iterations = iteration_budget(n_iterations, epochs, n_train, B)
         self.n_modalities = len(self.task.modalities)
         c = self.config
         self.actions = CountsAction(self.n_modalities, c.n_min, c.n_max, c.action_type, c.count_levels)
