@@ -152,9 +152,9 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         if remaining <= 0:
             raise RuntimeError("the episode has ended; call reset()")
         n = min(self.config.iterations_per_step, remaining)
-        counts = self.learner.quantize(counts)
         for _ in range(n):
             stats = self.learner.step(counts)
+            counts = stats.counts  # as used by the learner (after quantisation)
             if not stats.finite:
                 self._counts = counts
                 info = {"diverged": True, "loss": stats.loss, "iteration": self.learner.iteration}
