@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -142,6 +143,13 @@ def prepare_clip(dataset: str, src: str, dst: str, clip: str, ffmpeg: str) -> st
     return clip
 
 
+def _single_thread_worker() -> None:
+    """Worker processes share the cores: one torch thread each."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: str | Path | None = None,
                     test_list: str | Path | None = None, workers: int | None = None,
                     progress: bool = True) -> dict[str, Any]:
@@ -174,7 +182,10 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
     (dst / "visual").mkdir(parents=True, exist_ok=True)
     clips = sorted({clip for rows in lists.values() for clip, _ in rows})
     todo = [c for c in clips if not clip_done(dst, c)]
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    # spawn, not fork: a forked child of a process whose torch thread pool already ran can deadlock
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context,
+                             initializer=_single_thread_worker) as pool:
         futures = [pool.submit(prepare_clip, dataset, str(src), str(dst), c, ffmpeg) for c in todo]
         for future in tqdm(futures, total=len(todo), desc=f"prepare {dataset}", disable=not progress):
             future.result()
