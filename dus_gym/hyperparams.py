@@ -103,16 +103,13 @@ def load_hyperparams(path: str | Path, env_id: str) -> AgentHyperparams:
     """Read the entry of ``env_id`` (else ``default``) from an RL Zoo style YAML file."""
     path = Path(path)
     table = read_yaml(path)
-    if env_id in table:
-        entry = table[env_id]
-    elif "default" in table:
-        entry = table["default"]
-    else:
+    key = env_id if env_id in table else "default"
+    if key not in table:
         raise ConfigError(f"{path} has no entry for '{env_id}' and no 'default'; add one (keys: {sorted(table)})")
+    entry = table[key]
     if not isinstance(entry, dict):
         raise ConfigError(f"{path}: the entry for '{env_id}' must be a mapping")
     where = f"{path}[{env_id}]"
-    entry = dict(entry)
     model_kwargs = {k: v for k, v in entry.items() if k not in RUNNER_KEYS}
     for key in ("learning_rate", "clip_range", "clip_range_vf"):
         if key in model_kwargs and model_kwargs[key] is not None:
@@ -133,21 +130,21 @@ def load_hyperparams(path: str | Path, env_id: str) -> AgentHyperparams:
         normalize = {}
     if not isinstance(normalize, dict):
         raise ConfigError(f"{where}.normalize must be true/false or a mapping of VecNormalize kwargs")
-    for key in ("n_envs", "n_timesteps"):
-        value = entry.get(key, 1 if key == "n_envs" else 10_000)
+    runner = {}
+    for name, default in (("n_envs", 1), ("n_timesteps", 10_000)):
+        value = entry.get(name, default)
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError as err:
-                raise ConfigError(f"{where}.{key} must be a number, got {value!r}") from err
+                raise ConfigError(f"{where}.{name} must be a number, got {value!r}") from err
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
-            raise ConfigError(f"{where}.{key} must be a positive number, got {value!r}")
-        entry[key] = int(value)
+            raise ConfigError(f"{where}.{name} must be a positive number, got {value!r}")
+        runner[name] = int(value)
     env_kwargs = entry.get("env_kwargs") or {}
     if not isinstance(env_kwargs, dict):
         raise ConfigError(f"{where}.env_kwargs must be a mapping")
     return AgentHyperparams(
-        n_envs=entry["n_envs"], n_timesteps=entry["n_timesteps"], policy=str(entry.get("policy", "MlpPolicy")),
-        normalize=normalize, env_kwargs=env_kwargs, model_kwargs=model_kwargs, raw=table[env_id]
-        if env_id in table else table["default"],
+        n_envs=runner["n_envs"], n_timesteps=runner["n_timesteps"], policy=str(entry.get("policy", "MlpPolicy")),
+        normalize=normalize, env_kwargs=env_kwargs, model_kwargs=model_kwargs, raw=entry,
     )

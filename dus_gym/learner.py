@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from dus_gym.batch_plan import BatchPlanner
 from dus_gym.cmd import true_class_probability
 from dus_gym.config import LearnerConfig
-from dus_gym.loader import SampleDataset, WindowLoader
+from dus_gym.loader import SampleDataset, WindowLoader, is_lazy
 from dus_gym.metrics import classification_metrics, linear_probe_accuracy
 from dus_gym.tasks.base import MultimodalSplit, Task
 
@@ -133,7 +133,7 @@ class Learner:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda" and config.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True  # a process-wide switch; shapes are few with count_sizes
-        self._lazy = any(not isinstance(x, torch.Tensor) for x in self.train_split.features.values())
+        self._lazy = is_lazy(self.train_split)
         self._window_loader: WindowLoader | None = None
         self._encoders: dict[str, nn.Module] = dict(self.model.encoders.items())
         if config.compile:
@@ -236,8 +236,7 @@ class Learner:
     def _batches(self, split: MultimodalSplit) -> Iterator[dict[str, torch.Tensor]]:
         """``split`` in order, eval_batch_size samples at a time (lazy sources through DataLoader workers)."""
         size = self.config.eval_batch_size
-        lazy = any(not isinstance(x, torch.Tensor) for x in split.features.values())
-        if lazy and self.config.num_workers > 0:
+        if is_lazy(split) and self.config.num_workers > 0:
             loader = DataLoader(SampleDataset(split), batch_size=size, num_workers=self.config.num_workers,
                                 pin_memory=self.device.type == "cuda")
             for _, features in loader:

@@ -19,6 +19,11 @@ from dus_gym.batch_plan import BatchPlanner
 from dus_gym.tasks.base import MultimodalSplit
 
 
+def is_lazy(split: MultimodalSplit) -> bool:
+    """True when a modality of ``split`` is loaded from disk on demand rather than held as a tensor."""
+    return any(not isinstance(x, torch.Tensor) for x in split.features.values())
+
+
 class SampleDataset(Dataset):
     """One paired sample of every modality, with its index, from a split."""
 

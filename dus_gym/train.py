@@ -8,7 +8,6 @@ written), ``args.yml``, ``command.txt``, ``checkpoints/``, ``eval/`` (EvalCallba
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
-from dus_gym.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, did_you_mean, from_dict
+from dus_gym.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, did_you_mean, from_dict, to_dict
 from dus_gym.driver import write_atomic
 from dus_gym.hyperparams import AgentHyperparams, load_hyperparams
 from dus_gym.policy import POLICY_FORMAT, POLICY_VERSION
@@ -147,7 +146,7 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
     env_run_config(config.env_id, env_kwargs, folder)  # fail early on a bad id or kwargs
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "config.yml", yaml.safe_dump({config.env_id: hp.raw}, sort_keys=False))
-    write_atomic(folder / "args.yml", yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
+    write_atomic(folder / "args.yml", yaml.safe_dump(to_dict(config), sort_keys=False))
     write_atomic(folder / "command.txt", " ".join(argv if argv is not None else sys.argv) + "\n")
 
     venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env)
@@ -208,11 +207,3 @@ def evaluate_policy(config: TrainPolicyConfig, folder: Path, env_kwargs: dict[st
     print(f"{config.env_id}: held-out seeds {list(config.eval_seeds)}, test accuracy in %:")
     print(record["table"])
     return record
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value

@@ -6,6 +6,7 @@ The clips stay on disk: each modality is a lazy source that loads the clips a ba
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from abc import ABC, abstractmethod
@@ -50,8 +51,7 @@ class ClipSource(ABC):
 
     def subset(self, index: torch.Tensor | np.ndarray) -> ClipSource:
         """The same source over the clips at ``index`` (nothing is loaded)."""
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
+        clone = copy.copy(self)
         clone.clips = [self.clips[i] for i in _as_index(index, len(self))]
         return clone
 
