@@ -54,6 +54,10 @@ class LearnerConfig:
     """DataLoader worker processes that load on-disk (lazy) modalities ahead of the learner."""
     count_sizes: tuple[int, ...] | None = None
     """Round counts up to one of these batch sizes (e.g. [16, 32, 48, 64, 96, 128]); None: exact counts."""
+    method: str = "unimodal-aux"
+    """How an iteration's losses and gradients are formed: joint, unimodal-aux, ogm-ge, mmpareto or mla."""
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the method (e.g. alpha for ogm-ge, gamma for mmpareto)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"learner.batch_size must be >= 1, got {self.batch_size}")

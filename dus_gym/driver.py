@@ -33,11 +33,13 @@ class RunResult:
         summary: JSON-serialisable metrics and facts of the run.
         test: the final evaluation on the test split (with probabilities, for late fusion).
         counts: (iterations, M) counts chosen at every iteration.
+        cmd: (iterations, M) the discrepancy d(m) after every iteration.
     """
 
     summary: dict[str, Any]
     test: Evaluation
     counts: np.ndarray = field(repr=False)
+    cmd: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -82,6 +84,7 @@ def run_training(
     task: Task | None = None,
     sampler: Sampler | None = None,
     progress: bool = True,
+    probe: bool = True,
 ) -> RunResult:
     """Train ``config.task`` with ``config.sampler`` for the budget; log and write results.
 
@@ -91,6 +94,7 @@ def run_training(
         task: an already built task (saves rebuilding it across seeds); built from config if None.
         sampler: an already built sampler; built from config if None.
         progress: show a progress bar.
+        probe: fit the linear probe of every encoder at the end (``probe_acc``; several seconds on CPU).
 
     Raises:
         DivergedError: the loss became NaN/inf; results of the iterations before are not written.
@@ -115,11 +119,12 @@ def run_training(
 
     counts = np.full(M, B, dtype=np.int64)
     history = np.zeros((n_iterations, M), dtype=np.int64)
+    cmd_history = np.zeros((n_iterations, M))
     last_status = np.zeros(M)
     val_curve = []
     start = time.perf_counter()
-    bar = tqdm(total=n_iterations, desc=f"{task.name}/{sampler.name}/seed{config.seed}", disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(total=n_iterations, desc=f"{task.name}/{config.learner.method}/{sampler.name}/seed{config.seed}",
+               disable=not progress, leave=False, dynamic_ncols=True)
     try:
         for t in range(n_iterations):
             counts = np.asarray(sampler.counts(sampler_state(learner, monitor, counts, n_iterations)), dtype=np.int64)
@@ -137,6 +142,7 @@ def run_training(
                 status = np.where(np.isnan(stats.status), last_status, stats.status)
             last_status = status
             monitor.update(status)
+            cmd_history[t] = monitor.discrepancy
             bar.update(1)
             if writer is not None and ((t + 1) % config.log_every == 0 or t + 1 == n_iterations):
                 _log_iteration(writer, t + 1, task.modalities, monitor, stats, learner)
@@ -159,6 +165,7 @@ def run_training(
     summary = {
         "task": task.name,
         "modalities": list(task.modalities),
+        "method": config.learner.method,
         "sampler": sampler.name,
         "seed": config.seed,
         "iterations": n_iterations,
@@ -166,7 +173,7 @@ def run_training(
         "samples_seen": dict(zip(task.modalities, learner.samples_seen.tolist(), strict=True)),
         "mean_counts": dict(zip(task.modalities, history.mean(0).tolist(), strict=True)),
         "test": {"fused": test.fused, **{m: test.unimodal[m] for m in task.modalities}},
-        "probe_acc": {m: learner.linear_probe(m) for m in task.modalities},
+        "probe_acc": {m: learner.linear_probe(m) for m in task.modalities} if probe else None,
         "final_cmd": dict(zip(task.modalities, monitor.discrepancy.tolist(), strict=True)),
         "final_gap": monitor.gap,
         "val_curve": val_curve,
@@ -176,7 +183,7 @@ def run_training(
         learner.save(run_dir / "learner.pt")
         save_counts(run_dir / "counts.npy", history)
         write_atomic(run_dir / "results.json", json.dumps(summary, indent=2))
-    return RunResult(summary, test, history)
+    return RunResult(summary, test, history, cmd_history)
 
 
 def _log_iteration(writer: Any, step: int, modalities: tuple[str, ...], monitor: CMDMonitor,
