@@ -368,6 +368,10 @@ class Learner:
         if payload.get("task") != self.task.name or payload.get("modalities") != list(self.modalities):
             raise ValueError(f"{path} was saved for task '{payload.get('task')}' with modalities "
                              f"{payload.get('modalities')}, not '{self.task.name}' with {list(self.modalities)}")
+        saved_method = payload.get("method", "unimodal-aux")
+        if saved_method != self.method.name and (self.method.shared_head or saved_method == "mla"):
+            raise ValueError(f"{path} was saved by method '{saved_method}', this learner uses '{self.method.name}' "
+                             "and one of them shares a single head between modalities; use the same method")
         try:
             self.load_state_dict(payload["state"])
         except (KeyError, RuntimeError, ValueError) as err:

@@ -223,3 +223,10 @@ def test_mla_checkpoint_keeps_its_projector(task, tmp_path):
     other.load(tmp_path / "learner.pt")
     assert torch.equal(other.method.projector, learner.method.projector) and other.method.updates == 6
     assert np.allclose(other.predict(task.splits["val"])[1], learner.predict(task.splits["val"])[1])
+
+
+def test_a_checkpoint_of_another_head_layout_is_refused(task, tmp_path):
+    learner_of(task, "unimodal-aux").save(tmp_path / "learner.pt")
+    with pytest.raises(ValueError, match="saved by method 'unimodal-aux'.*shares a single head"):
+        learner_of(task, "mla").load(tmp_path / "learner.pt")
+    learner_of(task, "ogm-ge").load(tmp_path / "learner.pt")  # same layout: a warm start is allowed
