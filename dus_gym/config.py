@@ -156,6 +156,8 @@ class RunConfig:
     """Parent folder of run folders."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
+    checkpoint_every: int | None = 500
+    """Write the whole run state to checkpoint.pt every this many iterations (None: never); --resume reads it."""
     env_id: str | None = None
     """The Gymnasium id this spec is registered under (specs in envs/), e.g. dus_gym/MFeat-v0."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -168,6 +170,8 @@ class RunConfig:
                f"n_iterations must be >= 1, got {self.n_iterations}")
         _check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _check(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
+               f"checkpoint_every must be >= 1 or null, got {self.checkpoint_every}")
 
     def budget(self, n_train: int) -> int:
         """The budget in learner iterations for a training split of ``n_train`` samples."""

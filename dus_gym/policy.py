@@ -133,6 +133,15 @@ class PolicySampler(Sampler):
         """Forget the held counts."""
         self._held = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The counts held until the next decision."""
+        return {"held": None if self._held is None else self._held.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the held counts."""
+        held = state.get("held")
+        self._held = None if held is None else np.asarray(held, dtype=np.int64)
+
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         """The observation as the policy saw it in training."""
         if self.obs_rms is None:

@@ -69,6 +69,13 @@ class Sampler(ABC):
     def reset(self) -> None:  # noqa: B027 (a hook: stateless samplers keep the default)
         """Prepare for a new run (stateless samplers need nothing)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to decide as this sampler would have (stateless samplers: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (a hook, as reset)
+        """Restore a state saved by :meth:`state_dict`."""
+
 
 class UniformSampler(Sampler):
     """B samples of every modality at every iteration: plain joint training."""

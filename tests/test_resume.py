@@ -1,0 +1,123 @@
+"""Crashes and resume: a killed run resumes exactly, a diverged run keeps its last checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dus_gym.checkpoint import load_run_checkpoint
+from dus_gym.cli import main
+from dus_gym.learner import Learner
+
+RUN = ["run", "--task", "synthetic", "--sampler", "heuristic", "--seed", "5", "--iterations", "1500", "--no-progress",
+       "--set", "eval_every=250", "--set", "checkpoint_every=50", "--set", "task_kwargs.hidden_dim=16",
+       "--set", "tensorboard=false", "--set", "sampler_kwargs.alpha=20"]
+
+
+def dus_gym(argv: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # same threads in every process
+    return subprocess.Popen([sys.executable, "-m", "dus_gym", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "killed").mkdir()
+    full = dus_gym([*RUN, "--run-dir", "runs"], tmp_path / "full")
+    killed = dus_gym([*RUN, "--run-dir", "runs"], tmp_path / "killed")
+    deadline = time.monotonic() + 240
+    checkpoint = None
+    while checkpoint is None:
+        assert killed.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        found = list((tmp_path / "killed").glob("runs/*/checkpoint.pt"))
+        checkpoint = found[0] if found else None
+        time.sleep(0.01)
+    time.sleep(0.3)  # let it run past the first checkpoint, somewhere between two
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    folder = checkpoint.parent
+    assert not (folder / "results.json").exists()
+    state = torch.load(checkpoint, weights_only=True)["state"]
+    assert 0 < state["iteration"] < 1500
+
+    out = finish(dus_gym(["run", "--resume", str(folder.relative_to(tmp_path / "killed")), "--no-progress"],
+                         tmp_path / "killed"))
+    assert "resuming" in out
+    finish(full)
+    reference = next((tmp_path / "full").glob("runs/*/results.json"))
+    a, b = json.loads(reference.read_text()), json.loads((folder / "results.json").read_text())
+    a.pop("train_seconds"), b.pop("train_seconds")
+    assert a == b  # every metric, the val curve, the CMD, samples seen, probes: exactly
+    assert np.array_equal(np.load(reference.parent / "counts.npy"), np.load(folder / "counts.npy"))
+    assert min(np.load(folder / "counts.npy")[:, 0]) < 64  # the heuristic acted: its state mattered
+    assert not checkpoint.exists()  # removed once the run is complete
+    print(f"resumed from iteration {state['iteration']}; compared: {sorted(a)}")
+
+
+def test_resume_without_a_checkpoint_starts_again_and_a_finished_run_is_refused(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("task: synthetic\nn_iterations: 5\neval_every: 5\ntensorboard: false\n"
+                                        "task_kwargs: {hidden_dim: 8}\n")
+    assert main(["run", "--resume", str(folder), "--no-progress"]) == 0
+    assert "starting the run again" in capsys.readouterr().out
+    assert main(["run", "--resume", str(folder), "--no-progress"]) == 2
+    assert "already finished" in capsys.readouterr().err
+    assert main(["run", "--resume", str(folder), "--set", "learner.lr=1"]) == 2
+    assert "drop --set" in capsys.readouterr().err
+
+
+def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    step = Learner.step
+
+    def diverge_after_25(self, counts):
+        stats = step(self, counts)
+        return replace(stats, loss=float("nan")) if self.iteration > 25 else stats
+
+    monkeypatch.setattr(Learner, "step", diverge_after_25)
+    code = main(["run", "--task", "synthetic", "--iterations", "40", "--run-dir", str(tmp_path), "--no-progress",
+                 "--set", "checkpoint_every=10", "--set", "task_kwargs.hidden_dim=8", "--set", "tensorboard=false"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "loss became nan at iteration 26" in err
+    assert "last good checkpoint (iteration 20)" in err
+    folder = next(tmp_path.glob("synthetic-uniform-seed0-*"))
+    assert not (folder / "results.json").exists()
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    state = load_run_checkpoint(folder / "checkpoint.pt", config)
+    assert state["iteration"] == 20
+    assert all(torch.isfinite(v).all() for v in state["learner"]["model"].values())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": 6}, "differs in \\['seed'\\]"),
+    ({"learner": {"lr": 0.01}}, "differs in \\['learner.lr'\\]"),
+])
+def test_checkpoint_of_another_run_config_is_refused(tmp_path, change, message):
+    from dus_gym.checkpoint import save_run_checkpoint
+    from dus_gym.config import RunConfig, from_dict, to_dict
+    from dus_gym.specs import deep_merge
+
+    base = {"task": "synthetic", "n_iterations": 12}
+    save_run_checkpoint(tmp_path / "checkpoint.pt", {"iteration": 3}, to_dict(from_dict(RunConfig, base)))
+    assert load_run_checkpoint(tmp_path / "checkpoint.pt", to_dict(from_dict(RunConfig, base)))["iteration"] == 3
+    other = to_dict(from_dict(RunConfig, deep_merge(base, change)))
+    with pytest.raises(ValueError, match=message):
+        load_run_checkpoint(tmp_path / "checkpoint.pt", other)
