@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import types
 import typing
@@ -220,6 +221,35 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             raise ConfigError(f"unknown config key '{path}'{hint}")
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
+
+
+def checked_kwargs(func: Any, kwargs: dict[str, Any], where: str, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``kwargs`` of ``func`` (a function, class or partial) checked against its signature and annotations.
+
+    An unknown key raises a :class:`ConfigError` that names the closest valid key; a value of the
+    wrong type (for int, float, bool, str, tuple and Optional annotations) raises one that names the
+    key, as :func:`from_dict` does for the config dataclasses. ``reserved`` are parameters the caller
+    fills itself (they are not valid keys).
+    """
+    target = func.__init__ if inspect.isclass(func) else func
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return dict(kwargs)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [n for n, p in parameters.items() if p.kind in kinds and n not in reserved]
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    try:
+        hints = typing.get_type_hints(getattr(target, "func", target))
+    except Exception:  # unresolvable annotations of a user's function: check names only
+        hints = {}
+    checked = {}
+    for key, value in kwargs.items():
+        if key not in names and not open_ended:
+            hint = did_you_mean(str(key), names) or (f" (valid keys: {names})" if names else " (it takes none)")
+            raise ConfigError(f"unknown {where} key '{key}'{hint}")
+        checked[key] = _coerce(hints[key], value, f"{where}.{key}") if key in hints else value
+    return checked
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:

@@ -114,7 +114,11 @@ class PolicySampler(Sampler):
         self.settings = settings
         from stable_baselines3 import PPO
 
-        self.model = PPO.load(folder / "policy.zip", device="cpu")
+        try:
+            self.model = PPO.load(folder / "policy.zip", device="cpu")  # unpickles: trusted input only
+        except Exception as err:  # a truncated zip, another SB3's pickles, a file that is no model
+            raise ValueError(f"{folder / 'policy.zip'} is not a loadable SB3 PPO model ({type(err).__name__}: "
+                             f"{err}); retrain it with train_policy.py") from err
         expected = (4 * n_modalities + 1,)
         if self.model.observation_space.shape != expected:
             raise ValueError(f"policy at {folder} expects observations of shape "

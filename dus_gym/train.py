@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,24 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
-from dus_gym.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, did_you_mean, from_dict, to_dict
+from dus_gym.config import (
+    CMDConfig,
+    ConfigError,
+    EnvConfig,
+    LearnerConfig,
+    RunConfig,
+    did_you_mean,
+    from_dict,
+    to_dict,
+)
 from dus_gym.driver import write_atomic
 from dus_gym.hyperparams import AgentHyperparams, load_hyperparams
 from dus_gym.policy import POLICY_FORMAT, POLICY_VERSION
 from dus_gym.specs import sampler_settings, specs_dir
 from dus_gym.wrappers import ErrorRecoveryWrapper
 
+ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs", "render_mode")
+"""DUSEnv's own arguments; its other keyword arguments are EnvConfig fields."""
 EVAL_SEED_OFFSET = 10_000
 """EvalCallback's env is seeded here, away from the training envs' seeds."""
 
@@ -103,7 +114,13 @@ def env_run_config(env_id: str, env_kwargs: dict[str, Any], run_dir: Path) -> Ru
     if env_id not in gym.registry:
         ours = sorted(i for i in gym.registry if i.startswith("dus_gym/"))
         raise ConfigError(f"unknown env id '{env_id}'{did_you_mean(env_id, ours)}; registered: {ours}")
+    valid = [*ENV_ARGUMENTS, *(f.name for f in fields(EnvConfig))]
+    for key in env_kwargs:
+        if key not in valid:
+            hint = did_you_mean(str(key), valid) or f" (valid keys: {valid})"
+            raise ConfigError(f"unknown env kwarg '{key}' for {env_id}{hint}")
     kwargs = {**gym.registry[env_id].kwargs, **env_kwargs}
+    from_dict(EnvConfig, {k: v for k, v in kwargs.items() if k not in ENV_ARGUMENTS}, "env")
     return RunConfig(
         task=kwargs["task"], task_kwargs=kwargs.get("task_kwargs") or {},
         learner=from_dict(LearnerConfig, kwargs.get("learner") or {}, "learner"),
