@@ -149,3 +149,16 @@ def test_train_policy_checkpoints_atomically_and_resumes_model_and_statistics(ti
     assert PPO.load(folder / "policy.zip", device="cpu").num_timesteps == last + 32
     with open(folder / "vecnormalize.pkl", "rb") as f:
         assert pickle.load(f).obs_rms.count >= count_before + 32  # statistics continued (plus resets)
+
+
+def test_a_diverging_learner_truncates_the_env_episode_with_penalty_and_a_log(caplog):
+    from dus_gym.env import DUSEnv
+
+    env = DUSEnv(n_iterations=40, iterations_per_step=20, divergence_penalty=2.0, learner={"lr": 1e30},
+                 task_kwargs={"hidden_dim": 8})
+    env.reset(seed=0)
+    with caplog.at_level("WARNING", logger="dus_gym.env"):
+        obs, reward, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+    assert truncated and not terminated and reward == -2.0 and info["diverged"]
+    assert not np.isfinite(info["loss"]) and env.observation_space.contains(obs)
+    assert "loss became" in caplog.text and "truncated" in caplog.text
