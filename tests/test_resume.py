@@ -20,7 +20,7 @@ from dus_gym.learner import Learner
 
 RUN = ["run", "--task", "synthetic", "--sampler", "heuristic", "--seed", "5", "--iterations", "1500", "--no-progress",
        "--set", "eval_every=250", "--set", "checkpoint_every=50", "--set", "task_kwargs.hidden_dim=16",
-       "--set", "tensorboard=false", "--set", "sampler_kwargs.alpha=20"]
+       "--set", "tensorboard=false", "--set", "sampler_kwargs.alpha=20", "--set", "learner.lr_decay_every=400"]
 
 
 def dus_gym(argv: list[str], cwd: Path) -> subprocess.Popen:
@@ -109,6 +109,7 @@ def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
 @pytest.mark.parametrize("change, message", [
     ({"seed": 6}, "differs in \\['seed'\\]"),
     ({"learner": {"lr": 0.01}}, "differs in \\['learner.lr'\\]"),
+    ({"task": "mfeat"}, "differs in \\['task'\\]"),
 ])
 def test_checkpoint_of_another_run_config_is_refused(tmp_path, change, message):
     from dus_gym.checkpoint import save_run_checkpoint
