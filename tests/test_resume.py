@@ -163,3 +163,34 @@ def test_a_diverging_learner_truncates_the_env_episode_with_penalty_and_a_log(ca
     assert truncated and not terminated and reward == -2.0 and info["diverged"]
     assert not np.isfinite(info["loss"]) and env.observation_space.contains(obs)
     assert "loss became" in caplog.text and "truncated" in caplog.text
+
+
+@pytest.mark.slow
+def test_train_policy_sigkill_then_resume(tmp_path):
+    """A policy run killed mid-training resumes from its last checkpoint (slow: two SB3 process starts)."""
+    from stable_baselines3 import PPO
+
+    from tests.conftest import TINY_PPO
+
+    hp = tmp_path / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": {**TINY_PPO, "n_timesteps": 100_000}}))
+    root = Path(__file__).resolve().parents[1]
+    base = [sys.executable, str(root / "train_policy.py"), "-conf", str(hp), "--vec-env", "dummy", "--no-evaluate",
+            "--no-progress", "--eval-freq", "0", "--checkpoint-freq", "32", "--env-kwargs", "n_iterations=40",
+            "iterations_per_step=10", "task_kwargs.hidden_dim=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*base, "--run-dir", str(tmp_path / "runs")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "runs").glob("*/checkpoints/ppo_64_steps.zip")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    folder = next((tmp_path / "runs").iterdir())
+    assert not (folder / "policy.zip").exists()
+    resumed = subprocess.run([*base, "--resume", str(folder), "-n", "160"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    assert PPO.load(folder / "policy.zip", device="cpu").num_timesteps == 160
