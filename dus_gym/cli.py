@@ -85,8 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train a task with one sampler and one seed")
     _common(run)
     run.add_argument("--sampler", help="uniform, heuristic, constant, schedule or ppo")
-    run.add_argument("--policy", help="saved policy folder (train_policy.py), for --sampler ppo")
+    run.add_argument("--policy", help="saved policy folder (train_policy.py), for --sampler ppo; trusted input only "
+                     "(its policy.zip is unpickled)")
     run.add_argument("--seed", type=int)
+    run.add_argument("--resume", metavar="RUN_FOLDER",
+                     help="continue an interrupted run from its checkpoint.pt, with its own config.yaml")
     compare = sub.add_parser("compare", help="run several samplers over several seeds and print a table")
     _common(compare)
     compare.add_argument("--samplers", nargs="+", default=["uniform", "heuristic"])
@@ -182,17 +185,42 @@ def _run_folder(parent: str, name: str) -> Path:
     return folder
 
 
+RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", "policy", "seed")
+"""Flags that would change a run, so they cannot go with ``--resume`` (which uses the run's config.yaml)."""
+
+
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """The config of the run folder ``args.resume`` (only ``--device`` may change) and the folder."""
+    given = [f"--{name}" for name in RESUME_CONFLICTS if getattr(args, name, None)]
+    if given:
+        raise ConfigError(f"--resume continues a run with its own config.yaml; drop {', '.join(given)}")
+    folder = Path(args.resume)
+    if not (folder / "config.yaml").is_file():
+        raise FileNotFoundError(f"no run to resume in {folder}: expected a run folder with config.yaml")
+    data = read_yaml(folder / "config.yaml")
+    if args.device is not None:
+        data = deep_merge(data, {"learner": {"device": args.device}})
+    return from_dict(RunConfig, data), folder
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``dus-gym run``."""
-    from dus_gym.driver import run_training
+    from dus_gym.driver import CHECKPOINT_NAME, run_training
 
-    data = resolve_config(args)
-    if args.policy:
-        data = deep_merge(data, {"sampler_kwargs": {"policy": args.policy}})
-    config = from_dict(RunConfig, data)
-    method = "" if config.learner.method == LearnerConfig.method else f"{config.learner.method}-"
-    folder = _run_folder(config.run_dir, f"{config.task.split(':')[-1]}-{method}{config.sampler}-seed{config.seed}")
-    result = run_training(config, run_dir=folder, progress=not args.no_progress)
+    if args.resume:
+        config, folder = resume_config(args)
+        checkpoint = folder / CHECKPOINT_NAME
+        print(f"resuming {folder} from {checkpoint}" if checkpoint.is_file()
+              else f"no checkpoint yet in {folder}: starting the run again", flush=True)
+    else:
+        data = resolve_config(args)
+        if args.policy:
+            data = deep_merge(data, {"sampler_kwargs": {"policy": args.policy}})
+        config = from_dict(RunConfig, data)
+        method = "" if config.learner.method == LearnerConfig.method else f"{config.learner.method}-"
+        folder = _run_folder(config.run_dir,
+                             f"{config.task.split(':')[-1]}-{method}{config.sampler}-seed{config.seed}")
+    result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume))
     s = result.summary
     accs = ", ".join(f"{m} {100 * s['test'][m]['acc']:.1f}" for m in s["modalities"])
     counts = ", ".join(f"{m} {n:.1f}" for m, n in s["mean_counts"].items())
@@ -268,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "prepare": cmd_prepare}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ConfigError, ValueError, OSError, RuntimeError) as err:
         print(f"dus-gym: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
