@@ -51,7 +51,7 @@ class BenchConfig:
         workers: parallel processes (None: the CPU count, at most the number of cells to run).
         out_dir: where cells, results.csv, table.md and the plots go.
         policy: a policy folder written by train_policy.py, for the ppo sampler.
-        plot_seed: the seed whose CMD and count histories are plotted.
+        plot_seed: the seed whose CMD and count histories are plotted (None: the first seed).
         overrides: RunConfig keys applied to every cell (e.g. {"learner": {"device": "cuda"}}).
     """
 
@@ -64,7 +64,7 @@ class BenchConfig:
     workers: int | None = None
     out_dir: str = "runs/bench"
     policy: str | None = None
-    plot_seed: int = 0
+    plot_seed: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,7 +79,7 @@ class BenchConfig:
             raise ConfigError(f"n_iterations must be >= 1, got {self.n_iterations}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
-        if self.plot_seed not in self.seeds:
+        if self.plot_seed is not None and self.plot_seed not in self.seeds:
             raise ConfigError(f"plot_seed {self.plot_seed} is not one of the seeds {list(self.seeds)}")
 
 
@@ -234,7 +234,8 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
     write_atomic(out / "table.md", table + "\n")
     plots = [plot_accuracy(rows, out / "accuracy.png")]
     for task in bench.tasks:
-        plots.append(plot_histories(task, ordered, histories, bench.plot_seed, out / f"curves-{task}.png"))
+        seed = bench.seeds[0] if bench.plot_seed is None else bench.plot_seed
+        plots.append(plot_histories(task, ordered, histories, seed, out / f"curves-{task}.png"))
     return {"cells": len(cells), "ran": len(todo), "workers": workers, "table": table, "plots": plots,
             "out_dir": str(out)}
 
@@ -428,12 +429,13 @@ def plot_histories(task: str, records: list[dict[str, Any]], histories: dict[str
     for r in runs:
         h = histories[r["key"]]
         style = styles[samplers.index(r["sampler"]) % len(styles)]
-        axes[0][0].plot(h["cmd"][:, 0], style, color=colors[r["method"]], linewidth=1,
+        axes[0][0].plot(np.arange(1, len(h["cmd"]) + 1), h["cmd"][:, 0], style, color=colors[r["method"]], linewidth=1,
                         label=f"{r['method']} / {r['sampler']}")
         if r["sampler"] != "uniform":
             for k, m in enumerate(r["summary"]["modalities"]):
-                axes[0][1].plot(_smooth(h["counts"][:, k]), styles[k % len(styles)], color=colors[r["method"]],
-                                linewidth=1, label=f"{r['method']} / {r['sampler']}: {m}")
+                x, y = _smooth(h["counts"][:, k])
+                axes[0][1].plot(x, y, styles[k % len(styles)], color=colors[r["method"]], linewidth=1,
+                                label=f"{r['method']} / {r['sampler']}: {m}")
     axes[0][0].axhline(0.0, color="k", linewidth=0.5)
     axes[0][0].set(xlabel="learner iteration", ylabel=f"CMD d({first})", title=f"{task}, seed {seed}: CMD")
     axes[0][1].set(xlabel="learner iteration", ylabel="samples per iteration (moving mean of 20)",
@@ -443,10 +445,11 @@ def plot_histories(task: str, records: list[dict[str, Any]], histories: dict[str
     return _save(fig, path)
 
 
-def _smooth(x: np.ndarray, window: int = 20) -> np.ndarray:
-    if len(x) < window:
-        return x.astype(np.float64)
-    return np.convolve(x.astype(np.float64), np.ones(window) / window, mode="valid")
+def _smooth(y: np.ndarray, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing moving mean of ``y`` and the iterations it ends at."""
+    if len(y) < window:
+        return np.arange(1, len(y) + 1), y.astype(np.float64)
+    return np.arange(window, len(y) + 1), np.convolve(y.astype(np.float64), np.ones(window) / window, mode="valid")
 
 
 def write_readme_block(readme: Path, bench: BenchConfig, summary: dict[str, Any], command: str) -> None:
