@@ -234,7 +234,7 @@ class OGMGE(Method):
                     if p.grad is None or p.dim() < 2:
                         continue
                     grad = p.grad * coefficients[k]
-                    if self.ge:
+                    if self.ge and p.grad.numel() > 1:
                         std = p.grad.std() + 1e-8
                         grad = grad + torch.randn(p.grad.shape, generator=self.generator, device=p.grad.device,
                                                   dtype=p.grad.dtype) * std
