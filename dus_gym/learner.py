@@ -125,7 +125,8 @@ class Learner:
         order = torch.randperm(len(train), generator=self.generator)
         self.probe = train.subset(order[:probe_size]).to(self.device) if probe_size else None
         # without a probe the training split is the task's own (shared by every learner of the process, no copy)
-        self.train_split = (train.subset(torch.sort(order[probe_size:]).values) if probe_size else train).to(self.device)
+        kept = train.subset(torch.sort(order[probe_size:]).values) if probe_size else train
+        self.train_split = kept.to(self.device)
         self.planner = BatchPlanner(len(self.train_split), self.generator)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
