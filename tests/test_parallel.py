@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import yaml
+
+from dus_gym import parallel
+from dus_gym.config import ConfigError
+from dus_gym.train import TrainPolicyConfig, build_vec_env, train_policy
+
+TINY_TASK = {"n_samples": 300, "dominant_dim": 32, "weak_dim": 4, "hidden_dim": 16}
+TINY_ENV = {"n_iterations": 4, "iterations_per_step": 2, "n_max": 64, "task_kwargs": TINY_TASK,
+            "learner": {"batch_size": 16}}
+TINY_PPO = {"n_envs": 2, "n_timesteps": 256, "policy": "MlpPolicy", "n_steps": 32, "batch_size": 32, "n_epochs": 2,
+            "normalize": "dict(norm_obs=True, norm_reward=False)", "policy_kwargs": "dict(net_arch=[16])"}
+
+
+def test_devices_round_robin_and_default_to_visible_gpus(monkeypatch):
+    assert parallel.assign_devices(5, ["cuda:0", "cuda:1"]) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    with pytest.raises(ConfigError, match="empty"):
+        parallel.assign_devices(2, [])
+    monkeypatch.setattr(parallel, "visible_gpus", lambda: ["cuda:0", "cuda:1", "cuda:2"])
+    gpu = {"learner": {"device": "cuda"}}
+    assert parallel.env_devices("dus_gym/Synthetic-v0", 4, gpu, None) == ["cuda:0", "cuda:1", "cuda:2", "cuda:0"]
+    assert parallel.env_devices("dus_gym/Synthetic-v0", 2, {}, None) == [None, None]  # a cpu learner stays put
+    assert parallel.env_devices("dus_gym/Synthetic-v0", 3, {}, ("cpu", "cuda:1")) == ["cpu", "cuda:1", "cpu"]
+
+
+def test_subproc_envs_are_pinned_to_the_device_list(monkeypatch):
+    # the spec asks for "cuda"; the mocked GPU list pins every env's learner to a cpu entry instead
+    monkeypatch.setattr(parallel, "visible_gpus", lambda: ["cpu", "cpu"])
+    env_kwargs = {**TINY_ENV, "learner": {"batch_size": 16, "device": "cuda"}}
+    venv = build_vec_env("dus_gym/Synthetic-v0", 2, 0, env_kwargs, "subproc")
+    try:
+        assert [c.device for c in venv.get_attr("learner_config")] == ["cpu", "cpu"]
+        assert [c.batch_size for c in venv.get_attr("learner_config")] == [16, 16]  # the rest of learner is kept
+        venv.reset()
+        obs, rewards, dones, infos = venv.step(np.zeros((2, 2), dtype=np.float32))
+        assert obs.shape == (2, 9) and infos[0]["iteration"] == 2
+    finally:
+        venv.close()
+    with pytest.raises(ConfigError, match="one device"):
+        build_vec_env("dus_gym/Synthetic-v0", 2, 0, TINY_ENV, "vectorized", devices=("cpu", "cuda:0"))
+
+
+def _train(tmp_path, vec_env, **extra):
+    hp = tmp_path / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": TINY_PPO}))
+    config = TrainPolicyConfig(env_id="dus_gym/Synthetic-v0", hyperparams=str(hp), vec_env=vec_env,
+                               run_dir=str(tmp_path / "runs"), env_kwargs=TINY_ENV, eval_freq=0, checkpoint_freq=256,
+                               evaluate=False, progress=False, **extra)
+    return train_policy(config, argv=["train_policy.py"])
+
+
+def test_train_policy_with_the_vectorised_env(tmp_path):
+    folder = _train(tmp_path, "vectorized")
+    assert (folder / "policy.zip").is_file() and (folder / "vecnormalize.pkl").is_file()
+    assert any((folder / "tb").rglob("events.*"))
+
+
+def test_train_policy_through_ray_actors_on_a_local_runtime(tmp_path):
+    ray = pytest.importorskip("ray")
+    init = {"num_cpus": 2, "include_dashboard": False, "_node_ip_address": "127.0.0.1", "log_to_driver": False,
+            "configure_logging": False}
+    try:
+        folder = _train(tmp_path, "ray", ray={"num_cpus_per_env": 1, "init_kwargs": init})
+        assert ray.is_initialized()
+        assert ray.cluster_resources()["CPU"] == 2
+    finally:
+        ray.shutdown()
+    from stable_baselines3 import PPO
+
+    model = PPO.load(folder / "policy.zip", device="cpu")
+    assert model.num_timesteps == 256
