@@ -347,21 +347,32 @@ class BatchedLearner:
     def _sgd(self, update: np.ndarray) -> None:
         """torch.optim.SGD (momentum, dampening 0, weight decay, no Nesterov) on the learners of ``update``."""
         c = self.config
-        lr = self.lr.to(self.device).float()
-        chosen = torch.as_tensor(update, device=self.device)
-        for name, p in self.params.items():
-            grad = p.grad
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            keep = chosen.view(shape)
-            if grad is None:
-                continue
-            d = grad.add(p, alpha=c.weight_decay) if c.weight_decay else grad
+        names = [name for name, p in self.params.items() if p.grad is not None]
+        params = [self.params[name] for name in names]
+        grads = [p.grad for p in params]
+        buffers = [self.momentum_buffers[name] for name in names]
+        same_lr = bool((self.lr == self.lr[0]).all())
+        if update.all() and same_lr:  # the common case: every learner steps, in place, as SGD's foreach path
+            if c.weight_decay:
+                grads = torch._foreach_add(grads, params, alpha=c.weight_decay)
             if c.momentum:
-                buffer = self.momentum_buffers[name]
-                new_buffer = buffer.mul(c.momentum).add_(d)
-                buffer.copy_(torch.where(keep, new_buffer, buffer))
-                d = new_buffer
-            p.copy_(torch.where(keep, p - lr.view(shape) * d, p))
+                torch._foreach_mul_(buffers, c.momentum)
+                torch._foreach_add_(buffers, grads)
+                grads = buffers
+            torch._foreach_add_(params, grads, alpha=-float(self.lr[0]))
+        else:
+            lr = self.lr.to(self.device).float()
+            chosen = torch.as_tensor(update, device=self.device)
+            for p, grad, buffer in zip(params, grads, buffers, strict=True):
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                keep = chosen.view(shape)
+                d = grad.add(p, alpha=c.weight_decay) if c.weight_decay else grad
+                if c.momentum:
+                    new_buffer = buffer.mul(c.momentum).add_(d)
+                    buffer.copy_(torch.where(keep, new_buffer, buffer))
+                    d = new_buffer
+                p.copy_(torch.where(keep, p - lr.view(shape) * d, p))
+        for p in params:
             p.grad = None
         self.n_updates += update
         if c.lr_decay_every:
