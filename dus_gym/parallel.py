@@ -61,16 +61,20 @@ def env_devices(env_id: str, n_envs: int, env_kwargs: dict[str, Any], devices: S
 
 def make_pinned_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any], single_thread: bool,
                     device: str | None) -> gym.Env:
-    """``train.make_env`` with the learner on ``device`` (and CUDA's current device set to it)."""
+    """``train.make_env`` with the learner on ``device`` (and CUDA's current device set to it).
+
+    The ``learner`` overrides of ``env_kwargs`` are merged into the spec's learner settings key by key.
+    """
     from dus_gym.train import make_env
 
+    learner = spec_kwargs(env_id, env_kwargs)["learner"]
     if device is not None:
         import torch
 
         if device.startswith("cuda") and torch.cuda.is_available():
             torch.cuda.set_device(torch.device(device))
-        env_kwargs = {**env_kwargs, "learner": {**spec_kwargs(env_id, env_kwargs)["learner"], "device": device}}
-    return make_env(env_id, rank, seed, env_kwargs, single_thread)
+        learner = {**learner, "device": device}
+    return make_env(env_id, rank, seed, {**env_kwargs, "learner": learner}, single_thread)
 
 
 def build_parallel_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], kind: str,
