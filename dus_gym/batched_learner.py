@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -120,6 +120,40 @@ def mask_batch_norms(module: nn.Module) -> list[MaskedBatchNorm]:
     return masked
 
 
+class _PaddedForward(nn.Module):
+    """One learner's forward on padded per-modality batches: unimodal logits, fused logits, new BatchNorm stats.
+
+    Called through ``functional_call`` under ``vmap``, so one call runs every learner.
+
+    Args:
+        net: the template network (its parameters are replaced by each learner's).
+        norms: per modality, the masked BatchNorms of its encoder.
+    """
+
+    def __init__(self, net: MultimodalNet, norms: dict[str, list[MaskedBatchNorm]]) -> None:
+        super().__init__()
+        self.net = net
+        self.norms = norms
+
+    def forward(self, xs: tuple[torch.Tensor, ...], masks: tuple[torch.Tensor, ...] | None, n_fused: int
+                ) -> tuple[list[torch.Tensor], torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+        """Logits of every head on its modality's rows, of the fusion head on the first ``n_fused`` rows."""
+        encoded = []
+        for k, m in enumerate(self.net.modalities):
+            for norm in self.norms[m]:
+                norm.mask, norm.updated = (masks[k] if masks is not None else None), None
+            encoded.append(self.net.encoders[m](xs[k]))
+        logits = [self.net.heads[m](e) for m, e in zip(self.net.modalities, encoded, strict=True)]
+        fused = self.net.fusion(torch.cat([e[:n_fused] for e in encoded], dim=1))
+        updated = []
+        for m in self.net.modalities:
+            for norm in self.norms[m]:
+                if norm.updated is not None:
+                    updated.append(norm.updated)
+                norm.mask, norm.updated = None, None
+        return logits, fused, updated
+
+
 @dataclass(frozen=True)
 class BatchedIterationStats:
     """What one batched iteration measured, one row per learner (rows of inactive learners are nan).
@@ -173,6 +207,9 @@ class BatchedLearner:
             torch.manual_seed(0)
             self.template = MultimodalNet(task).to(self.device)
         self._masked_norms = {m: mask_batch_norms(self.template.encoders[m]) for m in self.modalities}
+        self._forward = _PaddedForward(self.template, self._masked_norms)
+        module_names = {id(module): name for name, module in self.template.named_modules()}
+        self._norm_prefixes = [module_names[id(norm)] + "." for m in self.modalities for norm in self._masked_norms[m]]
         params, buffers = stack_module_state([self.template] * n_learners)
         self.params: dict[str, torch.Tensor] = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         self.buffers: dict[str, torch.Tensor] = {k: v.clone() for k, v in buffers.items()}
@@ -248,43 +285,30 @@ class BatchedLearner:
         position = np.minimum(np.searchsorted(table, counts), len(table) - 1)
         return np.where(counts > 0, table[position], 0)
 
-    def _sub(self, tree: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix) :]: v for k, v in tree.items() if k.startswith(prefix)}
+    def _apply(self, xs: list[torch.Tensor], masks: list[torch.Tensor] | None, n_fused: int, batched: bool
+               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every learner's unimodal and fused logits, (N, rows, classes), in one vmapped call.
 
-    def _run(self, part: str, x: torch.Tensor, x_batched: bool = True, mask: torch.Tensor | None = None
-             ) -> torch.Tensor:
-        """Apply sub-module ``part`` (e.g. "encoders.pix", "heads.pix", "fusion") of every learner to ``x``."""
-        module = self.template.get_submodule(part)
-        params, buffers = self._sub(self.params, part + "."), self._sub(self.buffers, part + ".")
-        norms = self._masked_norms.get(part.removeprefix("encoders."), []) if part.startswith("encoders.") else []
+        ``xs`` are per-modality inputs, (N, rows, ...) when ``batched`` or (rows, ...) shared by all learners;
+        in training, ``masks`` mark each learner's real rows and the BatchNorm statistics are written back.
+        """
+        params = {f"net.{k}": v for k, v in self.params.items()}
+        buffers = {f"net.{k}": v for k, v in self.buffers.items()}
 
-        def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xi: torch.Tensor,
-                mi: torch.Tensor | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
-            for norm in norms:
-                norm.mask, norm.updated = mi, None
-            try:
-                out = functional_call(module, (p, b), (xi,))
-                return out, [norm.updated for norm in norms if norm.updated is not None]
-            finally:
-                for norm in norms:
-                    norm.mask = None
-                    norm.updated = None
+        def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: tuple[torch.Tensor, ...],
+                mask: tuple[torch.Tensor, ...] | None) -> Any:
+            return functional_call(self._forward, (p, b), (x, mask, n_fused), tie_weights=False)
 
-        mask_dim = 0 if mask is not None else None
-        out, updated = vmap(one, in_dims=(0, 0, 0 if x_batched else None, mask_dim))(params, buffers, x, mask)
-        if updated and module.training:
-            self._write_norm_stats(part, norms, updated)
-        return out
-
-    @torch.no_grad()
-    def _write_norm_stats(self, part: str, norms: list[MaskedBatchNorm],
-                          updated: list[tuple[torch.Tensor, ...]]) -> None:
-        names = {id(m): n for n, m in self.template.get_submodule(part).named_modules()}
-        for norm, (mean, var, tracked) in zip(norms, updated, strict=True):
-            prefix = f"{part}.{names[id(norm)]}."
-            self.buffers[prefix + "running_mean"].copy_(mean)
-            self.buffers[prefix + "running_var"].copy_(var)
-            self.buffers[prefix + "num_batches_tracked"].copy_(tracked)
+        in_dims = (0, 0, 0 if batched else None, 0 if masks is not None else None)
+        logits, fused, updated = vmap(one, in_dims=in_dims)(params, buffers, tuple(xs),
+                                                            tuple(masks) if masks is not None else None)
+        if updated and self.template.training:
+            with torch.no_grad():
+                for prefix, (mean, var, tracked) in zip(self._norm_prefixes, updated, strict=True):
+                    self.buffers[prefix + "running_mean"].copy_(mean)
+                    self.buffers[prefix + "running_var"].copy_(var)
+                    self.buffers[prefix + "num_batches_tracked"].copy_(tracked)
+        return logits, fused
 
     def step(self, counts: np.ndarray, active: np.ndarray | None = None) -> BatchedIterationStats:
         """One optimizer step of every active learner, learner i with ``counts[i, m]`` samples of modality m."""
@@ -308,32 +332,25 @@ class BatchedLearner:
         data, labels = self.train_split.features, self.train_split.labels
         self.template.train()
         B = self.config.batch_size
+        widths = [max(int(counts[:, k].max()), 1) for k in range(M)]
+        masks = [torch.arange(w, device=self.device) < n[:, k : k + 1] for k, w in enumerate(widths)]
+        width_p = max(int(n_paired.max()), 1)
+        xs = [data[m][index[:, :w]] for m, w in zip(self.modalities, widths, strict=True)]
+        logits, fused = self._apply(xs, masks, width_p, batched=True)
         loss = torch.zeros(N, device=self.device)
         status = torch.full((N, M), float("nan"), device=self.device)
-        encoded = []
-        for k, m in enumerate(self.modalities):
-            width_m = max(int(counts[:, k].max()), 1)
-            rows = index[:, :width_m]
-            mask = torch.arange(width_m, device=self.device) < n[:, k : k + 1]
-            encoded.append(self._run(f"encoders.{m}", data[m][rows], mask=mask))
-            logits = self._run(f"heads.{m}", encoded[-1]).float()
-            target = labels[rows]
-            ce = _masked_mean(F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-                              .view(N, width_m), mask)
+        for k in range(M):
+            log_p = logits[k].float().log_softmax(2).gather(2, labels[index[:, : widths[k]]].unsqueeze(2)).squeeze(2)
+            ce = _masked_mean(-log_p, masks[k])
             weight = (torch.as_tensor(counts[:, k] / B, device=self.device).float()
                       if self.config.unimodal_loss == "scaled" else torch.ones(N, device=self.device))
             has = n[:, k] > 0
             loss = loss + torch.where(has, weight * ce, 0.0)
             with torch.no_grad():
-                true = logits.detach().softmax(2).gather(2, target.unsqueeze(2)).squeeze(2)
-                status[:, k] = torch.where(has, _masked_mean(true, mask), float("nan"))
-        width_p = max(int(n_paired.max()), 1)
+                status[:, k] = torch.where(has, _masked_mean(log_p.detach().exp(), masks[k]), float("nan"))
         mask = torch.arange(width_p, device=self.device) < n_paired[:, None]
-        paired = torch.cat([e[:, :width_p] for e in encoded], dim=2)
-        fused = self._run("fusion", paired).float()
-        fusion = _masked_mean(F.cross_entropy(fused.flatten(0, 1), labels[index[:, :width_p]].flatten(),
-                                              reduction="none").view(N, width_p), mask)
-        loss = loss + torch.where(n_paired > 0, fusion, 0.0)
+        log_p = fused.float().log_softmax(2).gather(2, labels[index[:, :width_p]].unsqueeze(2)).squeeze(2)
+        loss = loss + torch.where(n_paired > 0, _masked_mean(-log_p, mask), 0.0)
         loss.sum().backward()
         values = torch.cat([loss.detach()[:, None], status], dim=1).cpu().numpy().astype(np.float64)
         total = np.where(active, values[:, 0], np.nan)
@@ -383,11 +400,10 @@ class BatchedLearner:
     def _predict(self, features: dict[str, torch.Tensor], batched: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Softmax of every head and of the fusion head for every learner: (N, n, classes) each."""
         self.template.eval()
-        encoded = [self._run(f"encoders.{m}", features[m], x_batched=batched) for m in self.modalities]
-        unimodal = [self._run(f"heads.{m}", e).float().softmax(2) for m, e in zip(self.modalities, encoded,
-                                                                                    strict=True)]
-        fused = self._run("fusion", torch.cat(encoded, dim=2)).float().softmax(2)
-        return unimodal, fused
+        xs = [features[m] for m in self.modalities]
+        rows = xs[0].shape[1] if batched else xs[0].shape[0]
+        logits, fused = self._apply(xs, None, rows, batched=batched)
+        return [x.float().softmax(2) for x in logits], fused.float().softmax(2)
 
     def _split_on_device(self, split_name: str) -> MultimodalSplit:
         if split_name not in self._data:
