@@ -122,7 +122,8 @@ def main() -> None:
     if 1 in by_n and 8 in by_n:
         for key, label in (("peak_total_mib", "total"), ("peak_mib", "above the loaded task")):
             one, eight = by_n[1]["vectorized"][key], by_n[8]["vectorized"][key]
-            print(f"vectorised {memory} {label}, 8 envs / 1 env: {eight / one:.2f} ({eight:.1f} / {one:.1f} MiB)")
+            ratio = f"{eight / one:.2f}" if one > 0 else "n/a"
+            print(f"vectorised {memory} {label}, 8 envs / 1 env: {ratio} ({eight:.1f} / {one:.1f} MiB)")
 
 
 if __name__ == "__main__":

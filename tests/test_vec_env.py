@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan, VecMonitor, VecNormalize
 
 from dus_gym.batched_learner import BatchedLearner, MaskedBatchNorm, mask_batch_norms
 from dus_gym.config import ConfigError, LearnerConfig
@@ -50,6 +50,21 @@ def test_vectorised_env_matches_separate_envs(kwargs):
     assert any(d.any() for _, _, d, _ in batched[1:])  # the rollout crossed an auto-reset
 
 
+def test_start_checkpoint_matches_separate_envs(tmp_path):
+    trained = DUSEnv(**SMALL)
+    trained.reset(seed=0)
+    trained.step(np.array([-0.5, 0.5], dtype=np.float32))
+    trained.learner.save(tmp_path / "learner.pt")
+    kwargs = {**SMALL, "start_checkpoint": str(tmp_path / "learner.pt")}
+    actions = [np.array([[0.3, -0.2], [-1.0, 1.0]], dtype=np.float32)] * 2
+    separate = _rollout(DummyVecEnv([lambda: DUSEnv(**kwargs)] * 2), actions)
+    batched = _rollout(VecDUSEnv(2, **kwargs), actions)
+    for (obs_a, rew_a, *_), (obs_b, rew_b, *_) in zip(separate, batched, strict=True):
+        np.testing.assert_allclose(obs_b, obs_a, atol=1e-5)
+        if rew_a is not None:
+            np.testing.assert_allclose(rew_b, rew_a, atol=1e-5)
+
+
 def test_learners_share_the_task_data():
     venv = VecDUSEnv(4, **SMALL)
     train = cached_task("synthetic").splits["train"]
@@ -82,11 +97,15 @@ def test_sb3_wrappers_and_ppo_run_on_it():
     from stable_baselines3 import PPO
 
     base = VecDUSEnv(2, seed=0, **SMALL)
-    venv = VecNormalize(VecMonitor(base, info_keywords=base.info_keywords()), norm_reward=False)
+    monitored = VecCheckNan(VecMonitor(base, info_keywords=base.info_keywords()), raise_exception=True)
+    venv = VecNormalize(monitored, norm_reward=False)
     model = PPO("MlpPolicy", venv, n_steps=4, batch_size=4, n_epochs=1, policy_kwargs={"net_arch": [8]}, seed=0,
                 device="cpu")
     model.learn(8)
     assert model.num_timesteps == 8
+    assert len(model.ep_info_buffer) == 4  # 2 envs x 2 episodes of 2 steps, logged as rollout/ep_rew_mean
+    assert {"r", "l", "val_acc", "mean_count_weak"} <= set(model.ep_info_buffer[0])
+    assert model.ep_info_buffer[0]["l"] == 2
     assert venv.get_attr("n_iterations") == [10, 10]
     assert venv.env_method("info_keywords")[0] == base.info_keywords()
     with pytest.raises(AttributeError, match="shares"):
