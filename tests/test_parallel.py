@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import yaml
+from stable_baselines3.common.monitor import Monitor
 
 from dus_gym import parallel
 from dus_gym.config import ConfigError
@@ -64,9 +65,41 @@ def test_train_policy_through_ray_actors_on_a_local_runtime(tmp_path):
         folder = _train(tmp_path, "ray", ray={"num_cpus_per_env": 1, "init_kwargs": init})
         assert ray.is_initialized()
         assert ray.cluster_resources()["CPU"] == 2
+        # the actors step as DummyVecEnv steps the same envs: same seeds, same actions, same results
+        actors = build_vec_env("dus_gym/Synthetic-v0", 2, 3, TINY_ENV, "ray")
+        local = build_vec_env("dus_gym/Synthetic-v0", 2, 3, TINY_ENV, "dummy")
+        try:
+            assert actors.env_is_wrapped(Monitor) == [True, True]
+            np.testing.assert_array_equal(actors.reset(), local.reset())
+            for a in ([0.5, -0.5], [-1.0, 1.0], [0.0, 0.0]):
+                action = np.array([a, a], dtype=np.float32)
+                (obs, rew, done, info), (obs_l, rew_l, done_l, info_l) = actors.step(action), local.step(action)
+                np.testing.assert_array_equal(obs, obs_l)
+                np.testing.assert_array_equal(rew, rew_l)
+                assert done.tolist() == done_l.tolist()
+                assert info_l[0]["counts"].tolist() == info[0]["counts"].tolist()
+                if done.all():  # the second step ends the 4-iteration episode: auto-reset in the actor
+                    np.testing.assert_array_equal(info[1]["terminal_observation"], info_l[1]["terminal_observation"])
+                    assert "episode" in info[1] and not info[1]["TimeLimit.truncated"]
+            assert actors.reset_infos[0]["learner_seed"] == local.reset_infos[0]["learner_seed"]
+        finally:
+            actors.close()
+            local.close()
     finally:
         ray.shutdown()
     from stable_baselines3 import PPO
 
     model = PPO.load(folder / "policy.zip", device="cpu")
     assert model.num_timesteps == 256
+
+
+def test_command_line_flags_reach_the_config(monkeypatch):
+    from dus_gym import cli, train
+
+    seen = {}
+    monkeypatch.setattr(train, "train_policy", lambda config, argv=None: seen.setdefault("config", config))
+    assert cli.main(["train-policy", "--vec-env", "ray", "--ray-address", "auto", "--ray-gpus-per-env", "0.5",
+                     "--devices", "cuda:0", "cuda:1"]) == 0
+    config = seen["config"]
+    assert config.vec_env == "ray" and config.devices == ("cuda:0", "cuda:1")
+    assert config.ray == {"address": "auto", "num_cpus_per_env": 1.0, "num_gpus_per_env": 0.5}
