@@ -25,7 +25,7 @@ import numpy as np
 
 
 def measure(kind: str, n_envs: int, device: str, steps: int, warmup: int, threads: int,
-            task_kwargs: dict[str, Any], repeats: int) -> dict[str, float]:
+            task_kwargs: dict[str, Any], repeats: int, same_actions: bool = False) -> dict[str, float]:
     """Time ``steps`` vector steps of ``n_envs`` envs of ``kind`` (best of ``repeats``); return steps/s and memory."""
     import torch
 
@@ -52,7 +52,8 @@ def measure(kind: str, n_envs: int, device: str, steps: int, warmup: int, thread
         venv = DummyVecEnv([lambda: DUSEnv(**kwargs)] * n_envs)
         venv.seed(0)
     rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, size=(warmup + steps, n_envs, 2)).astype(np.float32)
+    actions = rng.uniform(-1, 1, size=(warmup + steps, 1 if same_actions else n_envs, 2)).astype(np.float32)
+    actions = np.repeat(actions, n_envs, axis=1) if same_actions else actions
     venv.reset()
     for a in actions[:warmup]:
         venv.step(a)
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--steps", type=int, default=3, help="timed vector steps (each K = 20 iterations per env)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--same-actions", action="store_true",
+                        help="every env gets the same action (equal counts: no padding in the vectorised env)")
     parser.add_argument("--repeats", type=int, default=2, help="timed windows per process (the fastest is kept)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every (kind, N) (best kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: what each subproc env gets)")
@@ -90,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         result = measure(args.one[0], int(args.one[1]), args.device, args.steps, args.warmup, args.threads,
-                         json.loads(args.task_kwargs), args.repeats)
+                         json.loads(args.task_kwargs), args.repeats, args.same_actions)
         print(json.dumps(result))
         return
 
@@ -100,8 +103,8 @@ def main() -> None:
         f"CPU, {args.threads} torch thread(s)")
     print(f"device: {name}; torch {torch.__version__}; synthetic task {args.task_kwargs} (default: dominant "
           f"1024-d, weak 16-d, MLP 128), B = 64, K = 20 iterations per env step, counts from uniform random actions "
-          f"(8-256), best of {args.rounds} rounds x {args.repeats} windows of {args.steps} steps after {args.warmup} "
-          f"warm-up")
+          f"(8-256, {'the same for every env' if args.same_actions else 'per env'}), best of {args.rounds} rounds "
+          f"x {args.repeats} windows of {args.steps} steps after {args.warmup} warm-up")
     memory = "peak GPU memory" if args.device.startswith("cuda") else "peak RSS"
     rows = {n: {"n": n} for n in args.n_envs}
     for _ in range(args.rounds):  # interleaved: slow phases of a shared machine hit both kinds alike
@@ -110,6 +113,7 @@ def main() -> None:
                 command = [sys.executable, __file__, "--one", kind, str(n), "--device", args.device,
                            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
                            "--task-kwargs", args.task_kwargs, "--repeats", str(args.repeats)]
+                command += ["--same-actions"] if args.same_actions else []
                 out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                 result = json.loads(out.strip().splitlines()[-1])
                 best = rows[n].get(kind)
