@@ -100,6 +100,10 @@ def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any
         return build_parallel_vec_env(env_id, n_envs, seed, env_kwargs, kind, devices, ray)
     if kind not in ("dummy", "subproc"):
         raise ConfigError(f"vec_env must be 'dummy', 'subproc', 'vectorized' or 'ray', got '{kind}'")
+    if env_kwargs.get("learner"):  # learner overrides merge into the spec's learner settings, as for the other kinds
+        from dus_gym.parallel import spec_kwargs
+
+        env_kwargs = {**env_kwargs, "learner": spec_kwargs(env_id, env_kwargs)["learner"]}
     return DummyVecEnv([partial(make_env, env_id, i, seed, env_kwargs, False) for i in range(n_envs)])
 
 
