@@ -334,7 +334,7 @@ class BatchedLearner:
         B = self.config.batch_size
         widths = [max(int(counts[:, k].max()), 1) for k in range(M)]
         masks = [torch.arange(w, device=self.device) < n[:, k : k + 1] for k, w in enumerate(widths)]
-        width_p = max(int(n_paired.max()), 1)
+        width_p = max(int(counts.min(1).max()), 1)  # from the host counts: no device sync
         xs = [data[m][index[:, :w]] for m, w in zip(self.modalities, widths, strict=True)]
         logits, fused = self._apply(xs, masks, width_p, batched=True)
         loss = torch.zeros(N, device=self.device)

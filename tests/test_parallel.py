@@ -57,8 +57,9 @@ def test_train_policy_with_the_vectorised_env(tmp_path):
     assert any((folder / "tb").rglob("events.*"))
 
 
-def test_train_policy_through_ray_actors_on_a_local_runtime(tmp_path):
+def test_train_policy_through_ray_actors_on_a_local_runtime(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # offline CI: no usage report
     init = {"num_cpus": 2, "include_dashboard": False, "_node_ip_address": "127.0.0.1", "log_to_driver": False,
             "configure_logging": False}
     try:
