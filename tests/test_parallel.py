@@ -51,7 +51,18 @@ def _train(tmp_path, vec_env, **extra):
     return train_policy(config, argv=["train_policy.py"])
 
 
-def test_train_policy_with_the_vectorised_env(tmp_path):
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread, as every subproc and Ray env gets (two threads on two busy cores mostly wait)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_policy_with_the_vectorised_env(tmp_path, one_torch_thread):
     folder = _train(tmp_path, "vectorized")
     assert (folder / "policy.zip").is_file() and (folder / "vecnormalize.pkl").is_file()
     assert any((folder / "tb").rglob("events.*"))

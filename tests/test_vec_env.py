@@ -14,6 +14,15 @@ from dus_gym.vec_env import VecDUSEnv
 SMALL = {"n_iterations": 10, "iterations_per_step": 5}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread, as every subproc and Ray env gets (two threads on two busy cores mostly wait)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _rollout(venv, actions):
     venv.seed(7)
     out = [(venv.reset(), None, None, None)]
