@@ -49,7 +49,9 @@ class VecDUSEnv(VecEnv):
         self._counts = np.zeros((n_envs, M), dtype=np.int64)
         self._last_status = np.zeros((n_envs, M))
         self._count_sum = np.zeros((n_envs, M))
+        self._count_iterations = np.zeros(n_envs, dtype=np.int64)
         self._score = np.zeros(n_envs)
+        self._per_modality = np.zeros((n_envs, M))
         self._start_iteration = np.zeros(n_envs, dtype=np.int64)
         self._actions: np.ndarray | None = None
         self._started = np.zeros(n_envs, dtype=bool)
@@ -74,6 +76,7 @@ class VecDUSEnv(VecEnv):
         self._counts[i] = B
         self._last_status[i] = 0.0
         self._count_sum[i] = 0.0
+        self._count_iterations[i] = 0
         self._started[i] = True
         return self._observation(i), {"learner_seed": learner_seed}
 
@@ -85,9 +88,10 @@ class VecDUSEnv(VecEnv):
 
     def _validation(self, envs: Iterable[int], infos: Sequence[dict[str, Any]]) -> None:
         """Score the learners of ``envs`` on the validation split (all learners in one pass)."""
-        fused, _ = self.learners.accuracies("val")
+        fused, per_modality = self.learners.accuracies("val")
         for i in envs:
             self._score[i] = fused[i]
+            self._per_modality[i] = per_modality[i]
             infos[i]["val_acc"] = float(fused[i])
 
     def reset(self) -> VecEnvObs:
@@ -132,7 +136,7 @@ class VecDUSEnv(VecEnv):
                 if not np.isfinite(stats.loss[i]):
                     diverged[i] = True
                     infos[i] = {"diverged": True, "loss": float(stats.loss[i]),
-                                "iteration": int(self.learners.iteration[i])}
+                                "iteration": int(self.learners.iteration[i]), **self._last_episode_keywords(i)}
                     continue
                 status = probe[i] if probe is not None else np.where(
                     np.isnan(stats.status[i]), self._last_status[i], stats.status[i])
@@ -167,10 +171,12 @@ class VecDUSEnv(VecEnv):
         """DUSEnv.step's reward and info for env i after its ``n`` iterations."""
         t, c, monitor = self.template, self.template.config, self.monitors[i]
         self._count_sum[i] += counts * n
+        self._count_iterations[i] += n
         reward_delta = c.reward_delta_weight * (score - self._score[i])
         reward_cmd = -c.reward_cmd_weight * monitor.gap
         reward_terminal = c.reward_terminal_weight * score if terminated else 0.0
         self._score[i] = score
+        self._per_modality[i] = per_modality
         iteration = int(self.learners.iteration[i])
         info: dict[str, Any] = {
             "val_acc": float(score), "gap": monitor.gap, "iteration": iteration, "counts": counts.copy(),
@@ -182,6 +188,19 @@ class VecDUSEnv(VecEnv):
             info[f"val_acc_{m}"] = float(per_modality[k])
             info[f"mean_count_{m}"] = float(self._count_sum[i, k] / done_iterations)
         return info, float(reward_delta + reward_cmd + reward_terminal)
+
+    def _last_episode_keywords(self, i: int) -> dict[str, float]:
+        """The info keywords of a diverged episode: the last scores and the mean counts so far.
+
+        ``DUSEnv`` leaves them out of a diverged step's info; here they are given so that a VecMonitor
+        recording them (as ``train_policy`` sets it up) does not fail on a diverged episode.
+        """
+        done_iterations = max(int(self._count_iterations[i]), 1)
+        keywords = {"val_acc": float(self._score[i]), "gap": self.monitors[i].gap}
+        for k, m in enumerate(self.template.task.modalities):
+            keywords[f"val_acc_{m}"] = float(self._per_modality[i, k])
+            keywords[f"mean_count_{m}"] = float(self._count_sum[i, k] / done_iterations)
+        return keywords
 
     def close(self) -> None:
         """Nothing to release (one process, no workers)."""

@@ -86,7 +86,8 @@ def test_learners_share_the_task_data():
 
 
 def test_divergence_truncates_one_env_and_resets_it(monkeypatch):
-    venv = VecMonitor(VecDUSEnv(2, seed=0, divergence_penalty=2.0, **SMALL))
+    base = VecDUSEnv(2, seed=0, divergence_penalty=2.0, **SMALL)
+    venv = VecMonitor(base, info_keywords=base.info_keywords())  # keywords recorded also for a diverged episode
     venv.reset()
     real_step = BatchedLearner.step
 
