@@ -28,8 +28,9 @@ class VecDUSEnv(VecEnv):
     """N ``DUSEnv`` of the same settings whose learners train together (DESIGN.md §3; issue #6).
 
     Spaces, rewards and infos are those of :class:`dus_gym.env.DUSEnv` with the same keyword
-    arguments; the learner settings must be batchable (sgd, fp32, in-memory data; see
-    :func:`dus_gym.batched_learner.check_batchable`).
+    arguments (a diverged step's info also carries the monitored keywords, see
+    :meth:`_last_episode_keywords`); the learner settings must be batchable (sgd, fp32, in-memory
+    data; see :func:`dus_gym.batched_learner.check_batchable`).
 
     Args:
         n_envs: N.
