@@ -9,6 +9,10 @@ import numpy as np
 from gymnasium import spaces
 
 
+class ActionError(ValueError):
+    """An action outside the action space (wrong shape, dtype, NaN/inf or range): the agent's fault, not the env's."""
+
+
 @dataclass(frozen=True)
 class CountsAction:
     """Maps a policy's action to per-modality sample counts.
@@ -56,24 +60,27 @@ class CountsAction:
         """Validate ``action`` and return the counts (int64, length M).
 
         Raises:
-            ValueError: wrong shape, NaN/inf, non-integer or out-of-range entries; the message names
+            ActionError: wrong shape, NaN/inf, non-integer or out-of-range entries; the message names
                 the expected space.
         """
-        a = np.asarray(action)
         expected = f"expected an action in {self.space} (per-modality counts, {self.action_type})"
+        try:
+            a = np.asarray(action)
+        except (ValueError, TypeError) as err:  # ragged sequences
+            raise ActionError(f"action {action!r} is not an array ({err}); {expected}") from err
         if a.shape != (self.n_modalities,):
-            raise ValueError(f"action has shape {a.shape}; {expected}")
+            raise ActionError(f"action has shape {a.shape}; {expected}")
         if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"action has dtype {a.dtype}; {expected}")
+            raise ActionError(f"action has dtype {a.dtype}; {expected}")
         a = a.astype(np.float64)
         if not np.isfinite(a).all():
-            raise ValueError(f"action {a.tolist()} has NaN/inf; {expected}")
+            raise ActionError(f"action {a.tolist()} has NaN/inf; {expected}")
         if self.action_type == "box":
             if (np.abs(a) > 1.0 + 1e-6).any():
-                raise ValueError(f"action {a.tolist()} is outside [-1, 1]; {expected}")
+                raise ActionError(f"action {a.tolist()} is outside [-1, 1]; {expected}")
             fraction = (np.clip(a, -1.0, 1.0) + 1.0) / 2.0
             return np.rint(self.n_min + fraction * (self.n_max - self.n_min)).astype(np.int64)
         if (a != np.rint(a)).any() or a.min() < 0 or a.max() >= len(self.count_levels):
-            raise ValueError(f"action {a.tolist()} is not a level index in [0, {len(self.count_levels) - 1}]; "
+            raise ActionError(f"action {a.tolist()} is not a level index in [0, {len(self.count_levels) - 1}]; "
                              f"{expected}")
         return np.asarray(self.count_levels, dtype=np.int64)[a.astype(np.int64)]

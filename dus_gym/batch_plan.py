@@ -95,7 +95,7 @@ class BatchPlanner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a walk saved by :meth:`state_dict`."""
-        self.order = state["order"].clone()
+        self.order = state["order"].cpu().clone()
         self.cursor = int(state["cursor"])
         self.epoch = int(state["epoch"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint may be loaded onto a GPU

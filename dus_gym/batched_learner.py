@@ -25,8 +25,9 @@ their data lazily, which this learner does not support.
 Data: the task's tensors are used as they are (on CPU) or copied once to the device; every
 learner gathers its batches from that one copy through its own index map (no per-learner copy).
 
-Not supported (a ``ConfigError`` says so): Adam, bf16 autocast, channels-last, torch.compile,
-lazy (on-disk) modalities. Random layers (dropout) fail under ``vmap``.
+Not supported (a ``ConfigError`` says so): methods other than the default ``unimodal-aux``
+(OGM-GE, MMPareto, MLA, joint), Adam, bf16 autocast, channels-last, torch.compile, lazy (on-disk)
+modalities. Random layers (dropout) fail under ``vmap``.
 """
 
 from __future__ import annotations
@@ -452,6 +453,9 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def check_batchable(task: Task, config: LearnerConfig) -> None:
     """Raise a ConfigError naming what a :class:`BatchedLearner` cannot run."""
     problems = []
+    method = getattr(config, "method", "unimodal-aux")
+    if method != "unimodal-aux":
+        problems.append(f"method '{method}' (only unimodal-aux, the fusion CE plus the weighted unimodal CEs)")
     if config.optimizer != "sgd":
         problems.append(f"optimizer '{config.optimizer}' (only sgd)")
     if config.precision != "fp32":

@@ -1,4 +1,4 @@
-"""Command line: ``dus-gym run`` (one training run) and ``dus-gym compare`` (samplers x seeds).
+"""Command line: ``dus-gym run`` (one run), ``compare`` (samplers x seeds), ``bench`` (methods x samplers x seeds).
 
 Configuration is resolved in this order, later wins: the RunConfig defaults; the task spec
 ``envs/<task>.yaml``; a ``--config`` YAML file; the sampler settings ``agents/<sampler>.yml``
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from dus_gym.config import ConfigError, RunConfig, from_dict
+from dus_gym.config import ConfigError, LearnerConfig, RunConfig, from_dict
 from dus_gym.specs import deep_merge, read_yaml, sampler_settings, specs_dir
 
 
@@ -55,6 +55,8 @@ def resolve_config(args: argparse.Namespace, sampler: str | None = None) -> dict
         data["n_iterations"], data["epochs"] = None, args.epochs
     if args.device is not None:
         data = deep_merge(data, {"learner": {"device": args.device}})
+    if getattr(args, "method", None) is not None:
+        data = deep_merge(data, {"learner": {"method": args.method}})
     if getattr(args, "seed", None) is not None:
         data["seed"] = args.seed
     if args.run_dir is not None:
@@ -69,6 +71,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--iterations", type=int, help="budget in learner iterations")
     budget.add_argument("--epochs", type=float, help="budget in epochs at the base batch size B")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--method", help="joint, unimodal-aux (default), ogm-ge, mmpareto or mla")
     parser.add_argument("--run-dir", help="parent folder of run folders (default runs)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override any config key, e.g. --set learner.lr=0.1 --set cmd.source=probe")
@@ -82,8 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train a task with one sampler and one seed")
     _common(run)
     run.add_argument("--sampler", help="uniform, heuristic, constant, schedule or ppo")
-    run.add_argument("--policy", help="saved policy folder (train_policy.py), for --sampler ppo")
+    run.add_argument("--policy", help="saved policy folder (train_policy.py), for --sampler ppo; trusted input only "
+                     "(its policy.zip is unpickled)")
     run.add_argument("--seed", type=int)
+    run.add_argument("--resume", metavar="RUN_FOLDER",
+                     help="continue an interrupted run from its checkpoint.pt, with its own config.yaml")
     compare = sub.add_parser("compare", help="run several samplers over several seeds and print a table")
     _common(compare)
     compare.add_argument("--samplers", nargs="+", default=["uniform", "heuristic"])
@@ -94,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--controls", action="store_true",
                          help="with ppo: add a constant at the policy's mean counts and its open-loop replay")
     compare.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
+    bench = sub.add_parser("bench", help="tasks x methods x samplers x seeds in parallel: CSV, table and plots")
+    bench.add_argument("--config", help="YAML file of bench settings (BenchConfig keys)")
+    bench.add_argument("--tasks", nargs="+", help="default: synthetic mfeat")
+    bench.add_argument("--methods", nargs="+", help="default: joint unimodal-aux ogm-ge mmpareto mla")
+    bench.add_argument("--samplers", nargs="+", help="default: uniform heuristic (ppo needs --policy)")
+    bench.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 3 4")
+    bench.add_argument("--iterations", type=int, help="budget of every run (default: each task spec's)")
+    bench.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
+    bench.add_argument("--out", dest="out_dir", help="output folder (default runs/bench); finished cells are kept")
+    bench.add_argument("--policy", help="saved policy folder (train_policy.py), for the ppo sampler")
+    bench.add_argument("--no-alone", action="store_true", help="skip the modalities trained alone")
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="run-config override for every cell, e.g. --set learner.device=cuda")
+    bench.add_argument("--readme", help="also write the table into this file's bench block")
+    bench.add_argument("--no-progress", action="store_true")
     train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
     add_train_policy_arguments(train)
     prepare = sub.add_parser("prepare", help="preprocess raw CREMA-D or Kinetics-Sounds media (needs ffmpeg)")
@@ -174,20 +195,47 @@ def _run_folder(parent: str, name: str) -> Path:
     return folder
 
 
+RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", "policy", "seed")
+"""Flags that would change a run, so they cannot go with ``--resume`` (which uses the run's config.yaml)."""
+
+
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """The config of the run folder ``args.resume`` (only ``--device`` may change) and the folder."""
+    given = [f"--{name}" for name in RESUME_CONFLICTS if getattr(args, name, None)]
+    if given:
+        raise ConfigError(f"--resume continues a run with its own config.yaml; drop {', '.join(given)}")
+    folder = Path(args.resume)
+    if not (folder / "config.yaml").is_file():
+        raise FileNotFoundError(f"no run to resume in {folder}: expected a run folder with config.yaml")
+    data = read_yaml(folder / "config.yaml")
+    if args.device is not None:
+        data = deep_merge(data, {"learner": {"device": args.device}})
+    return from_dict(RunConfig, data), folder
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``dus-gym run``."""
-    from dus_gym.driver import run_training
+    from dus_gym.driver import CHECKPOINT_NAME, run_training
 
-    data = resolve_config(args)
-    if args.policy:
-        data = deep_merge(data, {"sampler_kwargs": {"policy": args.policy}})
-    config = from_dict(RunConfig, data)
-    folder = _run_folder(config.run_dir, f"{config.task.split(':')[-1]}-{config.sampler}-seed{config.seed}")
-    result = run_training(config, run_dir=folder, progress=not args.no_progress)
+    if args.resume:
+        config, folder = resume_config(args)
+        checkpoint = folder / CHECKPOINT_NAME
+        print(f"resuming {folder} from {checkpoint}" if checkpoint.is_file()
+              else f"no checkpoint yet in {folder}: starting the run again", flush=True)
+    else:
+        data = resolve_config(args)
+        if args.policy:
+            data = deep_merge(data, {"sampler_kwargs": {"policy": args.policy}})
+        config = from_dict(RunConfig, data)
+        method = "" if config.learner.method == LearnerConfig.method else f"{config.learner.method}-"
+        folder = _run_folder(config.run_dir,
+                             f"{config.task.split(':')[-1]}-{method}{config.sampler}-seed{config.seed}")
+    result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume))
     s = result.summary
     accs = ", ".join(f"{m} {100 * s['test'][m]['acc']:.1f}" for m in s["modalities"])
     counts = ", ".join(f"{m} {n:.1f}" for m, n in s["mean_counts"].items())
-    print(f"{s['task']} / {s['sampler']} / seed {s['seed']}: fused test acc {100 * s['test']['fused']['acc']:.1f} % "
+    print(f"{s['task']} / {s['method']} / {s['sampler']} / seed {s['seed']}: "
+          f"fused test acc {100 * s['test']['fused']['acc']:.1f} % "
           f"({accs}); final |CMD| {s['final_gap']:.3f}; {s['iterations']} iterations, {s['epochs']:.1f} epochs; "
           f"mean counts {counts}; {s['train_seconds']:.1f} s")
     print(f"results: {folder / 'results.json'}  |  tensorboard --logdir {folder / 'tb'}")
@@ -217,6 +265,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``dus-gym bench``."""
+    from dus_gym.bench import bench_config_from_args, run_bench, write_readme_block
+
+    values = read_yaml(Path(args.config)) if args.config else {}
+    overrides: dict[str, Any] = dict(values.get("overrides") or {})
+    for text in args.set or []:
+        overrides = deep_merge(overrides, parse_override(text))
+    values.update({k: getattr(args, k) for k in ("tasks", "methods", "samplers", "seeds", "workers", "out_dir",
+                                                  "policy") if getattr(args, k) is not None})
+    if args.iterations is not None:
+        values["n_iterations"] = args.iterations
+    if args.no_alone:
+        values["alone"] = False
+    values["overrides"] = overrides
+    bench = bench_config_from_args(values)
+    start = time.perf_counter()
+    summary = run_bench(bench, progress=not args.no_progress)
+    minutes = (time.perf_counter() - start) / 60
+    print(summary["table"])
+    print(f"{summary['cells']} cells ({summary['ran']} run now, {summary['workers']} processes) in "
+          f"{minutes:.1f} min; results: {Path(bench.out_dir) / 'results.csv'}, table.md, "
+          + ", ".join(Path(p).name for p in summary["plots"]))
+    if args.readme:
+        write_readme_block(Path(args.readme), bench, summary, "dus-gym " + " ".join(args.argv))
+        print(f"table written into {args.readme}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dus-gym`` console script; bad input gives one line and exit code 2."""
     parser = build_parser()
@@ -225,10 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, str(Path.cwd()))  # let "module:function" tasks live in the working folder
 
     args.argv = list(argv) if argv is not None else sys.argv[1:]
-    handlers = {"run": cmd_run, "compare": cmd_compare, "train-policy": cmd_train_policy, "prepare": cmd_prepare}
+    handlers = {"run": cmd_run, "compare": cmd_compare, "bench": cmd_bench, "train-policy": cmd_train_policy,
+                "prepare": cmd_prepare}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ConfigError, ValueError, OSError, RuntimeError) as err:
         print(f"dus-gym: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import types
 import typing
@@ -54,6 +55,10 @@ class LearnerConfig:
     """DataLoader worker processes that load on-disk (lazy) modalities ahead of the learner."""
     count_sizes: tuple[int, ...] | None = None
     """Round counts up to one of these batch sizes (e.g. [16, 32, 48, 64, 96, 128]); None: exact counts."""
+    method: str = "unimodal-aux"
+    """How an iteration's losses and gradients are formed: joint, unimodal-aux, ogm-ge, mmpareto or mla."""
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the method (e.g. alpha for ogm-ge, gamma for mmpareto)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"learner.batch_size must be >= 1, got {self.batch_size}")
@@ -156,6 +161,8 @@ class RunConfig:
     """Parent folder of run folders."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
+    checkpoint_every: int | None = 500
+    """Write the whole run state to checkpoint.pt every this many iterations (None: never); --resume reads it."""
     env_id: str | None = None
     """The Gymnasium id this spec is registered under (specs in envs/), e.g. dus_gym/MFeat-v0."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -168,6 +175,8 @@ class RunConfig:
                f"n_iterations must be >= 1, got {self.n_iterations}")
         _check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _check(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
+               f"checkpoint_every must be >= 1 or null, got {self.checkpoint_every}")
 
     def budget(self, n_train: int) -> int:
         """The budget in learner iterations for a training split of ``n_train`` samples."""
@@ -216,6 +225,35 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             raise ConfigError(f"unknown config key '{path}'{hint}")
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
+
+
+def checked_kwargs(func: Any, kwargs: dict[str, Any], where: str, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``kwargs`` of ``func`` (a function, class or partial) checked against its signature and annotations.
+
+    An unknown key raises a :class:`ConfigError` that names the closest valid key; a value of the
+    wrong type (for int, float, bool, str, tuple and Optional annotations) raises one that names the
+    key, as :func:`from_dict` does for the config dataclasses. ``reserved`` are parameters the caller
+    fills itself (they are not valid keys).
+    """
+    target = func.__init__ if inspect.isclass(func) else func
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return dict(kwargs)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [n for n, p in parameters.items() if p.kind in kinds and n not in reserved]
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    try:
+        hints = typing.get_type_hints(getattr(target, "func", target))
+    except Exception:  # unresolvable annotations of a user's function: check names only
+        hints = {}
+    checked = {}
+    for key, value in kwargs.items():
+        if key not in names and not open_ended:
+            hint = did_you_mean(str(key), names) or (f" (valid keys: {names})" if names else " (it takes none)")
+            raise ConfigError(f"unknown {where} key '{key}'{hint}")
+        checked[key] = _coerce(hints[key], value, f"{where}.{key}") if key in hints else value
+    return checked
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:

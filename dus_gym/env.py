@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -14,6 +15,8 @@ from dus_gym.cmd import CMDMonitor, cmd_observation
 from dus_gym.config import CMDConfig, EnvConfig, LearnerConfig, from_dict, iteration_budget
 from dus_gym.learner import Learner
 from dus_gym.tasks import Task, cached_task
+
+logger = logging.getLogger(__name__)
 
 
 class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -158,6 +161,8 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
             if not stats.finite:
                 self._counts = counts
                 info = {"diverged": True, "loss": stats.loss, "iteration": self.learner.iteration}
+                logger.warning("the learner's loss became %s at iteration %d: episode truncated with penalty %s",
+                               stats.loss, self.learner.iteration, self.config.divergence_penalty)
                 return self._observation(), -float(self.config.divergence_penalty), False, True, info
             if self.probe_size:
                 status = self.learner.probe_status()

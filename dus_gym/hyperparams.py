@@ -16,10 +16,21 @@ from typing import Any
 
 from torch import nn
 
-from dus_gym.config import ConfigError
+from dus_gym.config import ConfigError, did_you_mean
 from dus_gym.specs import read_yaml
 
 RUNNER_KEYS = ("n_envs", "n_timesteps", "normalize", "policy", "env_kwargs")
+RUNNER_SET = ("env", "tensorboard_log", "seed", "device", "verbose", "_init_setup_model")
+"""PPO arguments that train_policy sets itself (not valid in the file)."""
+
+
+def ppo_keys() -> list[str]:
+    """The keys an agents/ppo.yml entry may hold: PPO's constructor arguments and the runner keys."""
+    import inspect
+
+    from stable_baselines3 import PPO
+
+    return [*RUNNER_KEYS, *(k for k in inspect.signature(PPO).parameters if k not in RUNNER_SET and k != "policy")]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     f"{prefix}{name}": getattr(nn, name)
     for prefix in ("nn.", "th.nn.", "torch.nn.")
@@ -110,6 +121,11 @@ def load_hyperparams(path: str | Path, env_id: str) -> AgentHyperparams:
     if not isinstance(entry, dict):
         raise ConfigError(f"{path}: the entry for '{env_id}' must be a mapping")
     where = f"{path}[{env_id}]"
+    valid = ppo_keys()
+    for key in entry:
+        if key not in valid:
+            hint = did_you_mean(str(key), valid) or f" (valid keys: {valid})"
+            raise ConfigError(f"unknown key '{key}' in {where}{hint}")
     model_kwargs = {k: v for k, v in entry.items() if k not in RUNNER_KEYS}
     for key in ("learning_rate", "clip_range", "clip_range_vf"):
         if key in model_kwargs and model_kwargs[key] is not None:

@@ -1,8 +1,9 @@
 """The multimodal learner: per-modality encoders and heads, a fusion head, one iteration at a time.
 
-One iteration takes per-modality counts and follows the batch plan of DESIGN.md §2:
-loss = CE(fusion) on the paired samples + sum_m w(m) CE(head_m) on modality m's own samples, with
-w(m) = n(m)/B ("scaled", the default) or 1 ("mean"). No Gymnasium here.
+One iteration takes per-modality counts and follows the batch plan of DESIGN.md §2; the method
+(dus_gym/methods.py) forms the losses and gradients from the per-modality batches. The default,
+``unimodal-aux``: loss = CE(fusion) on the paired samples + sum_m w(m) CE(head_m) on modality m's
+own samples, with w(m) = n(m)/B ("scaled", the default) or 1 ("mean"). No Gymnasium here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -23,6 +23,7 @@ from dus_gym.batch_plan import BatchPlanner
 from dus_gym.cmd import true_class_probability
 from dus_gym.config import LearnerConfig
 from dus_gym.loader import SampleDataset, WindowLoader, is_lazy
+from dus_gym.methods import IterationBatch, StepContext, make_method
 from dus_gym.metrics import classification_metrics, linear_probe_accuracy
 from dus_gym.tasks.base import MultimodalSplit, Task
 
@@ -43,14 +44,21 @@ def resolve_device(name: str) -> torch.device:
 class MultimodalNet(nn.Module):
     """Encoders, unimodal heads and a concatenation fusion head for a task."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, shared_head: bool = False) -> None:
         super().__init__()
         self.modalities = task.modalities
         self.encoders = nn.ModuleDict({m: task.encoders[m]() for m in task.modalities})
         dims = [int(self.encoders[m].out_dim) for m in task.modalities]
-        self.heads = nn.ModuleDict(
-            {m: nn.Linear(d, task.n_classes) for m, d in zip(task.modalities, dims, strict=True)}
-        )
+        if shared_head:
+            if len(set(dims)) != 1:
+                raise ValueError(f"a shared head needs encoders of one feature size, task '{task.name}' has "
+                                 f"{dict(zip(task.modalities, dims, strict=True))}; give them the same out_dim")
+            head = nn.Linear(dims[0], task.n_classes)
+            self.heads = nn.ModuleDict({m: head for m in task.modalities})
+        else:
+            self.heads = nn.ModuleDict(
+                {m: nn.Linear(d, task.n_classes) for m, d in zip(task.modalities, dims, strict=True)}
+            )
         self.fusion = nn.Linear(sum(dims), task.n_classes)
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -128,9 +136,11 @@ class Learner:
         kept = train.subset(torch.sort(order[probe_size:]).values) if probe_size else train
         self.train_split = kept.to(self.device)
         self.planner = BatchPlanner(len(self.train_split), self.generator)
+        self.method = make_method(config.method, **config.method_kwargs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = MultimodalNet(task).to(self.device)
+            self.model = MultimodalNet(task, shared_head=self.method.shared_head).to(self.device)
+        self.method.setup(self.model, task.modalities, self.device, seed)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda" and config.cudnn_benchmark:
@@ -188,46 +198,40 @@ class Learner:
         if self._lazy and self.config.num_workers > 0 and self._window_loader is None:
             self._window_loader = WindowLoader(self.train_split, self.planner, self.config.num_workers,
                                                pin_memory=self.device.type == "cuda")
+        epoch_fraction = self.planner.cursor / self.planner.n_train
         plan = self.planner.plan(counts.tolist())
         data, labels = self.train_split.features, self.train_split.labels
         window = None
         if self._window_loader is not None:
             window = {m: torch.cat([part.to(self.device, non_blocking=True) for part in parts])
                       for m, parts in self._window_loader.take(plan.window).items()}
-        self.model.train()
-        nan = torch.full((), float("nan"), device=self.device)
-        unimodal_losses, status = [nan] * len(counts), [nan] * len(counts)
-        fusion_loss = nan
-        loss = torch.zeros((), device=self.device)
-        encoded = {}
         B = self.config.batch_size
-        with self._autocast():
-            for k, m in enumerate(self.modalities):
-                if counts[k] == 0:
-                    continue
-                index = plan.modality_indices(k).to(self.device, non_blocking=True)
-                batch = window[m][: counts[k]] if window is not None else data[m][index]
-                encoded[m] = self._encoders[m](self._to_device(batch))
-                logits = self.model.heads[m](encoded[m])
-                target = labels[index]
-                ce = F.cross_entropy(logits.float(), target)
-                weight = counts[k] / B if self.config.unimodal_loss == "scaled" else 1.0
-                loss = loss + weight * ce
-                unimodal_losses[k] = ce.detach()
-                status[k] = true_class_probability(logits.detach().float().softmax(1), target)
-            if plan.n_paired > 0:
-                paired = torch.cat([encoded[m][: plan.n_paired] for m in self.modalities], dim=1)
-                target = labels[plan.paired_indices.to(self.device, non_blocking=True)]
-                fusion_loss = F.cross_entropy(self.model.fusion(paired).float(), target)
-                loss = loss + fusion_loss
-        loss.backward()
+        inputs, targets, weights = {}, {}, {}
+        for k, m in enumerate(self.modalities):
+            if counts[k] == 0:
+                continue
+            index = plan.modality_indices(k).to(self.device, non_blocking=True)
+            inputs[m] = self._to_device(window[m][: counts[k]] if window is not None else data[m][index])
+            targets[m] = labels[index]
+            weights[m] = float(counts[k]) / B if self.config.unimodal_loss == "scaled" else 1.0
+        paired_target = (labels[plan.paired_indices.to(self.device, non_blocking=True)]
+                         if plan.n_paired > 0 else None)
+        batch = IterationBatch(inputs, targets, weights, plan.n_paired, paired_target,
+                               epoch_fraction)
+        self.model.train()
+        out = self.method.step(StepContext(self.model, self._encoders, self.optimizer, self._autocast), batch)
+        nan = torch.full((), float("nan"), device=self.device)
+        unimodal_losses = [out.unimodal_losses[m].detach() if m in out.unimodal_losses else nan
+                           for m in self.modalities]
+        status = [true_class_probability(out.logits[m].detach().float().softmax(1), targets[m])
+                  if m in out.logits else nan for m in self.modalities]
         # one device sync per iteration, after the backward pass has been queued
-        values = torch.stack([loss.detach(), fusion_loss.detach(), *unimodal_losses, *status]).cpu().numpy()
+        values = torch.stack([out.loss.detach(), out.fusion_loss.detach(), *unimodal_losses, *status]).cpu().numpy()
         total = float(values[0])
-        if np.isfinite(total):
+        if np.isfinite(total) and not out.stepped:
             self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
+        if self.scheduler is not None and np.isfinite(total):
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         self.samples_seen += counts
@@ -267,8 +271,8 @@ class Learner:
             with self._autocast():
                 logits, fused_logits = self.model(chunk)
             for m in self.modalities:
-                unimodal[m].append(logits[m].softmax(1).float().cpu())
-            fused.append(fused_logits.softmax(1).float().cpu())
+                unimodal[m].append(logits[m].float().softmax(1).cpu())
+            fused.append(self.method.fuse(logits, fused_logits).cpu())
         return {m: torch.cat(p).numpy() for m, p in unimodal.items()}, torch.cat(fused).numpy()
 
     def accuracies(self, split_name: str) -> tuple[float, dict[str, float]]:
@@ -329,6 +333,7 @@ class Learner:
             "planner": self.planner.state_dict(),
             "iteration": self.iteration,
             "samples_seen": self.samples_seen.tolist(),
+            "method": self.method.state_dict(),
         }
 
     def save(self, path: str | Path) -> None:
@@ -336,6 +341,7 @@ class Learner:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": self.task.name,
+                   "method": self.method.name,
                    "modalities": list(self.modalities), "state": self.state_dict()}
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(payload, tmp)
@@ -364,6 +370,10 @@ class Learner:
         if payload.get("task") != self.task.name or payload.get("modalities") != list(self.modalities):
             raise ValueError(f"{path} was saved for task '{payload.get('task')}' with modalities "
                              f"{payload.get('modalities')}, not '{self.task.name}' with {list(self.modalities)}")
+        saved_method = payload.get("method", "unimodal-aux")
+        if saved_method != self.method.name and (self.method.shared_head or saved_method == "mla"):
+            raise ValueError(f"{path} was saved by method '{saved_method}', this learner uses '{self.method.name}' "
+                             "and one of them shares a single head between modalities; use the same method")
         try:
             self.load_state_dict(payload["state"])
         except (KeyError, RuntimeError, ValueError) as err:
@@ -379,3 +389,4 @@ class Learner:
         self._window_loader = None  # the prefetch stream restarts from the restored walk
         self.iteration = int(state["iteration"])
         self.samples_seen = np.asarray(state["samples_seen"], dtype=np.int64)
+        self.method.load_state_dict(state.get("method", {}))

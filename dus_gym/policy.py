@@ -114,7 +114,11 @@ class PolicySampler(Sampler):
         self.settings = settings
         from stable_baselines3 import PPO
 
-        self.model = PPO.load(folder / "policy.zip", device="cpu")
+        try:
+            self.model = PPO.load(folder / "policy.zip", device="cpu")  # unpickles: trusted input only
+        except Exception as err:  # a truncated zip, another SB3's pickles, a file that is no model
+            raise ValueError(f"{folder / 'policy.zip'} is not a loadable SB3 PPO model ({type(err).__name__}: "
+                             f"{err}); retrain it with train_policy.py") from err
         expected = (4 * n_modalities + 1,)
         if self.model.observation_space.shape != expected:
             raise ValueError(f"policy at {folder} expects observations of shape "
@@ -132,6 +136,15 @@ class PolicySampler(Sampler):
     def reset(self) -> None:
         """Forget the held counts."""
         self._held = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counts held until the next decision."""
+        return {"held": None if self._held is None else self._held.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the held counts."""
+        held = state.get("held")
+        self._held = None if held is None else np.asarray(held, dtype=np.int64)
 
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         """The observation as the policy saw it in training."""

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dus_gym.config import did_you_mean
+from dus_gym.config import ConfigError, checked_kwargs, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,13 @@ class Sampler(ABC):
 
     def reset(self) -> None:  # noqa: B027 (a hook: stateless samplers keep the default)
         """Prepare for a new run (stateless samplers need nothing)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to decide as this sampler would have (stateless samplers: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (a hook, as reset)
+        """Restore a state saved by :meth:`state_dict`."""
 
 
 class UniformSampler(Sampler):
@@ -174,6 +181,7 @@ def make_sampler(name: str, batch_size: int, n_modalities: int, **kwargs: Any) -
     if name not in table:
         raise ValueError(f"unknown sampler '{name}'{did_you_mean(name, table)}; known: {sorted(table)}")
     try:
+        kwargs = checked_kwargs(table[name], kwargs, "sampler_kwargs", reserved=("batch_size", "n_modalities"))
         return table[name](batch_size, n_modalities, **kwargs)
-    except TypeError as err:
+    except (TypeError, ConfigError) as err:
         raise ValueError(f"bad arguments for sampler '{name}': {err}") from err

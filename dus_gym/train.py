@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,24 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
-from dus_gym.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, did_you_mean, from_dict, to_dict
+from dus_gym.config import (
+    CMDConfig,
+    ConfigError,
+    EnvConfig,
+    LearnerConfig,
+    RunConfig,
+    did_you_mean,
+    from_dict,
+    to_dict,
+)
 from dus_gym.driver import write_atomic
 from dus_gym.hyperparams import AgentHyperparams, load_hyperparams
 from dus_gym.policy import POLICY_FORMAT, POLICY_VERSION
 from dus_gym.specs import sampler_settings, specs_dir
+from dus_gym.wrappers import ErrorRecoveryWrapper
 
+ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs", "render_mode")
+"""DUSEnv's own arguments; its other keyword arguments are EnvConfig fields."""
 EVAL_SEED_OFFSET = 10_000
 """EvalCallback's env is seeded here, away from the training envs' seeds."""
 
@@ -82,7 +94,7 @@ def make_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any], sing
         import torch
 
         torch.set_num_threads(1)
-    env = gym.make(env_id, **env_kwargs)
+    env = ErrorRecoveryWrapper(gym.make(env_id, **env_kwargs))  # an env that raises must not stop PPO
     env = Monitor(env, info_keywords=env.unwrapped.info_keywords())
     env.reset(seed=seed + rank)
     env.action_space.seed(seed + rank)
@@ -112,7 +124,13 @@ def env_run_config(env_id: str, env_kwargs: dict[str, Any], run_dir: Path) -> Ru
     if env_id not in gym.registry:
         ours = sorted(i for i in gym.registry if i.startswith("dus_gym/"))
         raise ConfigError(f"unknown env id '{env_id}'{did_you_mean(env_id, ours)}; registered: {ours}")
+    valid = [*ENV_ARGUMENTS, *(f.name for f in fields(EnvConfig))]
+    for key in env_kwargs:
+        if key not in valid:
+            hint = did_you_mean(str(key), valid) or f" (valid keys: {valid})"
+            raise ConfigError(f"unknown env kwarg '{key}' for {env_id}{hint}")
     kwargs = {**gym.registry[env_id].kwargs, **env_kwargs}
+    from_dict(EnvConfig, {k: v for k, v in kwargs.items() if k not in ENV_ARGUMENTS}, "env")
     return RunConfig(
         task=kwargs["task"], task_kwargs=kwargs.get("task_kwargs") or {},
         learner=from_dict(LearnerConfig, kwargs.get("learner") or {}, "learner"),
@@ -136,11 +154,11 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
     import time
 
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
+    from stable_baselines3.common.callbacks import CallbackList, EvalCallback
     from stable_baselines3.common.vec_env import VecNormalize
 
     import dus_gym  # noqa: F401  (registers the env ids)
-    from dus_gym.callbacks import DUSMetricsCallback
+    from dus_gym.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_model_atomic
 
     hp_path = Path(config.hyperparams) if config.hyperparams else specs_dir("agents") / "ppo.yml"
     hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id)
@@ -173,14 +191,17 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
                 venv = VecNormalize(venv, **hp.normalize)
             eval_venv = VecNormalize(eval_venv, training=False, norm_obs=venv.norm_obs, norm_reward=False)
         if config.resume:
+            # trusted input: an SB3 zip is unpickled (the run folder is this user's own)
             model = PPO.load(model_path, env=venv, device="cpu", tensorboard_log=str(folder / "tb"))
+            model._last_obs = None  # the envs are fresh: learn() resets them instead of using a stale observation
+            model.set_random_seed(config.seed + model.num_timesteps)  # a resumed run is reproducible too
             print(f"resuming from {model_path} at {model.num_timesteps} steps")
         else:
             model = PPO(hp.policy, venv, seed=config.seed, device="cpu", tensorboard_log=str(folder / "tb"),
                         verbose=0, **hp.model_kwargs)
         callbacks = [DUSMetricsCallback(),
-                     CheckpointCallback(max(1, config.checkpoint_freq // hp.n_envs), str(folder / "checkpoints"),
-                                        name_prefix="ppo", save_vecnormalize=bool(hp.normalize))]
+                     AtomicCheckpointCallback(max(1, config.checkpoint_freq // hp.n_envs), str(folder / "checkpoints"),
+                                              name_prefix="ppo", save_vecnormalize=bool(hp.normalize))]
         if config.eval_freq > 0:
             callbacks.append(EvalCallback(eval_venv, n_eval_episodes=config.n_eval_episodes,
                                           eval_freq=max(1, config.eval_freq // hp.n_envs),
@@ -189,9 +210,10 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
         remaining = max(0, n_timesteps - model.num_timesteps)
         model.learn(remaining, callback=CallbackList(callbacks), progress_bar=config.progress,
                     reset_num_timesteps=not config.resume, tb_log_name="ppo")
-        model.save(folder / "policy.zip")
         if hp.normalize:
-            venv.save(str(folder / "vecnormalize.pkl"))
+            venv.save(str(folder / ".vecnormalize.pkl.tmp"))
+            (folder / ".vecnormalize.pkl.tmp").replace(folder / "vecnormalize.pkl")
+        save_model_atomic(model, folder / "policy.zip")
         settings = venv.get_attr("settings", indices=[0])[0]
         description = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "env_id": config.env_id,
                        "timesteps": int(model.num_timesteps), **settings}

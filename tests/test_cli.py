@@ -17,6 +17,17 @@ def only(folder: Path, pattern: str) -> Path:
     return found[0]
 
 
+def test_run_with_a_method_records_it(tmp_path, capsys):
+    assert main(["run", "--task", "synthetic", "--method", "ogm-ge", "--sampler", "heuristic", "--run-dir",
+                 str(tmp_path), *FAST]) == 0
+    folder = only(tmp_path, "synthetic-ogm-ge-heuristic-seed0-*")
+    assert json.loads((folder / "results.json").read_text())["method"] == "ogm-ge"
+    assert yaml.safe_load((folder / "config.yaml").read_text())["learner"]["method"] == "ogm-ge"
+    assert "/ ogm-ge / heuristic /" in capsys.readouterr().out
+    assert main(["run", "--task", "synthetic", "--method", "pareto", "--run-dir", str(tmp_path), *FAST]) == 2
+    assert "unknown method 'pareto' (did you mean 'mmpareto'?)" in capsys.readouterr().err
+
+
 def test_run_end_to_end_writes_config_results_and_tensorboard(tmp_path, capsys):
     code = main(["run", "--task", "synthetic", "--sampler", "heuristic", "--seed", "3", "--run-dir", str(tmp_path),
                  "--set", "sampler_kwargs.alpha=20", *FAST])

@@ -125,6 +125,8 @@ def test_sb3_wrappers_and_ppo_run_on_it():
 def test_unsupported_settings_are_refused():
     with pytest.raises(ConfigError, match="adam"):
         VecDUSEnv(2, learner={"optimizer": "adam"}, **SMALL)
+    with pytest.raises(ConfigError, match="ogm-ge"):
+        VecDUSEnv(2, learner={"method": "ogm-ge"}, **SMALL)
 
 
 class _BNEncoder(torch.nn.Module):

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from dus_gym.config import did_you_mean
+from dus_gym.config import checked_kwargs, did_you_mean
 from dus_gym.tasks.audiovisual import make_audiovisual
 from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 from dus_gym.tasks.mfeat import make_mfeat
@@ -53,6 +53,10 @@ def resolve_task_builder(name: str) -> TaskBuilder:
 def make_task(name: str, **kwargs: Any) -> Task:
     """Build the task ``name`` with keyword arguments ``kwargs``."""
     builder = resolve_task_builder(name)
+    try:
+        kwargs = checked_kwargs(builder, kwargs, "task_kwargs")
+    except ValueError as err:
+        raise ValueError(f"bad arguments for task '{name}': {err}") from err
     try:
         inspect.signature(builder).bind(**kwargs)
     except TypeError as err:

@@ -71,8 +71,15 @@ class AudioClips(ClipSource):
     """Audio features of each clip, (1, F, T) float32."""
 
     def load(self, clip: str) -> torch.Tensor:
-        """Read ``audio/<clip>.npy``."""
-        return torch.from_numpy(np.load(self.root / "audio" / f"{clip}.npy").astype(np.float32)).unsqueeze(0)
+        """Read ``audio/<clip>.npy``; NaN/inf in the features is an error that names the clip."""
+        path = self.root / "audio" / f"{clip}.npy"
+        try:
+            features = np.load(path, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"audio features {path} are unreadable ({err}); rerun 'dus-gym prepare'") from err
+        if not np.isfinite(features).all():
+            raise ValueError(f"audio features {path} hold NaN/inf; rerun 'dus-gym prepare' for clip '{clip}'")
+        return torch.from_numpy(features).unsqueeze(0)
 
 
 class VisualClips(ClipSource):
@@ -140,6 +147,8 @@ def read_list(root: Path, split: str, classes: Sequence[str]) -> tuple[list[str]
                                         f"or visual/{clip}/ missing): rerun 'dus-gym prepare' to finish it")
             clips.append(clip)
             labels.append(index[label])
+    if not clips:
+        raise ValueError(f"{root / f'{split}.csv'} lists no clips; rerun 'dus-gym prepare'")
     return clips, np.asarray(labels, dtype=np.int64)
 
 

@@ -1,0 +1,112 @@
+"""Run checkpoints of ``dus-gym run``: everything that makes a resumed run equal an uninterrupted one.
+
+A checkpoint holds the learner (model, optimiser, scheduler, data walk with its generator), the
+sampler's and the CMD monitor's state, the count history, the validation curve, the loop's own
+variables and the process-wide RNG states (Python, NumPy, torch). It holds only tensors, numbers,
+strings, lists and mappings, so it is read back with ``torch.load(weights_only=True)``, and it is
+written through a temporary file and a rename, so a killed process leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RUN_CHECKPOINT_FORMAT = "dus-gym-run"
+RUN_CHECKPOINT_VERSION = 1
+IGNORED_CONFIG_KEYS = ("run_dir",)
+"""Run-config keys that may differ between the checkpointed run and the resumed one."""
+IGNORED_LEARNER_KEYS = ("device", "num_workers")
+"""Learner keys that may differ too (where and how data is loaded, not what is computed)."""
+
+
+def rng_state() -> dict[str, Any]:
+    """The process-wide generators' states (Python, NumPy legacy, torch CPU) in a weights-only form."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run config without the keys a resume may change, tuples as lists (as YAML reads them back)."""
+    kept = {k: _plain(v) for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
+    if isinstance(kept.get("learner"), dict):
+        kept["learner"] = {k: v for k, v in kept["learner"].items() if k not in IGNORED_LEARNER_KEYS}
+    return kept
+
+
+def save_run_checkpoint(path: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """Write ``state`` with the format, version and run config atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": RUN_CHECKPOINT_FORMAT, "version": RUN_CHECKPOINT_VERSION,
+               "config": comparable_config(config), "state": state}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_run_checkpoint(path: Path, config: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a run checkpoint (``weights_only=True``) and check that it belongs to ``config``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: unreadable, not a dus-gym run checkpoint, another format version, or written
+            for another run configuration (the message names the keys that differ).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"run checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several types for unreadable or unsafe files
+        raise ValueError(f"{path} is not a readable run checkpoint ({type(err).__name__}); "
+                         "it is written by 'dus-gym run' as checkpoint.pt") from err
+    if not isinstance(payload, dict) or payload.get("format") != RUN_CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a dus-gym run checkpoint")
+    if payload.get("version") != RUN_CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is a run checkpoint of format version {payload.get('version')}, this dus-gym "
+                         f"reads version {RUN_CHECKPOINT_VERSION}; start the run again")
+    saved, wanted = payload.get("config"), comparable_config(config)
+    if saved != wanted:
+        differ = _differences(saved if isinstance(saved, dict) else {}, wanted)
+        raise ValueError(f"{path} was written for another run configuration (differs in {differ}); "
+                         "resume with the run's own config.yaml")
+    return payload["state"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b), key=str):
+        name = f"{prefix}{key}"
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            keys += _differences(a[key], b[key], f"{name}.")
+        elif a.get(key) != b.get(key):
+            keys.append(name)
+    return keys
