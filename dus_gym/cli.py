@@ -145,7 +145,14 @@ def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-conf", "--conf-file", dest="hyperparams", help="RL Zoo style YAML (default agents/ppo.yml)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-n", "--n-timesteps", type=int, help="env steps (overrides the YAML)")
-    parser.add_argument("--vec-env", choices=["dummy", "subproc"], default="subproc")
+    parser.add_argument("--vec-env", choices=["dummy", "subproc", "vectorized", "ray"], default="subproc",
+                        help="dummy: one process; subproc: one process per env; vectorized: the envs' learners "
+                             "batched in one process; ray: one Ray actor per env")
+    parser.add_argument("--devices", nargs="+", help="learner devices, round robin over the envs (default: every "
+                                                     "visible GPU when the learner is on cuda/auto)")
+    parser.add_argument("--ray-address", help="Ray cluster for --vec-env ray (auto, ray://head:10001; default local)")
+    parser.add_argument("--ray-cpus-per-env", type=float, default=1.0)
+    parser.add_argument("--ray-gpus-per-env", type=float, default=0.0)
     parser.add_argument("--run-dir", default="runs")
     parser.add_argument("--resume", help="run folder to continue from its last checkpoint")
     parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
@@ -168,7 +175,10 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         env_kwargs = deep_merge(env_kwargs, parse_override(text))
     config = TrainPolicyConfig(
         env_id=args.env, hyperparams=args.hyperparams, seed=args.seed, n_timesteps=args.n_timesteps,
-        vec_env=args.vec_env, run_dir=args.run_dir, resume=args.resume, env_kwargs=env_kwargs,
+        vec_env=args.vec_env, devices=tuple(args.devices) if args.devices else None,
+        ray={"address": args.ray_address, "num_cpus_per_env": args.ray_cpus_per_env,
+             "num_gpus_per_env": args.ray_gpus_per_env},
+        run_dir=args.run_dir, resume=args.resume, env_kwargs=env_kwargs,
         eval_freq=args.eval_freq, checkpoint_freq=args.checkpoint_freq, eval_seeds=tuple(args.eval_seeds),
         evaluate=not args.no_evaluate, controls=not args.no_controls, grid=args.grid, progress=not args.no_progress,
     )

@@ -132,7 +132,9 @@ class Learner:
             raise ValueError(f"probe_size ({probe_size}) must be smaller than the training split ({len(train)})")
         order = torch.randperm(len(train), generator=self.generator)
         self.probe = train.subset(order[:probe_size]).to(self.device) if probe_size else None
-        self.train_split = train.subset(torch.sort(order[probe_size:]).values).to(self.device)
+        # without a probe the training split is the task's own (shared by every learner of the process, no copy)
+        kept = train.subset(torch.sort(order[probe_size:]).values) if probe_size else train
+        self.train_split = kept.to(self.device)
         self.planner = BatchPlanner(len(self.train_split), self.generator)
         self.method = make_method(config.method, **config.method_kwargs)
         with torch.random.fork_rng(devices=[]):

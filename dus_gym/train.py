@@ -54,7 +54,12 @@ class TrainPolicyConfig:
     n_timesteps: int | None = None
     """Overrides the file's n_timesteps (env steps, all envs together)."""
     vec_env: str = "subproc"
-    """"dummy" (one process) or "subproc" (one process per env, started with spawn)."""
+    """"dummy" (one process), "subproc" (one process per env, started with spawn, pinned to ``devices``),
+    "vectorized" (one process, the envs' learners batched: dus_gym.vec_env) or "ray" (one Ray actor per env)."""
+    devices: tuple[str, ...] | None = None
+    """Learner devices, round robin over the envs (None: every visible GPU when the learner is on cuda/auto)."""
+    ray: dict[str, Any] = field(default_factory=dict)
+    """RayVecEnvConfig fields for vec_env "ray": address, num_cpus_per_env, num_gpus_per_env, init_kwargs."""
     run_dir: str = "runs"
     """Parent folder of the run folder."""
     resume: str | None = None
@@ -96,17 +101,22 @@ def make_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any], sing
     return env
 
 
-def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], kind: str) -> Any:
-    """DummyVecEnv or SubprocVecEnv (spawn) of ``n_envs`` monitored DUS envs."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], kind: str,
+                  devices: tuple[str, ...] | None = None, ray: dict[str, Any] | None = None) -> Any:
+    """DummyVecEnv, SubprocVecEnv (spawn, pinned to devices), VecDUSEnv or RayVecEnv of ``n_envs`` DUS envs."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    subproc = kind == "subproc" and n_envs > 1
-    factories = [partial(make_env, env_id, i, seed, env_kwargs, subproc) for i in range(n_envs)]
-    if subproc:
-        return SubprocVecEnv(factories, start_method="spawn")
+    if kind in ("vectorized", "ray") or (kind == "subproc" and n_envs > 1):
+        from dus_gym.parallel import build_parallel_vec_env
+
+        return build_parallel_vec_env(env_id, n_envs, seed, env_kwargs, kind, devices, ray)
     if kind not in ("dummy", "subproc"):
-        raise ConfigError(f"vec_env must be 'dummy' or 'subproc', got '{kind}'")
-    return DummyVecEnv(factories)
+        raise ConfigError(f"vec_env must be 'dummy', 'subproc', 'vectorized' or 'ray', got '{kind}'")
+    if env_kwargs.get("learner"):  # learner overrides merge into the spec's learner settings, as for the other kinds
+        from dus_gym.parallel import spec_kwargs
+
+        env_kwargs = {**env_kwargs, "learner": spec_kwargs(env_id, env_kwargs)["learner"]}
+    return DummyVecEnv([partial(make_env, env_id, i, seed, env_kwargs, False) for i in range(n_envs)])
 
 
 def env_run_config(env_id: str, env_kwargs: dict[str, Any], run_dir: Path) -> RunConfig:
@@ -167,7 +177,8 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
     write_atomic(folder / "args.yml", yaml.safe_dump(to_dict(config), sort_keys=False))
     write_atomic(folder / "command.txt", " ".join(argv if argv is not None else sys.argv) + "\n")
 
-    venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env)
+    venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env, config.devices,
+                         config.ray)
     eval_venv = build_vec_env(config.env_id, 1, config.seed + EVAL_SEED_OFFSET, env_kwargs, "dummy")
     try:
         stats_path = None
