@@ -143,7 +143,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         self._counts = np.full(self.n_modalities, B, dtype=np.int64)
         self._last_status = np.zeros(self.n_modalities)
         self._count_sum = np.zeros(self.n_modalities)
-        self._score, _ = self.learner.accuracies("val")
+        self._score, self._per_modality = self.learner.accuracies("val")
         return self._observation(), {"val_acc": self._score, "learner_seed": learner_seed}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -160,7 +160,8 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
             counts = stats.counts  # as used by the learner (after quantisation)
             if not stats.finite:
                 self._counts = counts
-                info = {"diverged": True, "loss": stats.loss, "iteration": self.learner.iteration}
+                info = {"diverged": True, "loss": stats.loss, "iteration": self.learner.iteration,
+                        **self._monitored(self.learner.iteration - self._start_iteration)}
                 logger.warning("the learner's loss became %s at iteration %d: episode truncated with penalty %s",
                                stats.loss, self.learner.iteration, self.config.divergence_penalty)
                 return self._observation(), -float(self.config.divergence_penalty), False, True, info
@@ -178,18 +179,22 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         reward_delta = c.reward_delta_weight * (score - self._score)
         reward_cmd = -c.reward_cmd_weight * self.monitor.gap
         reward_terminal = c.reward_terminal_weight * score if terminated else 0.0
-        self._score = score
+        self._score, self._per_modality = score, per_modality
         info: dict[str, Any] = {
-            "val_acc": score, "gap": self.monitor.gap, "iteration": self.learner.iteration,
-            "counts": counts.copy(), "reward_delta": reward_delta, "reward_cmd": reward_cmd,
-            "reward_terminal": reward_terminal, "diverged": False,
+            "iteration": self.learner.iteration, "counts": counts.copy(), "reward_delta": reward_delta,
+            "reward_cmd": reward_cmd, "reward_terminal": reward_terminal, "diverged": False,
+            **self._monitored(self.learner.iteration - self._start_iteration),
         }
-        done_iterations = self.learner.iteration - self._start_iteration
-        for k, m in enumerate(self.task.modalities):
-            info[f"val_acc_{m}"] = per_modality[m]
-            info[f"mean_count_{m}"] = float(self._count_sum[k] / done_iterations)
         reward = float(reward_delta + reward_cmd + reward_terminal)
         return self._observation(), reward, terminated, False, info
+
+    def _monitored(self, done_iterations: int) -> dict[str, float]:
+        """The :meth:`info_keywords` values: last validation scores, |CMD| and mean counts so far."""
+        info = {"val_acc": self._score, "gap": self.monitor.gap}
+        for k, m in enumerate(self.task.modalities):
+            info[f"val_acc_{m}"] = self._per_modality[m]
+            info[f"mean_count_{m}"] = float(self._count_sum[k] / max(1, done_iterations))
+        return info
 
     def info_keywords(self) -> tuple[str, ...]:
         """The info keys a Monitor should record at the end of an episode."""

@@ -108,8 +108,11 @@ def test_action_mappings():
 def test_nan_loss_truncates_with_penalty(monkeypatch):
     from dus_gym.learner import IterationStats, Learner
 
+    from stable_baselines3.common.monitor import Monitor
+
     env = DUSEnv(divergence_penalty=3.0, **SMALL)
-    env.reset(seed=0)
+    monitored = Monitor(env, info_keywords=env.info_keywords())  # as train_policy wraps it
+    monitored.reset(seed=0)
     real_step = Learner.step
 
     def diverging(self, counts):
@@ -117,9 +120,10 @@ def test_nan_loss_truncates_with_penalty(monkeypatch):
         return IterationStats(float("nan"), stats.fusion_loss, stats.unimodal_losses, stats.status, stats.counts)
 
     monkeypatch.setattr(Learner, "step", diverging)
-    obs, reward, terminated, truncated, info = env.step(np.zeros(2, dtype=np.float32))
+    obs, reward, terminated, truncated, info = monitored.step(np.zeros(2, dtype=np.float32))
     assert truncated and not terminated and reward == -3.0 and info["diverged"]
     assert env.observation_space.contains(obs)
+    assert info["episode"]["r"] == -3.0 and set(env.info_keywords()) <= set(info["episode"])
 
 
 def test_start_from_a_saved_learner_checkpoint(tmp_path):
