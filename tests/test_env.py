@@ -106,9 +106,9 @@ def test_action_mappings():
 
 
 def test_nan_loss_truncates_with_penalty(monkeypatch):
-    from dus_gym.learner import IterationStats, Learner
-
     from stable_baselines3.common.monitor import Monitor
+
+    from dus_gym.learner import IterationStats, Learner
 
     env = DUSEnv(divergence_penalty=3.0, **SMALL)
     monitored = Monitor(env, info_keywords=env.info_keywords())  # as train_policy wraps it
