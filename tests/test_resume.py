@@ -165,9 +165,8 @@ def test_a_diverging_learner_truncates_the_env_episode_with_penalty_and_a_log(ca
     assert "loss became" in caplog.text and "truncated" in caplog.text
 
 
-@pytest.mark.slow
 def test_train_policy_sigkill_then_resume(tmp_path):
-    """A policy run killed mid-training resumes from its last checkpoint (slow: two SB3 process starts)."""
+    """A policy run killed mid-training resumes from its last checkpoint (two SB3 process starts, ~20 s)."""
     from stable_baselines3 import PPO
 
     from tests.conftest import TINY_PPO
