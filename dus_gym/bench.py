@@ -160,25 +160,32 @@ def _init_worker() -> None:
 
 def run_cell(cell: Cell, cells_dir: str) -> dict[str, Any]:
     """Run one cell and write its record (JSON) and histories (.npz) atomically; returns the record."""
-    from dus_gym.driver import run_training
+    from dus_gym.driver import DivergedError, run_training
     from dus_gym.tasks import cached_task
 
     config = from_dict(RunConfig, cell.config)
     task = cached_task(config.task, **config.task_kwargs)
-    result = run_training(config, run_dir=None, task=task, progress=False, probe=False)
     folder = Path(cells_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"counts": result.counts, "cmd": result.cmd}
-    if cell.alone is not None:
-        arrays["probabilities"] = result.test.unimodal_probabilities[cell.alone]
-        arrays["labels"] = result.test.labels
+    try:
+        result = run_training(config, run_dir=None, task=task, progress=False, probe=False)
+    except DivergedError as err:  # a result of the cell (counted and reported), not a failure of the bench
+        summary, diverged = {"modalities": list(task.modalities)}, str(err)
+        arrays = {"counts": np.zeros((0, len(task.modalities))), "cmd": np.zeros((0, len(task.modalities)))}
+    else:
+        summary, diverged = result.summary, None
+        arrays = {"counts": result.counts, "cmd": result.cmd}
+        if cell.alone is not None:
+            arrays["probabilities"] = result.test.unimodal_probabilities[cell.alone]
+            arrays["labels"] = result.test.labels
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     tmp = folder / f".{cell.file_stem}.npz.tmp"
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, folder / f"{cell.file_stem}.npz")
     record = {"key": cell.key, "task": cell.task, "method": cell.method, "sampler": cell.sampler,
-              "seed": cell.seed, "alone": cell.alone, "config": cell.config, "summary": result.summary}
+              "seed": cell.seed, "alone": cell.alone, "config": cell.config, "summary": summary,
+              "diverged": diverged}
     write_atomic(folder / f"{cell.file_stem}.json", json.dumps(record, indent=1))
     return record
 
@@ -255,21 +262,22 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
     for r in records:
         groups.setdefault((r["task"], r["method"], r["sampler"]), []).append(r)
     rows = []
-    for (task, method, sampler), rs in groups.items():
+    for (task, method, sampler), group in groups.items():
+        rs = [r for r in group if not r.get("diverged")]  # a diverged run has no metrics; it is counted
         s = [r["summary"] for r in rs]
-        modalities = s[0]["modalities"]
-        alone = rs[0]["alone"]
+        modalities = group[0]["summary"]["modalities"]
+        alone = group[0]["alone"]
         row = {"task": task, "method": method, "sampler": sampler, "alone": alone, "modalities": modalities,
-               "seeds": [r["seed"] for r in rs],
+               "seeds": [r["seed"] for r in rs], "diverged": len(group) - len(rs),
                "fused": None if alone else [x["test"]["fused"]["acc"] for x in s],
                "f1": [x["test"][alone]["f1"] for x in s] if alone else [x["test"]["fused"]["f1"] for x in s],
                "acc": {m: [x["test"][m]["acc"] for x in s] for m in modalities if alone in (None, m)},
                "gap": None if alone else [x["final_gap"] for x in s],
-               "iterations": int(np.mean([x["iterations"] for x in s])),
+               "iterations": int(np.mean([x["iterations"] for x in s])) if s else None,
                "seconds": [x["train_seconds"] for x in s]}
         rows.append(row)
     for task in dict.fromkeys(r["task"] for r in records):
-        alone = [r for r in records if r["task"] == task and r["alone"] is not None]
+        alone = [r for r in records if r["task"] == task and r["alone"] is not None and not r.get("diverged")]
         if not alone:
             continue
         modalities = alone[0]["summary"]["modalities"]
@@ -281,15 +289,19 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
             log_p = sum(np.log(p["probabilities"] + 1e-12) for p in parts)
             late.append(float((log_p.argmax(1) == parts[0]["labels"]).mean()))
         rows.append({"task": task, "method": "late fusion", "sampler": "alone models", "alone": "late",
-                     "modalities": modalities, "seeds": [], "fused": late, "f1": None, "acc": {}, "gap": None,
+                     "modalities": modalities, "seeds": [], "diverged": 0, "fused": late, "f1": None, "acc": {},
+                     "gap": None,
                      "iterations": None, "seconds": None})
     for row in rows:  # paired difference to the same method with uniform sampling, seed by seed
         row["delta"] = None
         if row["alone"] is None and row["sampler"] != "uniform":
             ref = next((r for r in rows if r["task"] == row["task"] and r["method"] == row["method"]
                         and r["sampler"] == "uniform" and r["alone"] is None), None)
-            if ref is not None and ref["seeds"] == row["seeds"]:
-                row["delta"] = paired_interval(row["fused"], ref["fused"])
+            if ref is not None:  # over the seeds where neither run diverged
+                common = [seed for seed in row["seeds"] if seed in ref["seeds"]]
+                if common:
+                    row["delta"] = paired_interval([row["fused"][row["seeds"].index(x)] for x in common],
+                                                   [ref["fused"][ref["seeds"].index(x)] for x in common])
     return rows
 
 
@@ -325,10 +337,15 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
             row += [_pm(r["f1"]), _pm(r["gap"], scale=1.0, digits=3), delta,
                     str(r["iterations"]) if r["iterations"] else "—",
                     f"{np.mean(r['seconds']):.1f}" if r["seconds"] else "—",
-                    str(len(r["seeds"]) or len(fused or []))]
+                    _seeds_cell(r)]
             lines.append("| " + " | ".join(row) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
+
+
+def _seeds_cell(row: dict[str, Any]) -> str:
+    n = len(row["seeds"]) or len(row["fused"] or [])
+    return f"{n} (+{row['diverged']} diverged)" if row["diverged"] else str(n)
 
 
 def results_csv(records: list[dict[str, Any]]) -> str:
@@ -336,13 +353,17 @@ def results_csv(records: list[dict[str, Any]]) -> str:
     modalities = list(dict.fromkeys(m for r in records for m in r["summary"]["modalities"]))
     fields = (["task", "method", "sampler", "seed", "fused_acc", "fused_f1", "fused_map"]
               + [f"{k}_{m}" for m in modalities for k in ("acc", "f1", "mean_count", "final_cmd")]
-              + ["final_abs_cmd", "iterations", "epochs", "train_seconds"])
+              + ["final_abs_cmd", "iterations", "epochs", "train_seconds", "diverged"])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in records:
         s = r["summary"]
         alone = r["alone"]
+        if r.get("diverged"):
+            writer.writerow({"task": r["task"], "method": r["method"], "sampler": r["sampler"], "seed": r["seed"],
+                             "diverged": r["diverged"]})
+            continue
         line = {"task": r["task"], "method": r["method"], "sampler": r["sampler"], "seed": r["seed"],
                 "iterations": s["iterations"], "epochs": f"{s['epochs']:.3f}",
                 "train_seconds": f"{s['train_seconds']:.2f}"}
@@ -386,7 +407,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> str:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = _figure(1, len(tasks), (6.0 * len(tasks), 4.0))
     for ax, task in zip(axes[0], tasks, strict=True):
-        trained = [r for r in rows if r["task"] == task and r["alone"] is None]
+        trained = [r for r in rows if r["task"] == task and r["alone"] is None and r["fused"]]
         methods = list(dict.fromkeys(r["method"] for r in trained))
         samplers = list(dict.fromkeys(r["sampler"] for r in trained))
         width = 0.8 / max(1, len(samplers))
@@ -412,14 +433,16 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> str:
         ax.set_xticks(range(len(methods)), methods, rotation=15)
         ax.set_ylabel("fused test accuracy (%)")
         ax.set_title(f"{task}: mean and 95 % interval over seeds")
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
 
 def plot_histories(task: str, records: list[dict[str, Any]], histories: dict[str, dict[str, np.ndarray]],
                    seed: int, path: Path) -> str:
     """CMD d(m) of the first modality and the counts of every modality over training, for one seed."""
-    runs = [r for r in records if r["task"] == task and r["alone"] is None and r["seed"] == seed]
+    runs = [r for r in records
+            if r["task"] == task and r["alone"] is None and r["seed"] == seed and not r.get("diverged")]
     fig, axes = _figure(1, 2, (12.0, 4.0))
     styles = ["-", "--", ":", "-."]
     samplers = list(dict.fromkeys(r["sampler"] for r in runs))
@@ -441,7 +464,8 @@ def plot_histories(task: str, records: list[dict[str, Any]], histories: dict[str
     axes[0][1].set(xlabel="learner iteration", ylabel="samples per iteration (moving mean of 20)",
                    title=f"{task}, seed {seed}: counts (non-uniform samplers)")
     for ax in axes[0]:
-        ax.legend(fontsize=6, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
 
 

@@ -75,3 +75,15 @@ def test_readme_block_is_replaced_by_the_table(bench_out, tmp_path):
     text = readme.read_text()
     assert "old" not in text and summary["table"] in text and text.endswith("\n\nafter\n")
     assert "`dus-gym bench --x`" in text
+
+
+def test_a_diverged_cell_is_counted_not_fatal(tmp_path):
+    config = BenchConfig(tasks=("synthetic",), methods=("unimodal-aux",), samplers=("uniform", "heuristic"),
+                         seeds=(0, 1), n_iterations=20, workers=1, out_dir=str(tmp_path), alone=False,
+                         overrides={**SMALL, "learner": {"batch_size": 16, "lr": 1e30}})
+    summary = run_bench(config, progress=False)  # every run's loss becomes NaN
+    assert summary["ran"] == 4
+    assert "| unimodal-aux | uniform | — | — |" in summary["table"] and "0 (+2 diverged)" in summary["table"]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
+    assert len(rows) == 4 and all("loss became" in r["diverged"] and r["fused_acc"] == "" for r in rows)
+    assert run_bench(config, progress=False)["ran"] == 0  # a diverged cell is a finished cell
