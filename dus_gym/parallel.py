@@ -19,6 +19,7 @@ import gymnasium as gym
 
 from dus_gym.config import ConfigError
 from dus_gym.registration import ENTRY_POINT
+from dus_gym.specs import deep_merge
 
 VEC_ENV_KINDS = ("dummy", "subproc", "vectorized", "ray")
 """The values of ``TrainPolicyConfig.vec_env``."""
@@ -39,14 +40,13 @@ def assign_devices(n_envs: int, devices: Sequence[str]) -> list[str]:
 
 
 def spec_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The DUSEnv kwargs of a registered id with ``env_kwargs`` on top (``learner`` merged key by key)."""
+    """The DUSEnv kwargs of a registered id with ``env_kwargs`` on top (nested mappings merged key by key)."""
     if env_id not in gym.registry:
         raise ConfigError(f"unknown env id '{env_id}'")
     spec = gym.registry[env_id]
     if spec.entry_point != ENTRY_POINT:
         raise ConfigError(f"env '{env_id}' is not a DUS env (entry point {spec.entry_point})")
-    base = dict(spec.kwargs)
-    return {**base, **env_kwargs, "learner": {**(base.get("learner") or {}), **(env_kwargs.get("learner") or {})}}
+    return deep_merge(dict(spec.kwargs), env_kwargs)
 
 
 def env_devices(env_id: str, n_envs: int, env_kwargs: dict[str, Any], devices: Sequence[str] | None
@@ -63,18 +63,18 @@ def make_pinned_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any
                     device: str | None) -> gym.Env:
     """``train.make_env`` with the learner on ``device`` (and CUDA's current device set to it).
 
-    The ``learner`` overrides of ``env_kwargs`` are merged into the spec's learner settings key by key.
+    The overrides of ``env_kwargs`` are merged into the spec's settings key by key (:func:`spec_kwargs`).
     """
     from dus_gym.train import make_env
 
-    learner = spec_kwargs(env_id, env_kwargs)["learner"]
+    kwargs = spec_kwargs(env_id, env_kwargs)
     if device is not None:
         import torch
 
         if device.startswith("cuda") and torch.cuda.is_available():
             torch.cuda.set_device(torch.device(device))
-        learner = {**learner, "device": device}
-    return make_env(env_id, rank, seed, {**env_kwargs, "learner": learner}, single_thread)
+        kwargs = deep_merge(kwargs, {"learner": {"device": device}})
+    return make_env(env_id, rank, seed, kwargs, single_thread)
 
 
 def build_parallel_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], kind: str,

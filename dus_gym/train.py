@@ -32,7 +32,7 @@ from dus_gym.config import (
 from dus_gym.driver import write_atomic
 from dus_gym.hyperparams import AgentHyperparams, load_hyperparams
 from dus_gym.policy import POLICY_FORMAT, POLICY_VERSION
-from dus_gym.specs import sampler_settings, specs_dir
+from dus_gym.specs import deep_merge, sampler_settings, specs_dir
 from dus_gym.wrappers import ErrorRecoveryWrapper
 
 ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs", "render_mode")
@@ -112,10 +112,9 @@ def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any
         return build_parallel_vec_env(env_id, n_envs, seed, env_kwargs, kind, devices, ray)
     if kind not in ("dummy", "subproc"):
         raise ConfigError(f"vec_env must be 'dummy', 'subproc', 'vectorized' or 'ray', got '{kind}'")
-    if env_kwargs.get("learner"):  # learner overrides merge into the spec's learner settings, as for the other kinds
-        from dus_gym.parallel import spec_kwargs
+    from dus_gym.parallel import spec_kwargs
 
-        env_kwargs = {**env_kwargs, "learner": spec_kwargs(env_id, env_kwargs)["learner"]}
+    env_kwargs = spec_kwargs(env_id, env_kwargs)  # nested overrides merge into the spec key by key, as for the others
     return DummyVecEnv([partial(make_env, env_id, i, seed, env_kwargs, False) for i in range(n_envs)])
 
 
@@ -129,7 +128,7 @@ def env_run_config(env_id: str, env_kwargs: dict[str, Any], run_dir: Path) -> Ru
         if key not in valid:
             hint = did_you_mean(str(key), valid) or f" (valid keys: {valid})"
             raise ConfigError(f"unknown env kwarg '{key}' for {env_id}{hint}")
-    kwargs = {**gym.registry[env_id].kwargs, **env_kwargs}
+    kwargs = deep_merge(dict(gym.registry[env_id].kwargs), env_kwargs)  # as the training envs get them
     from_dict(EnvConfig, {k: v for k, v in kwargs.items() if k not in ENV_ARGUMENTS}, "env")
     return RunConfig(
         task=kwargs["task"], task_kwargs=kwargs.get("task_kwargs") or {},
