@@ -219,8 +219,7 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench cells", disable=not progress,
                dynamic_ncols=True)
     try:
-        if workers == 1:
-            _init_worker()
+        if workers == 1:  # in this process, with its torch threads
             for cell in todo:
                 records[cell.key] = run_cell(cell, str(cells_dir))
                 bar.update(1)
@@ -228,9 +227,13 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
             # spawn: a forked child of a process whose torch thread pool already ran can deadlock
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
                 futures = {pool.submit(run_cell, cell, str(cells_dir)): cell for cell in todo}
-                for future in as_completed(futures):
-                    records[futures[future].key] = future.result()
-                    bar.update(1)
+                try:
+                    for future in as_completed(futures):
+                        records[futures[future].key] = future.result()
+                        bar.update(1)
+                except BaseException:  # a cell failed or the user interrupted: finished cells stay written
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
     finally:
         bar.close()
     ordered = [records[cell.key] for cell in cells]
