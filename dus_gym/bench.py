@@ -18,8 +18,8 @@ import multiprocessing as mp
 import os
 import re
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from dus_gym.compare import mean_std, paired_interval
-from dus_gym.config import ConfigError, RunConfig, from_dict, to_dict
+from dus_gym.config import ConfigError, RunConfig, did_you_mean, from_dict, to_dict
 from dus_gym.driver import write_atomic
-from dus_gym.methods import METHODS
+from dus_gym.methods import METHODS, make_method
 from dus_gym.specs import deep_merge, read_yaml, sampler_settings, specs_dir
 
 DEFAULT_METHODS = ("joint", "unimodal-aux", "ogm-ge", "mmpareto", "mla")
@@ -53,6 +53,7 @@ class BenchConfig:
         policy: a policy folder written by train_policy.py, for the ppo sampler.
         plot_seed: the seed whose CMD and count histories are plotted (None: the first seed).
         overrides: RunConfig keys applied to every cell (e.g. {"learner": {"device": "cuda"}}).
+        method_kwargs: per method, its keyword arguments (e.g. {"ogm-ge": {"alpha": 0.5}}).
     """
 
     tasks: tuple[str, ...] = ("synthetic", "mfeat")
@@ -66,11 +67,18 @@ class BenchConfig:
     policy: str | None = None
     plot_seed: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.methods:
             if name not in METHODS:
-                raise ConfigError(f"unknown method '{name}'; choose from {sorted(METHODS)}")
+                raise ConfigError(f"unknown method '{name}'{did_you_mean(name, METHODS)}; "
+                                  f"choose from {sorted(METHODS)}")
+        for name, kwargs in self.method_kwargs.items():
+            if name not in self.methods:
+                raise ConfigError(f"method_kwargs for '{name}', which is not among the methods {list(self.methods)}")
+            if not isinstance(kwargs, dict):
+                raise ConfigError(f"method_kwargs of '{name}' must be a mapping, got {kwargs!r}")
         if "ppo" in self.samplers and not self.policy:
             raise ConfigError("the ppo sampler needs --policy PATH (a folder written by train_policy.py)")
         if not self.seeds or not self.tasks or not self.methods or not self.samplers:
@@ -125,8 +133,11 @@ def plan_cells(bench: BenchConfig) -> list[Cell]:
                 if sampler == "ppo":
                     kwargs = {"policy": str(Path(bench.policy).resolve())}
                 for seed in bench.seeds:
-                    data = deep_merge(base, {"learner": {"method": method}, "sampler": sampler,
-                                             "sampler_kwargs": kwargs, "seed": seed})
+                    learner = {"method": method}
+                    if method in bench.method_kwargs:
+                        learner["method_kwargs"] = bench.method_kwargs[method]
+                    data = deep_merge(base, {"learner": learner, "sampler": sampler, "sampler_kwargs": kwargs,
+                                             "seed": seed})
                     cells.append(Cell(f"{task}/{method}/{sampler}/seed{seed}", task, method, sampler, seed,
                                       _validated(data)))
         if bench.alone:
@@ -142,7 +153,9 @@ def plan_cells(bench: BenchConfig) -> list[Cell]:
 
 
 def _validated(data: dict[str, Any]) -> dict[str, Any]:
-    return to_dict(from_dict(RunConfig, data))
+    config = from_dict(RunConfig, data)
+    make_method(config.learner.method, **config.learner.method_kwargs)  # a bad method setting fails before any run
+    return to_dict(config)
 
 
 def _modalities(task: str, base: dict[str, Any]) -> tuple[str, ...]:
@@ -225,15 +238,18 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
                 bar.update(1)
         elif todo:
             # spawn: a forked child of a process whose torch thread pool already ran can deadlock
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-                futures = {pool.submit(run_cell, cell, str(cells_dir)): cell for cell in todo}
-                try:
-                    for future in as_completed(futures):
-                        records[futures[future].key] = future.result()
-                        bar.update(1)
-                except BaseException:  # a cell failed or the user interrupted: finished cells stay written
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+            try:
+                for record in pool.imap_unordered(partial(run_cell, cells_dir=str(cells_dir)), todo):
+                    records[record["key"]] = record
+                    bar.update(1)
+            except BaseException:  # a cell failed or the user interrupted: stop now, finished cells stay written
+                pool.terminate()
+                raise
+            else:
+                pool.close()
+            finally:
+                pool.join()
     finally:
         bar.close()
     ordered = [records[cell.key] for cell in cells]
@@ -312,7 +328,7 @@ def _pm(values: Iterable[float] | None, scale: float = 100.0, digits: int = 1) -
     if not values:
         return "—"
     mean, std = mean_std([v * scale for v in values])
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def format_bench_table(rows: list[dict[str, Any]]) -> str:
@@ -328,7 +344,8 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
         for r in task_rows:
             fused = r["fused"]
             lo, hi = _interval(fused) if fused else (float("nan"), float("nan"))
-            ci = f"[{100 * lo:.1f}, {100 * hi:.1f}]" if fused and len(fused) > 1 else "—"
+            # an accuracy lies in [0, 100] %: the t interval is shown clipped to it
+            ci = f"[{max(0.0, 100 * lo):.1f}, {min(100.0, 100 * hi):.1f}]" if fused and len(fused) > 1 else "—"
             delta = "—"
             if r["delta"] is not None:
                 d, dlo, dhi = r["delta"]
@@ -424,20 +441,20 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> str:
                 lo, hi = _interval(r["fused"])
                 xs.append(i + (j - (len(samplers) - 1) / 2) * width)
                 means.append(mean)
-                errs[0].append(0.0 if math.isnan(lo) else mean - 100 * lo)
-                errs[1].append(0.0 if math.isnan(hi) else 100 * hi - mean)
+                errs[0].append(0.0 if math.isnan(lo) else mean - max(0.0, 100 * lo))
+                errs[1].append(0.0 if math.isnan(hi) else min(100.0, 100 * hi) - mean)
             ax.bar(xs, means, width, yerr=errs, capsize=3, label=sampler)
         for r in rows:
             if r["task"] == task and r["alone"] == "late" and r["fused"]:
                 ax.axhline(100 * float(np.mean(r["fused"])), color="k", linestyle="--", linewidth=1,
                            label="late fusion of alone models")
         low = min([100 * min(r["fused"]) for r in trained] or [0.0])
-        ax.set_ylim(max(0.0, low - 10), 100)
+        ax.set_ylim(max(0.0, low - 10), 101)
         ax.set_xticks(range(len(methods)), methods, rotation=15)
         ax.set_ylabel("fused test accuracy (%)")
         ax.set_title(f"{task}: mean and 95 % interval over seeds")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="best", framealpha=0.8)
     return _save(fig, path)
 
 
@@ -479,11 +496,20 @@ def _smooth(y: np.ndarray, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(window, len(y) + 1), np.convolve(y.astype(np.float64), np.ones(window) / window, mode="valid")
 
 
-def write_readme_block(readme: Path, bench: BenchConfig, summary: dict[str, Any], command: str) -> None:
-    """Replace the text between the bench markers of ``readme`` with the bench's table (atomically)."""
+def check_readme_block(readme: Path) -> None:
+    """Raise a :class:`ConfigError` unless ``readme`` exists and holds the bench markers."""
+    if not readme.is_file():
+        raise ConfigError(f"--readme {readme}: no such file")
     text = readme.read_text()
     if README_START not in text or README_END not in text:
-        raise ConfigError(f"{readme} has no '{README_START}' ... '{README_END}' block to fill")
+        raise ConfigError(f"{readme} has no '{README_START}' ... '{README_END}' block to fill; add both lines "
+                          "where the table should go")
+
+
+def write_readme_block(readme: Path, bench: BenchConfig, summary: dict[str, Any], command: str) -> None:
+    """Replace the text between the bench markers of ``readme`` with the bench's table (atomically)."""
+    check_readme_block(readme)
+    text = readme.read_text()
     before, rest = text.split(README_START, 1)
     _, after = rest.split(README_END, 1)
     block = (f"{README_START}\n<!-- written by `{command}`; do not edit by hand -->\n\n"

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-alone", action="store_true", help="skip the modalities trained alone")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="run-config override for every cell, e.g. --set learner.device=cuda")
+    bench.add_argument("--method-kwargs", action="append", metavar="METHOD.KEY=VALUE",
+                       help="a keyword of one method, e.g. --method-kwargs ogm-ge.alpha=0.5")
     bench.add_argument("--readme", help="also write the table into this file's bench block")
     bench.add_argument("--no-progress", action="store_true")
     train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
@@ -144,7 +146,8 @@ def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="dus_gym/Synthetic-v0", help="registered env id")
     parser.add_argument("-conf", "--conf-file", dest="hyperparams", help="RL Zoo style YAML (default agents/ppo.yml)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-n", "--n-timesteps", type=int, help="env steps (overrides the YAML)")
+    parser.add_argument("-n", "--n-timesteps", type=int,
+                        help="env steps (overrides the YAML; PPO rounds up to whole rollouts of n_envs x n_steps)")
     parser.add_argument("--vec-env", choices=["dummy", "subproc", "vectorized", "ray"], default="subproc",
                         help="dummy: one process; subproc: one process per env; vectorized: the envs' learners "
                              "batched in one process; ray: one Ray actor per env")
@@ -155,7 +158,7 @@ def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-gpus-per-env", type=float, default=0.0)
     parser.add_argument("--run-dir", default="runs")
     parser.add_argument("--resume", help="run folder to continue from its last checkpoint")
-    parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--env-kwargs", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="env kwargs overrides, e.g. n_iterations=400 iterations_per_step=10")
     parser.add_argument("--eval-freq", type=int, default=2000, help="EvalCallback period in env steps (0: off)")
     parser.add_argument("--checkpoint-freq", type=int, default=2000)
@@ -207,6 +210,8 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     folder = Path(args.resume)
     if not (folder / "config.yaml").is_file():
         raise FileNotFoundError(f"no run to resume in {folder}: expected a run folder with config.yaml")
+    if (folder / "results.json").is_file():
+        raise ConfigError(f"the run in {folder} has already finished (results.json exists); nothing to resume")
     data = read_yaml(folder / "config.yaml")
     if args.device is not None:
         data = deep_merge(data, {"learner": {"device": args.device}})
@@ -267,7 +272,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``dus-gym bench``."""
-    from dus_gym.bench import bench_config_from_args, run_bench, write_readme_block
+    from dus_gym.bench import bench_config_from_args, check_readme_block, run_bench, write_readme_block
 
     values = read_yaml(Path(args.config)) if args.config else {}
     overrides: dict[str, Any] = dict(values.get("overrides") or {})
@@ -280,12 +285,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.no_alone:
         values["alone"] = False
     values["overrides"] = overrides
+    method_kwargs: dict[str, Any] = dict(values.get("method_kwargs") or {})
+    for text in args.method_kwargs or []:
+        method_kwargs = deep_merge(method_kwargs, parse_override(text))
+    values["method_kwargs"] = method_kwargs
     bench = bench_config_from_args(values)
+    if args.readme:
+        check_readme_block(Path(args.readme))  # before hours of runs, not after
     start = time.perf_counter()
     summary = run_bench(bench, progress=not args.no_progress)
     minutes = (time.perf_counter() - start) / 60
     print(summary["table"])
-    print(f"{summary['cells']} cells ({summary['ran']} run now, {summary['workers']} processes) in "
+    processes = f"{summary['workers']} process{'es' if summary['workers'] > 1 else ''}"
+    print(f"{summary['cells']} cells ({summary['ran']} run now, {processes}) in "
           f"{minutes:.1f} min; results: {Path(bench.out_dir) / 'results.csv'}, table.md, "
           + ", ".join(Path(p).name for p in summary["plots"]))
     if args.readme:
@@ -310,5 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dus-gym: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dus-gym: interrupted", file=sys.stderr)
+        hint = "; `dus-gym run --resume RUN_FOLDER` continues from the last checkpoint" if args.command == "run" else ""
+        print(f"dus-gym: interrupted{hint}", file=sys.stderr)
         return 130

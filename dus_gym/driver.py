@@ -52,6 +52,7 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read by others
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dus_gym.config import ConfigError, did_you_mean
+from dus_gym.config import ConfigError, checked_kwargs, did_you_mean
 
 
 @dataclass
@@ -409,8 +409,13 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Joint, UnimodalAux
 def make_method(name: str, **kwargs: Any) -> Method:
     """Build a registered method; one clear error for an unknown name or keyword."""
     if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'{did_you_mean(name, METHODS)}; choose from {sorted(METHODS)}")
+        lower = name.lower()
+        close = f" (did you mean '{lower}'?)" if lower in METHODS else did_you_mean(lower, METHODS)
+        raise ConfigError(f"unknown method '{name}'{close}; choose from {sorted(METHODS)}")
     try:
-        return METHODS[name](**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"method '{name}' does not take {sorted(kwargs)}: {err}") from err
+        checked = checked_kwargs(METHODS[name], kwargs, "learner.method_kwargs")
+    except ConfigError as err:
+        raise ConfigError(f"{err} (method '{name}')") from err
+    if any(isinstance(v, float) and not math.isfinite(v) for v in checked.values()):
+        raise ConfigError(f"learner.method_kwargs of method '{name}' must be finite numbers, got {checked}")
+    return METHODS[name](**checked)

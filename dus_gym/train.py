@@ -20,10 +20,8 @@ import gymnasium as gym
 import yaml
 
 from dus_gym.config import (
-    CMDConfig,
     ConfigError,
     EnvConfig,
-    LearnerConfig,
     RunConfig,
     did_you_mean,
     from_dict,
@@ -83,6 +81,13 @@ class TrainPolicyConfig:
     progress: bool = True
     """Show progress bars."""
 
+    def __post_init__(self) -> None:
+        if self.n_timesteps is not None and self.n_timesteps < 1:
+            raise ConfigError(f"n_timesteps must be >= 1, got {self.n_timesteps}")
+        if self.eval_freq < 0 or self.checkpoint_freq < 1:
+            raise ConfigError(f"eval_freq must be >= 0 and checkpoint_freq >= 1, got {self.eval_freq} and "
+                              f"{self.checkpoint_freq}")
+
 
 def make_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any], single_thread: bool) -> gym.Env:
     """Create one monitored env (a picklable factory body for DummyVecEnv and SubprocVecEnv)."""
@@ -130,12 +135,11 @@ def env_run_config(env_id: str, env_kwargs: dict[str, Any], run_dir: Path) -> Ru
             raise ConfigError(f"unknown env kwarg '{key}' for {env_id}{hint}")
     kwargs = deep_merge(dict(gym.registry[env_id].kwargs), env_kwargs)  # as the training envs get them
     from_dict(EnvConfig, {k: v for k, v in kwargs.items() if k not in ENV_ARGUMENTS}, "env")
-    return RunConfig(
-        task=kwargs["task"], task_kwargs=kwargs.get("task_kwargs") or {},
-        learner=from_dict(LearnerConfig, kwargs.get("learner") or {}, "learner"),
-        cmd=from_dict(CMDConfig, kwargs.get("cmd") or {}, "cmd"),
-        n_iterations=kwargs.get("n_iterations"), epochs=kwargs.get("epochs"), run_dir=str(run_dir),
-    )
+    return from_dict(RunConfig, {  # types checked as for any config (a value such as n_iterations=abc is one line)
+        "task": kwargs["task"], "task_kwargs": kwargs.get("task_kwargs") or {},
+        "learner": kwargs.get("learner") or {}, "cmd": kwargs.get("cmd") or {},
+        "n_iterations": kwargs.get("n_iterations"), "epochs": kwargs.get("epochs"), "run_dir": str(run_dir),
+    })
 
 
 def _latest_checkpoint(folder: Path) -> tuple[Path, Path | None]:

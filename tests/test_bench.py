@@ -87,3 +87,18 @@ def test_a_diverged_cell_is_counted_not_fatal(tmp_path):
     rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
     assert len(rows) == 4 and all("loss became" in r["diverged"] and r["fused_acc"] == "" for r in rows)
     assert run_bench(config, progress=False)["ran"] == 0  # a diverged cell is a finished cell
+
+
+def test_readme_is_checked_before_any_run_and_method_kwargs_go_to_their_method(tmp_path, capsys):
+    readme = tmp_path / "NOTES.md"
+    readme.write_text("no markers here\n")
+    argv = ["bench", "--tasks", "synthetic", "--methods", "ogm-ge", "mla", "--seeds", "0", "--out",
+            str(tmp_path / "b"), "--readme", str(readme), "--method-kwargs", "ogm-ge.alpha=0.5"]
+    assert main(argv) == 2
+    assert "has no '<!-- bench:start -->'" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    from dus_gym.bench import plan_cells
+
+    cells = plan_cells(BenchConfig(tasks=("synthetic",), methods=("ogm-ge", "mla"), seeds=(0,), alone=False,
+                                   method_kwargs={"ogm-ge": {"alpha": 0.5}}))
+    kwargs = {c.method: c.config["learner"]["method_kwargs"] for c in cells}
+    assert kwargs == {"ogm-ge": {"alpha": 0.5}, "mla": {}}

@@ -193,8 +193,10 @@ def test_mla_alternates_one_sgd_step_per_modality_with_a_projected_shared_head(t
 def test_methods_validate_their_names_and_arguments():
     with pytest.raises(ConfigError, match="did you mean 'ogm-ge'"):
         make_method("ogmge")
-    with pytest.raises(ConfigError, match="does not take"):
+    with pytest.raises(ConfigError, match=r"unknown learner.method_kwargs key 'alpha' \(valid keys: \['gamma'\]\)"):
         make_method("mmpareto", alpha=1.0)
+    with pytest.raises(ConfigError, match="'learner.method_kwargs.ge' must be true or false"):
+        make_method("ogm-ge", ge="false")  # a string is not a bool (it would have turned the noise on)
     with pytest.raises(ConfigError, match="alpha must be > 0"):
         make_method("ogm-ge", alpha=0.0)
     assert sorted(METHODS) == ["joint", "mla", "mmpareto", "ogm-ge", "unimodal-aux"]

@@ -84,6 +84,18 @@ def test_malformed_config_file(capsys, tmp_path):
     (["run", "--set", "learner.batch_size=0"], "batch_size must be >= 1"),
     (["run", "--set", "learner.lr=-0.1"], "lr must be a positive number"),
     (["run", "--set", "checkpoint_every=0"], "checkpoint_every must be >= 1"),
+    (["run", "--method", "ogm-ge", "--set", "learner.method_kwargs.ge=maybe"], "'learner.method_kwargs.ge' must be "
+                                                                              "true or false"),
+    (["run", "--method", "mmpareto", "--set", "learner.method_kwargs.gamma=abc"], "method_kwargs.gamma' must be a "
+                                                                                  "number"),
+    (["run", "--method", "ogm-ge", "--set", "learner.method_kwargs.alpha=.nan"], "must be finite numbers"),
+    (["run", "--method", "mla", "--set", "learner.method_kwargs.alpha=1"], "unknown learner.method_kwargs key "
+                                                                           "'alpha' (it takes none) (method 'mla')"),
+    (["run", "--method", "OGM-GE"], "unknown method 'OGM-GE' (did you mean 'ogm-ge'?)"),
+    (["train-policy", "--env-kwargs", "n_iterations=abc", "--no-evaluate"], "'n_iterations' must be an integer"),
+    (["train-policy", "-n", "-5", "--no-evaluate"], "n_timesteps must be >= 1"),
+    (["bench", "--methods", "mlaa"], "unknown method 'mlaa' (did you mean 'mla'?)"),
+    (["bench", "--methods", "ogm-ge", "--method-kwargs", "mla.alpha=1"], "method_kwargs for 'mla', which is not"),
 ])
 def test_wrong_types_and_out_of_range_values(argv, message, capsys, tmp_path):
     assert message in one_line(capsys, argv, tmp_path)
