@@ -185,7 +185,10 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         eval_freq=args.eval_freq, checkpoint_freq=args.checkpoint_freq, eval_seeds=tuple(args.eval_seeds),
         evaluate=not args.no_evaluate, controls=not args.no_controls, grid=args.grid, progress=not args.no_progress,
     )
-    train_policy(config, argv=[sys.argv[0], *(args.argv or [])])
+    argv = list(args.argv or [])
+    if Path(sys.argv[0]).name == "train_policy.py" and argv[:1] == ["train-policy"]:
+        argv = argv[1:]  # train_policy.py passes the subcommand itself; command.txt records what was typed
+    train_policy(config, argv=[sys.argv[0], *argv])
     return 0
 
 
