@@ -425,7 +425,7 @@ def _save(fig: Any, path: Path) -> str:
 def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> str:
     """Fused test accuracy per method and sampler with 95 % intervals, one panel per task."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = _figure(1, len(tasks), (6.0 * len(tasks), 4.0))
+    fig, axes = _figure(1, len(tasks), (6.0 * len(tasks), 4.6))
     for ax, task in zip(axes[0], tasks, strict=True):
         trained = [r for r in rows if r["task"] == task and r["alone"] is None and r["fused"]]
         methods = list(dict.fromkeys(r["method"] for r in trained))
@@ -454,7 +454,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> str:
         ax.set_ylabel("fused test accuracy (%)")
         ax.set_title(f"{task}: mean and 95 % interval over seeds")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best", framealpha=0.8)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)  # below: bars stay visible
     return _save(fig, path)
 
 
