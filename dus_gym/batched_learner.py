@@ -43,7 +43,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dus_gym.batch_plan import BatchPlanner
 from dus_gym.config import ConfigError, LearnerConfig
-from dus_gym.learner import Learner, MultimodalNet, resolve_device
+from dus_gym.learner import Learner, MultimodalNet, quantize_counts, resolve_device
 from dus_gym.loader import is_lazy
 from dus_gym.tasks.base import MultimodalSplit, Task
 
@@ -277,14 +277,8 @@ class BatchedLearner:
         self.samples_seen[i] = 0
 
     def quantize(self, counts: np.ndarray) -> np.ndarray:
-        """Round each positive count up to the next of ``config.count_sizes`` (as ``Learner.quantize``)."""
-        counts = np.asarray(counts, dtype=np.int64)
-        sizes = self.config.count_sizes
-        if not sizes:
-            return counts
-        table = np.asarray(sorted(sizes), dtype=np.int64)
-        position = np.minimum(np.searchsorted(table, counts), len(table) - 1)
-        return np.where(counts > 0, table[position], 0)
+        """(N, M) counts rounded up to ``config.count_sizes``, as ``Learner.quantize`` does."""
+        return quantize_counts(counts, self.config.count_sizes)
 
     def _apply(self, xs: list[torch.Tensor], masks: list[torch.Tensor] | None, n_fused: int, batched: bool
                ) -> tuple[list[torch.Tensor], torch.Tensor]:

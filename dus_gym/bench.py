@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 from tqdm.auto import tqdm
 
-from dus_gym.compare import mean_std, paired_interval
-from dus_gym.config import ConfigError, RunConfig, did_you_mean, from_dict, to_dict
+from dus_gym.compare import format_mean_std, mean_interval, paired_interval
+from dus_gym.config import ConfigError, RunConfig, from_dict, to_dict
 from dus_gym.driver import write_atomic
 from dus_gym.methods import METHODS, make_method
 from dus_gym.specs import deep_merge, read_yaml, sampler_settings, specs_dir
 
-DEFAULT_METHODS = ("joint", "unimodal-aux", "ogm-ge", "mmpareto", "mla")
+DEFAULT_METHODS = tuple(METHODS)  # joint, unimodal-aux, ogm-ge, mmpareto, mla
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -70,15 +69,13 @@ class BenchConfig:
     method_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in self.methods:
-            if name not in METHODS:
-                raise ConfigError(f"unknown method '{name}'{did_you_mean(name, METHODS)}; "
-                                  f"choose from {sorted(METHODS)}")
         for name, kwargs in self.method_kwargs.items():
             if name not in self.methods:
                 raise ConfigError(f"method_kwargs for '{name}', which is not among the methods {list(self.methods)}")
             if not isinstance(kwargs, dict):
                 raise ConfigError(f"method_kwargs of '{name}' must be a mapping, got {kwargs!r}")
+        for name in self.methods:  # names and keywords, with the same messages as a run's
+            make_method(name, **self.method_kwargs.get(name, {}))
         if "ppo" in self.samplers and not self.policy:
             raise ConfigError("the ppo sampler needs --policy PATH (a folder written by train_policy.py)")
         if not self.seeds or not self.tasks or not self.methods or not self.samplers:
@@ -266,13 +263,9 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
             "out_dir": str(out)}
 
 
-def _interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean (nan bounds for a single value)."""
-    a = np.asarray(values, dtype=np.float64)
-    if len(a) < 2:
-        return float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
-    return float(a.mean() - half), float(a.mean() + half)
+def _interval(values: list[float]) -> tuple[float, float]:
+    """95 % Student-t interval of the mean (nan bounds for a single value)."""
+    return mean_interval(values)[1:]
 
 
 def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
@@ -327,8 +320,8 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
 def _pm(values: Iterable[float] | None, scale: float = 100.0, digits: int = 1) -> str:
     if not values:
         return "—"
-    mean, std = mean_std([v * scale for v in values])
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+    values = list(values)
+    return format_mean_std(values, scale, digits) if len(values) > 1 else f"{scale * values[0]:.{digits}f}"
 
 
 def format_bench_table(rows: list[dict[str, Any]]) -> str:

@@ -53,15 +53,51 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def save_run_checkpoint(path: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
-    """Write ``state`` with the format, version and run config atomically (temporary file, then rename)."""
+def write_payload(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` of ``payload`` through a temporary file and a rename (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": RUN_CHECKPOINT_FORMAT, "version": RUN_CHECKPOINT_VERSION,
-               "config": comparable_config(config), "state": state}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def read_payload(path: Path, device: Any, fmt: str, version: int, kind: str, origin: str, stale: str
+                 ) -> dict[str, Any]:
+    """A checkpoint mapping of format ``fmt`` and ``version``, read with ``weights_only=True``.
+
+    Args:
+        path: the file.
+        device: where tensors are mapped (``map_location``).
+        fmt: the expected ``format`` entry.
+        version: the expected ``version`` entry.
+        kind: what the file is ("learner", "run"), for the messages.
+        origin: what to do when the file is unreadable (where such a file comes from).
+        stale: what to do when it has another format version.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: unreadable or unsafe, another format, or another version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several types for unreadable or unsafe files
+        raise ValueError(f"{path} is not a readable {kind} checkpoint ({type(err).__name__}); {origin}") from err
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ValueError(f"{path} is not a dus-gym {kind} checkpoint")
+    if payload.get("version") != version:
+        raise ValueError(f"{path} is a {kind} checkpoint of format version {payload.get('version')}, "
+                         f"this dus-gym reads version {version}; {stale}")
+    return payload
+
+
+def save_run_checkpoint(path: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """Write ``state`` with the format, version and run config atomically (temporary file, then rename)."""
+    write_payload(path, {"format": RUN_CHECKPOINT_FORMAT, "version": RUN_CHECKPOINT_VERSION,
+                         "config": comparable_config(config), "state": state})
 
 
 def load_run_checkpoint(path: Path, config: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -72,19 +108,8 @@ def load_run_checkpoint(path: Path, config: dict[str, Any], device: torch.device
         ValueError: unreadable, not a dus-gym run checkpoint, another format version, or written
             for another run configuration (the message names the keys that differ).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"run checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises several types for unreadable or unsafe files
-        raise ValueError(f"{path} is not a readable run checkpoint ({type(err).__name__}); "
-                         "it is written by 'dus-gym run' as checkpoint.pt") from err
-    if not isinstance(payload, dict) or payload.get("format") != RUN_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a dus-gym run checkpoint")
-    if payload.get("version") != RUN_CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is a run checkpoint of format version {payload.get('version')}, this dus-gym "
-                         f"reads version {RUN_CHECKPOINT_VERSION}; start the run again")
+    payload = read_payload(path, device, RUN_CHECKPOINT_FORMAT, RUN_CHECKPOINT_VERSION, "run",
+                           "it is written by 'dus-gym run' as checkpoint.pt", "start the run again")
     saved, wanted = payload.get("config"), comparable_config(config)
     if saved != wanted:
         differ = _differences(saved if isinstance(saved, dict) else {}, wanted)

@@ -207,14 +207,15 @@ RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", 
 
 def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     """The config of the run folder ``args.resume`` (only ``--device`` may change) and the folder."""
+    from dus_gym.driver import check_resumable
+
     given = [f"--{name}" for name in RESUME_CONFLICTS if getattr(args, name, None)]
     if given:
         raise ConfigError(f"--resume continues a run with its own config.yaml; drop {', '.join(given)}")
     folder = Path(args.resume)
     if not (folder / "config.yaml").is_file():
         raise FileNotFoundError(f"no run to resume in {folder}: expected a run folder with config.yaml")
-    if (folder / "results.json").is_file():
-        raise ConfigError(f"the run in {folder} has already finished (results.json exists); nothing to resume")
+    check_resumable(folder)
     data = read_yaml(folder / "config.yaml")
     if args.device is not None:
         data = deep_merge(data, {"learner": {"device": args.device}})

@@ -33,14 +33,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its Student-t confidence interval (nan bounds for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    mean = float(a.mean())
+    if len(a) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return mean, mean - half, mean + half
+
+
 def paired_interval(values: list[float], reference: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean paired difference and its Student-t confidence interval (nan bounds for one pair)."""
     d = np.asarray(values, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
-    mean = float(d.mean())
-    if len(d) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
-    return mean, mean - half, mean + half
+    return mean_interval(d.tolist(), level)
 
 
 def late_fusion_accuracy(alone: list[RunResult], modalities: tuple[str, ...]) -> float:
@@ -120,7 +126,8 @@ def run_comparison(
     return record
 
 
-def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+def format_mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``"mean ± std"`` of ``values`` times ``scale`` (percent by default)."""
     mean, std = mean_std([v * scale for v in values])
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -139,23 +146,23 @@ def format_table(record: dict[str, Any]) -> str:
         fused = [r["test"]["fused"]["acc"] for r in rs]
         if label == "best-constant":
             label = f"best-constant = {rs[0]['best_of_grid']}"
-        row = [label, "—" if alone_of else _pm(fused)]
+        row = [label, "—" if alone_of else format_mean_std(fused)]
         for m in modalities:
-            row.append(_pm([r["test"][m]["acc"] for r in rs]) if alone_of in (None, m) else "—")
+            row.append(format_mean_std([r["test"][m]["acc"] for r in rs]) if alone_of in (None, m) else "—")
         for m in modalities:
-            row.append(_pm([r["probe_acc"][m] for r in rs]) if alone_of in (None, m) else "—")
+            row.append(format_mean_std([r["probe_acc"][m] for r in rs]) if alone_of in (None, m) else "—")
         if reference is not None and alone_of is None and label != REFERENCE and len(reference) == len(rs):
             d, lo, hi = paired_interval(fused, [r["test"]["fused"]["acc"] for r in reference])
             row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
         else:
             row.append("—")
-        row.append("—" if alone_of else _pm([r["final_gap"] for r in rs], scale=1.0, digits=3))
+        row.append("—" if alone_of else format_mean_std([r["final_gap"] for r in rs], scale=1.0, digits=3))
         row.append(f"{int(np.mean([r['iterations'] for r in rs]))}")
         for m in modalities:
             row.append(f"{np.mean([r['samples_seen'][m] for r in rs]):.0f}")
         row.append(f"{np.mean([r['train_seconds'] for r in rs]):.1f}")
         lines.append("| " + " | ".join(row) + " |")
     if record.get("late_fusion_acc"):
-        lines.append("| late fusion (alone models) | " + _pm(record["late_fusion_acc"]) + " |"
+        lines.append("| late fusion (alone models) | " + format_mean_std(record["late_fusion_acc"]) + " |"
                      + " — |" * (len(head) - 2))
     return "\n".join(lines)

@@ -84,6 +84,12 @@ def sampler_state(learner: Learner, monitor: CMDMonitor, counts: np.ndarray, n_i
     )
 
 
+def check_resumable(run_dir: str | Path) -> None:
+    """Raise a ValueError when the run in ``run_dir`` has already finished (nothing to resume)."""
+    if (Path(run_dir) / "results.json").is_file():
+        raise ValueError(f"the run in {run_dir} has already finished (results.json exists); nothing to resume")
+
+
 def run_training(
     config: RunConfig,
     run_dir: Path | None = None,
@@ -114,8 +120,8 @@ def run_training(
     """
     if resume and run_dir is None:
         raise ValueError("resuming needs the run folder")
-    if resume and (Path(run_dir) / "results.json").is_file():
-        raise ValueError(f"the run in {run_dir} has already finished (results.json exists); nothing to resume")
+    if resume:
+        check_resumable(run_dir)
     task = task if task is not None else make_task(config.task, **config.task_kwargs)
     probe_size = config.cmd.probe_size if config.cmd.source == "probe" else 0
     learner = Learner(task, config.learner, seed=config.seed, probe_size=probe_size)

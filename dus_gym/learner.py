@@ -8,7 +8,6 @@ own samples, with w(m) = n(m)/B ("scaled", the default) or 1 ("mean"). No Gymnas
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dus_gym.batch_plan import BatchPlanner
+from dus_gym.checkpoint import read_payload, write_payload
 from dus_gym.cmd import true_class_probability
 from dus_gym.config import LearnerConfig
 from dus_gym.loader import SampleDataset, WindowLoader, is_lazy
@@ -39,6 +39,20 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' asked for but CUDA is not available; use device 'cpu' or 'auto'")
     return device
+
+
+def quantize_counts(counts: Sequence[int] | np.ndarray, sizes: Sequence[int] | None) -> np.ndarray:
+    """Round each positive count up to the next of ``sizes`` (the largest if above all); None: unchanged.
+
+    A small set of batch shapes keeps cuDNN autotuning and torch.compile from re-running as the
+    counts change. Works on any array shape (one learner's counts, or N learners' at once).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if not sizes:
+        return counts
+    table = np.asarray(sorted(sizes), dtype=np.int64)
+    position = np.minimum(np.searchsorted(table, counts), len(table) - 1)
+    return np.where(counts > 0, table[position], 0)
 
 
 class MultimodalNet(nn.Module):
@@ -153,6 +167,7 @@ class Learner:
             self._encoders = {m: torch.compile(e, backend=config.compile_backend, dynamic=False)
                               for m, e in self._encoders.items()}
         self.optimizer = self._build_optimizer()
+        self._context = StepContext(self.model, self._encoders, self.optimizer, self._autocast)
         self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_decay_every, config.lr_decay_gamma)
                           if config.lr_decay_every else None)
         self.iteration = 0
@@ -175,18 +190,8 @@ class Learner:
         return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def quantize(self, counts: Sequence[int]) -> np.ndarray:
-        """Round each positive count up to the next of ``config.count_sizes`` (the largest if above all).
-
-        A small set of batch shapes keeps cuDNN autotuning and torch.compile from re-running as the
-        counts change; without ``count_sizes`` the counts pass unchanged.
-        """
-        counts = np.asarray(counts, dtype=np.int64)
-        sizes = self.config.count_sizes
-        if not sizes:
-            return counts
-        table = np.asarray(sorted(sizes), dtype=np.int64)
-        position = np.minimum(np.searchsorted(table, counts), len(table) - 1)
-        return np.where(counts > 0, table[position], 0)
+        """``counts`` rounded up to ``config.count_sizes`` (see :func:`quantize_counts`)."""
+        return quantize_counts(counts, self.config.count_sizes)
 
     def step(self, counts: Sequence[int]) -> IterationStats:
         """Run one optimizer step with ``counts[m]`` samples of modality m (quantised, see :meth:`quantize`)."""
@@ -219,7 +224,7 @@ class Learner:
         batch = IterationBatch(inputs, targets, weights, plan.n_paired, paired_target,
                                epoch_fraction)
         self.model.train()
-        out = self.method.step(StepContext(self.model, self._encoders, self.optimizer, self._autocast), batch)
+        out = self.method.step(self._context, batch)
         nan = torch.full((), float("nan"), device=self.device)
         unimodal_losses = [out.unimodal_losses[m].detach() if m in out.unimodal_losses else nan
                            for m in self.modalities]
@@ -338,14 +343,9 @@ class Learner:
 
     def save(self, path: str | Path) -> None:
         """Write a checkpoint (atomically: temporary file, then rename) that :meth:`load` reads."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": self.task.name,
-                   "method": self.method.name,
-                   "modalities": list(self.modalities), "state": self.state_dict()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        write_payload(path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": self.task.name,
+                             "method": self.method.name, "modalities": list(self.modalities),
+                             "state": self.state_dict()})
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save` (read with ``weights_only=True``).
@@ -354,19 +354,8 @@ class Learner:
             FileNotFoundError: no file at ``path``.
             ValueError: not a dus-gym learner checkpoint, another version, or another task.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"learner checkpoint not found: {path}")
-        try:
-            payload = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as err:  # torch raises several types for unreadable files
-            raise ValueError(f"{path} is not a readable learner checkpoint ({type(err).__name__}); "
-                             "point to a learner.pt written by dus-gym") from err
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a dus-gym learner checkpoint")
-        if payload.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{path} is a learner checkpoint of format version {payload.get('version')}, "
-                             f"this dus-gym reads version {CHECKPOINT_VERSION}; retrain or convert it")
+        payload = read_payload(path, self.device, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "learner",
+                               "point to a learner.pt written by dus-gym", "retrain or convert it")
         if payload.get("task") != self.task.name or payload.get("modalities") != list(self.modalities):
             raise ValueError(f"{path} was saved for task '{payload.get('task')}' with modalities "
                              f"{payload.get('modalities')}, not '{self.task.name}' with {list(self.modalities)}")

@@ -100,8 +100,7 @@ def build_parallel_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict
             if len(set(devices)) > 1:
                 raise ConfigError("the vectorised env runs its learners on one device; give one device or use "
                                   "vec_env 'subproc' or 'ray' for several")
-            env_kwargs = {**env_kwargs, "learner": {**spec_kwargs(env_id, env_kwargs)["learner"],
-                                                    "device": devices[0]}}
+            env_kwargs = deep_merge(env_kwargs, {"learner": {"device": devices[0]}})
         venv = VecDUSEnv(n_envs, seed=seed, **spec_kwargs(env_id, env_kwargs))
         return VecMonitor(venv, info_keywords=venv.info_keywords())
     if kind == "subproc":

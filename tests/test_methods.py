@@ -95,12 +95,17 @@ def losses(model, task, batch):
     return enc, uni, F.cross_entropy(model.fusion(paired), batch.paired_target)
 
 
-def test_joint_encoders_see_the_fusion_loss_only(task):
-    learner = learner_of(task, "joint")
+def one_step(task, method, **kwargs):
+    """A learner of ``method`` after one step on the hand-made batch, the model before it and its losses."""
+    learner = learner_of(task, method, **kwargs)
     batch = hand_batch(task)
     reference = copy.deepcopy(learner.model)
     learner.method.step(context(learner), batch)
-    _, _, fusion = losses(reference, task, batch)
+    return learner, batch, reference, losses(reference, task, batch)
+
+
+def test_joint_encoders_see_the_fusion_loss_only(task):
+    learner, batch, reference, (_, _, fusion) = one_step(task, "joint")
     for m in task.modalities:
         params = list(reference.encoders[m].parameters())
         for got, want in zip(learner.model.encoders[m].parameters(), plain_grads(reference, fusion, params),
@@ -109,11 +114,7 @@ def test_joint_encoders_see_the_fusion_loss_only(task):
 
 
 def test_ogm_slows_the_leading_encoder_by_its_coefficient(task):
-    learner = learner_of(task, "ogm-ge", ge=False)
-    batch = hand_batch(task)
-    reference = copy.deepcopy(learner.model)
-    learner.method.step(context(learner), batch)
-    enc, _, fusion = losses(reference, task, batch)
+    learner, batch, reference, (enc, _, fusion) = one_step(task, "ogm-ge", ge=False)
     scores = learner.method.scores(reference, enc, batch.n_paired, batch.paired_target)
     k = ogm_ge_coefficients(scores, 0.8)
     assert k.min() < 1.0 and k.max() == 1.0  # one modality leads and is slowed
@@ -126,11 +127,7 @@ def test_ogm_slows_the_leading_encoder_by_its_coefficient(task):
 
 
 def test_ogm_ge_noise_has_the_gradient_spread(task):
-    learner = learner_of(task, "ogm-ge")
-    batch = hand_batch(task)
-    reference = copy.deepcopy(learner.model)
-    learner.method.step(context(learner), batch)
-    enc, _, fusion = losses(reference, task, batch)
+    learner, batch, reference, (enc, _, fusion) = one_step(task, "ogm-ge")
     k = ogm_ge_coefficients(learner.method.scores(reference, enc, batch.n_paired, batch.paired_target), 0.8)
     m = task.modalities[0]
     weight = next(reference.encoders[m].parameters())  # first Linear weight, (16, 32)
@@ -141,11 +138,7 @@ def test_ogm_ge_noise_has_the_gradient_spread(task):
 
 
 def test_mmpareto_combines_each_encoders_two_gradients(task):
-    learner = learner_of(task, "mmpareto")
-    batch = hand_batch(task)
-    reference = copy.deepcopy(learner.model)
-    learner.method.step(context(learner), batch)
-    _, uni, fusion = losses(reference, task, batch)
+    learner, batch, reference, (_, uni, fusion) = one_step(task, "mmpareto")
     for m in task.modalities:
         params = list(reference.encoders[m].parameters())
         g_mm = plain_grads(reference, fusion, params)
