@@ -9,11 +9,11 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import dus_gym
-from dus_gym.action import CountsAction
-from dus_gym.cmd import cmd_observation
-from dus_gym.config import ConfigError
-from dus_gym.env import DUSEnv
-from dus_gym.registration import register_envs
+from dus_gym.samplers.action import CountsAction
+from dus_gym.core.discrepancy import cmd_observation
+from dus_gym.core.config import ConfigError
+from dus_gym.rl.env import DUSEnv
+from dus_gym.rl.registration import register_envs
 
 SMALL = {"n_iterations": 40, "iterations_per_step": 20}
 BUILT_IN = ["dus_gym/MFeat-v0", "dus_gym/Synthetic-v0"]
@@ -108,7 +108,8 @@ def test_action_mappings():
 def test_nan_loss_truncates_with_penalty(monkeypatch):
     from stable_baselines3.common.monitor import Monitor
 
-    from dus_gym.learner import IterationStats, Learner
+    from dus_gym.core.backend import IterationStats
+    from dus_gym.core.learner import Learner
 
     env = DUSEnv(divergence_penalty=3.0, **SMALL)
     monitored = Monitor(env, info_keywords=env.info_keywords())  # as train_policy wraps it
