@@ -24,14 +24,10 @@ from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, from_dict
 from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty
 from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config
-from dus_gym.experiments.bench import (
-    BenchConfig,
-    bench_config_from_args,
-    check_readme_block,
-    run_bench,
-    write_readme_block,
-)
+from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
+from dus_gym.experiments.bench import BenchConfig, bench_config_from_args, run_bench
 from dus_gym.experiments.compare import SamplerSpec, run_comparison
+from dus_gym.experiments.readme import check_readme_block, write_readme_block
 from dus_gym.experiments.run import CHECKPOINT_NAME, check_resumable, run_training
 from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 from dus_gym.rl.vec_envs import VEC_ENVS
@@ -102,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--controls", action="store_true",
                          help="with ppo: add a constant at the policy's mean counts and its open-loop replay")
     compare.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
+    compare.add_argument("--readme", help="also write the table into this file's block (see --readme-block)")
+    compare.add_argument("--readme-block", help="name of that block: <!-- NAME:start --> ... <!-- NAME:end --> "
+                                                "(default compare-<task>)")
     bench = sub.add_parser("bench", help="tasks x methods x samplers x seeds in parallel: CSV, table and plots")
     bench.add_argument("--config", help="YAML file of bench settings (BenchConfig keys)")
     bench.add_argument("--tasks", nargs="+",
@@ -253,6 +252,9 @@ def compare_command(args: argparse.Namespace) -> int:
                 raise ConfigError("the ppo sampler needs --policy PATH (a folder written by train_policy.py)")
             kwargs["policy"] = args.policy
         specs.append(SamplerSpec(name, name, kwargs))
+    block = args.readme_block or f"compare-{base.task.split(':')[-1]}"
+    if args.readme:
+        check_readme_block(Path(args.readme), block)  # before the runs, not after
     folder = new_run_folder(base.run_dir, f"compare-{base.task.split(':')[-1]}")
     try:
         record = run_comparison(base, specs, args.seeds, folder, alone=not args.no_alone, controls=args.controls,
@@ -262,6 +264,9 @@ def compare_command(args: argparse.Namespace) -> int:
     print(f"{record['task']} ({', '.join(record['modalities'])}), seeds {args.seeds}, test accuracy in %:")
     print(record["table"])
     print(f"results: {folder / 'compare.json'}")
+    if args.readme:
+        write_readme_block(Path(args.readme), block, record["table"], "dus-gym " + " ".join(args.argv))
+        print(f"table written into {args.readme}")
     return 0
 
 
@@ -279,7 +284,7 @@ def bench_command(args: argparse.Namespace) -> int:
     values["method_kwargs"] = deep_merge(dict(values.get("method_kwargs") or {}), parse_overrides(args.method_kwargs))
     bench = bench_config_from_args(values)
     if args.readme:
-        check_readme_block(Path(args.readme))  # before hours of runs, not after
+        check_readme_block(Path(args.readme), BENCH_BLOCK)  # before hours of runs, not after
     start = time.perf_counter()
     summary = run_bench(bench, progress=not args.no_progress)
     minutes = (time.perf_counter() - start) / 60
@@ -289,7 +294,7 @@ def bench_command(args: argparse.Namespace) -> int:
           f"{minutes:.1f} min; results: {Path(bench.out_dir) / 'results.csv'}, table.md, "
           + ", ".join(Path(p).name for p in summary["plots"]))
     if args.readme:
-        write_readme_block(Path(args.readme), bench, summary, "dus-gym " + " ".join(args.argv))
+        write_readme_block(Path(args.readme), BENCH_BLOCK, summary["table"], "dus-gym " + " ".join(args.argv))
         print(f"table written into {args.readme}")
     return 0
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dus_gym.experiments.bench import README_END, README_START, BenchConfig, run_bench, write_readme_block
 from dus_gym.cli import main
 from dus_gym.core.config import ConfigError
+from dus_gym.experiments.bench import README_END, README_START, BenchConfig, run_bench, write_readme_block
 
 SMALL = {"task_kwargs": {"n_samples": 300, "dominant_dim": 32, "weak_dim": 8, "hidden_dim": 16},
          "eval_every": 15, "learner": {"batch_size": 16}}

@@ -5,8 +5,8 @@ import pytest
 import yaml
 from stable_baselines3.common.monitor import Monitor
 
-from dus_gym.rl import vec_envs as parallel
 from dus_gym.core.config import ConfigError
+from dus_gym.rl import vec_envs as parallel
 from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 from dus_gym.rl.vec_envs import build_vec_env
 

@@ -7,10 +7,10 @@ from stable_baselines3 import PPO
 
 from dus_gym.cli import main
 from dus_gym.core.discrepancy import CMDMonitor, cmd_observation
+from dus_gym.rl.train_policy import train_policy
+from dus_gym.samplers import SamplerState, make_sampler
 from dus_gym.samplers.ppo import PolicySampler
 from dus_gym.samplers.rules import ScheduleSampler
-from dus_gym.samplers import SamplerState, make_sampler
-from dus_gym.rl.train_policy import train_policy
 
 
 def state(iteration, n_iterations=100):

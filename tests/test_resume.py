@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from dus_gym.core.checkpoint import load_run_checkpoint
 from dus_gym.cli import main
+from dus_gym.core.checkpoint import load_run_checkpoint
 from dus_gym.core.learner import Learner
 
 RUN = ["run", "--task", "synthetic", "--sampler", "heuristic", "--seed", "5", "--iterations", "1500", "--no-progress",

@@ -193,8 +193,8 @@ def test_nan_in_a_shipped_format_data_file(capsys, tmp_path):
     ([[0.0], [0.0, 1.0]], "not an array"),
 ])
 def test_env_action_errors_name_the_expected_space(action, message):
-    from dus_gym.samplers.action import ActionError
     from dus_gym.rl.env import DUSEnv
+    from dus_gym.samplers.action import ActionError
 
     env = DUSEnv(n_iterations=4, iterations_per_step=2, task_kwargs={"hidden_dim": 8})
     env.reset(seed=0)
@@ -220,8 +220,8 @@ def test_learner_checkpoint_of_another_version_or_task(tmp_path):
 
 
 def test_env_start_checkpoint_of_another_task(tmp_path):
-    from dus_gym.rl.env import DUSEnv
     from dus_gym.core.learner import Learner
+    from dus_gym.rl.env import DUSEnv
 
     Learner(make_task("synthetic", hidden_dim=8), LearnerConfig(), seed=0).save(tmp_path / "learner.pt")
 

@@ -1,4 +1,4 @@
-"""From per-modality counts to the sample indices each modality trains on (DESIGN.md §2).
+"""From per-modality counts to the sample indices each modality trains on (docs/method.md).
 
 One shared shuffled order of the training indices; the window at the cursor holds max_m n(m)
 indices; modality m takes the first n(m) of them; the fusion loss takes the first min_m n(m)

@@ -31,6 +31,7 @@ from dus_gym.core.config import ConfigError, RunConfig, from_dict, to_dict
 from dus_gym.core.files import atomic_path, write_bytes_atomic, write_text_atomic
 from dus_gym.core.methods import METHODS, make_method
 from dus_gym.core.specs import deep_merge, resolve_run_config
+from dus_gym.experiments import readme as readme_block
 from dus_gym.experiments.run import DivergedError, run_training
 from dus_gym.experiments.stats import format_mean_std, late_fusion_accuracy, mean_interval, paired_interval
 from dus_gym.tasks import cached_task
@@ -38,7 +39,8 @@ from dus_gym.tasks import cached_task
 DEFAULT_METHODS = tuple(METHODS.names())  # joint, unimodal-aux, ogm-ge, mmpareto, mla
 AXES = ("task", "sampler", "seed")
 """Run-config keys that are axes of the bench (set with --tasks, --samplers, --seeds), not overrides."""
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+README_BLOCK = "bench"
+README_START, README_END = readme_block.readme_markers(README_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -474,25 +476,9 @@ def _smooth(y: np.ndarray, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(window, len(y) + 1), np.convolve(y.astype(np.float64), np.ones(window) / window, mode="valid")
 
 
-def check_readme_block(readme: Path) -> None:
-    """Raise a :class:`ConfigError` unless ``readme`` exists and holds the bench markers."""
-    if not readme.is_file():
-        raise ConfigError(f"--readme {readme}: no such file")
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ConfigError(f"{readme} has no '{README_START}' ... '{README_END}' block to fill; add both lines "
-                          "where the table should go")
-
-
 def write_readme_block(readme: Path, bench: BenchConfig, summary: dict[str, Any], command: str) -> None:
-    """Replace the text between the bench markers of ``readme`` with the bench's table (atomically)."""
-    check_readme_block(readme)
-    text = readme.read_text()
-    before, rest = text.split(README_START, 1)
-    _, after = rest.split(README_END, 1)
-    block = (f"{README_START}\n<!-- written by `{command}`; do not edit by hand -->\n\n"
-             f"{summary['table']}\n{README_END}")
-    write_text_atomic(readme, before + block + after)
+    """Replace the bench block of ``readme`` with the bench's table (see :mod:`dus_gym.experiments.readme`)."""
+    readme_block.write_readme_block(readme, README_BLOCK, summary["table"], command)
 
 
 def bench_config_from_args(values: dict[str, Any]) -> BenchConfig:

@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 import gymnasium as gym
+import torch
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
@@ -38,8 +39,6 @@ VecEnvBuilder = Callable[..., VecEnv]
 
 def visible_gpus() -> list[str]:
     """``["cuda:0", "cuda:1", ...]`` for the GPUs this process sees (empty without CUDA)."""
-    import torch
-
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
@@ -72,13 +71,10 @@ def make_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any], sing
         single_thread: one torch thread (for envs that share the cores with others).
         device: the learner's device (and CUDA's current device); None: the spec's.
     """
-    if single_thread or device is not None:
-        import torch
-
-        if single_thread:
-            torch.set_num_threads(1)
-        if device is not None and device.startswith("cuda") and torch.cuda.is_available():
-            torch.cuda.set_device(torch.device(device))
+    if single_thread:
+        torch.set_num_threads(1)
+    if device is not None and device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(device))
     if device is not None:
         env_kwargs = deep_merge(env_kwargs, {"learner": {"device": device}})
     env = ErrorRecoveryWrapper(gym.make(env_id, **env_kwargs))  # an env that raises must not stop PPO

@@ -9,6 +9,7 @@ unpickles Python objects: load only policies you trust.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,6 @@ class PolicySampler(Sampler):
                              f"{self.model.observation_space.shape}, this task gives {expected}")
         self.obs_rms = None
         if (folder / "vecnormalize.pkl").is_file():
-            import pickle
-
             with open(folder / "vecnormalize.pkl", "rb") as f:
                 vec_normalize = pickle.load(f)  # noqa: S301 (trusted input, documented)
             if vec_normalize.norm_obs:
