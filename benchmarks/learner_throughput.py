@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dus_gym.config import LearnerConfig
-from dus_gym.learner import Learner, MultimodalNet
+from dus_gym.core.config import LearnerConfig
+from dus_gym.core.learner import Learner
+from dus_gym.core.model import MultimodalNet
 from dus_gym.tasks.base import MultimodalSplit, Task
 from dus_gym.tasks.resnet import AudioResNetEncoder, VisualResNetEncoder
 
@@ -99,8 +100,8 @@ def loader_throughput(root: Path, workers: int, batch: int, image_size: int) -> 
 
     task = make_task("cremad", root=str(root), image_size=image_size)
     learner_config = LearnerConfig(batch_size=batch, num_workers=workers)
-    from dus_gym.batch_plan import BatchPlanner
-    from dus_gym.loader import WindowLoader
+    from dus_gym.core.batch_plan import BatchPlanner
+    from dus_gym.core.loader import WindowLoader
 
     planner = BatchPlanner(len(task.splits["train"]), torch.Generator().manual_seed(0))
     window_loader = WindowLoader(task.splits["train"], planner, learner_config.num_workers, pin_memory=False)

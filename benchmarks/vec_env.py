@@ -32,9 +32,9 @@ def measure(kind: str, n_envs: int, device: str, steps: int, warmup: int, thread
     torch.set_num_threads(threads)
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from dus_gym.env import DUSEnv
+    from dus_gym.rl.env import DUSEnv
+    from dus_gym.rl.vectorized import VecDUSEnv
     from dus_gym.tasks import cached_task
-    from dus_gym.vec_env import VecDUSEnv
 
     kwargs = {"n_iterations": 20 * (warmup + repeats * steps + 1), "iterations_per_step": 20,
               "learner": {"device": device}, "task_kwargs": task_kwargs}

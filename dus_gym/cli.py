@@ -1,8 +1,14 @@
-"""Command line: ``dus-gym run`` (one run), ``compare`` (samplers x seeds), ``bench`` (methods x samplers x seeds).
+"""Command line: ``dus-gym run``, ``compare``, ``bench``, ``train-policy`` and ``prepare``.
 
-Configuration is resolved in this order, later wins: the RunConfig defaults; the task spec
-``envs/<task>.yaml``; a ``--config`` YAML file; the sampler settings ``agents/<sampler>.yml``
-(key: the task name, else ``default``); command-line flags; ``--set key.sub=value`` overrides.
+``run`` trains one task with one sampler; ``compare`` runs samplers x seeds; ``bench`` runs
+tasks x methods x samplers x seeds; ``train-policy`` trains a sampling policy with PPO;
+``prepare`` preprocesses audio-visual data.
+
+Run configurations are resolved by :func:`dus_gym.core.specs.resolve_run_config`, later wins: the
+RunConfig defaults; the task spec ``envs/<task>.yaml``; a ``--config`` YAML file; the sampler
+settings ``agents/<sampler>.yml`` (key: the task name, else ``default``); command-line flags;
+``--set key.sub=value`` overrides. Defaults and choices shown in ``--help`` come from the
+configuration dataclasses and the name tables (tasks, samplers, methods, vec-env kinds).
 """
 
 from __future__ import annotations
@@ -14,65 +20,56 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from dus_gym.config import ConfigError, LearnerConfig, RunConfig, from_dict
-from dus_gym.specs import deep_merge, read_yaml, sampler_settings, specs_dir
-
-
-def parse_override(text: str) -> dict[str, Any]:
-    """``"learner.lr=0.1"`` -> ``{"learner": {"lr": 0.1}}`` (the value is read as YAML)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override '{text}' must look like key=value (e.g. learner.lr=0.1)")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML") from err
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
+from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, from_dict
+from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty
+from dus_gym.core.methods import METHODS
+from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config
+from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
+from dus_gym.experiments.bench import BenchConfig, bench_config_from_args, run_bench
+from dus_gym.experiments.compare import SamplerSpec, run_comparison
+from dus_gym.experiments.readme import check_readme_block, write_readme_block
+from dus_gym.experiments.run import CHECKPOINT_NAME, check_resumable, run_training
+from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+from dus_gym.rl.vec_envs import VEC_ENVS
+from dus_gym.samplers import SAMPLERS
+from dus_gym.tasks import TASKS
+from dus_gym.tasks.audiovisual.prepare import DATASETS, prepare_dataset
 
 
 def resolve_config(args: argparse.Namespace, sampler: str | None = None) -> dict[str, Any]:
-    """Build the run-config mapping from specs, the config file, flags and overrides."""
-    user = read_yaml(Path(args.config)) if args.config else {}
-    overrides: dict[str, Any] = {}
-    for text in args.set or []:
-        overrides = deep_merge(overrides, parse_override(text))
-    task = args.task or overrides.get("task") or user.get("task") or RunConfig.task
-    spec_path = specs_dir("envs") / f"{task}.yaml"
-    data = read_yaml(spec_path) if spec_path.is_file() else {"task": task}
-    data = deep_merge(data, user)
-    data["task"] = task
-    sampler = sampler or getattr(args, "sampler", None) or overrides.get("sampler") or data.get("sampler", "uniform")
-    data["sampler"] = sampler
-    if "sampler_kwargs" not in user:
-        data["sampler_kwargs"] = sampler_settings(sampler, task)
+    """The run-config mapping of the command line: the config file, flags and ``--set`` overrides on the specs."""
+    flags: dict[str, Any] = {}
     if args.iterations is not None:
-        data["n_iterations"], data["epochs"] = args.iterations, None
+        flags["n_iterations"], flags["epochs"] = args.iterations, None
     if args.epochs is not None:
-        data["n_iterations"], data["epochs"] = None, args.epochs
+        flags["n_iterations"], flags["epochs"] = None, args.epochs
     if args.device is not None:
-        data = deep_merge(data, {"learner": {"device": args.device}})
+        flags = deep_merge(flags, {"learner": {"device": args.device}})
     if getattr(args, "method", None) is not None:
-        data = deep_merge(data, {"learner": {"method": args.method}})
+        flags = deep_merge(flags, {"learner": {"method": args.method}})
     if getattr(args, "seed", None) is not None:
-        data["seed"] = args.seed
+        flags["seed"] = args.seed
     if args.run_dir is not None:
-        data["run_dir"] = args.run_dir
-    return deep_merge(data, overrides)
+        flags["run_dir"] = args.run_dir
+    return resolve_run_config(args.task, config=read_yaml(Path(args.config)) if args.config else None,
+                              sampler=sampler or getattr(args, "sampler", None), flags=flags,
+                              overrides=parse_overrides(args.set))
+
+
+def _names(table: Any) -> str:
+    return ", ".join(table.names())
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of run settings (RunConfig keys)")
-    parser.add_argument("--task", help="task name (mfeat, synthetic, or package.module:function)")
+    parser.add_argument("--task", help=f"task: {_names(TASKS)}, or package.module:function "
+                                       f"(default {RunConfig.task})")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--iterations", type=int, help="budget in learner iterations")
     budget.add_argument("--epochs", type=float, help="budget in epochs at the base batch size B")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--method", help="joint, unimodal-aux (default), ogm-ge, mmpareto or mla")
-    parser.add_argument("--run-dir", help="parent folder of run folders (default runs)")
+    parser.add_argument("--method", help=f"balancing method: {_names(METHODS)} (default {LearnerConfig.method})")
+    parser.add_argument("--run-dir", help=f"parent folder of run folders (default {RunConfig.run_dir})")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override any config key, e.g. --set learner.lr=0.1 --set cmd.source=probe")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -84,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a task with one sampler and one seed")
     _common(run)
-    run.add_argument("--sampler", help="uniform, heuristic, constant, schedule or ppo")
+    run.add_argument("--sampler", help=f"sampler: {_names(SAMPLERS)} (default {RunConfig.sampler})")
     run.add_argument("--policy", help="saved policy folder (train_policy.py), for --sampler ppo; trusted input only "
                      "(its policy.zip is unpickled)")
     run.add_argument("--seed", type=int)
@@ -92,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run from its checkpoint.pt, with its own config.yaml")
     compare = sub.add_parser("compare", help="run several samplers over several seeds and print a table")
     _common(compare)
-    compare.add_argument("--samplers", nargs="+", default=["uniform", "heuristic"])
+    compare.add_argument("--samplers", nargs="+", default=["uniform", "heuristic"],
+                         help=f"among {_names(SAMPLERS)} (default uniform heuristic)")
     compare.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     compare.add_argument("--no-alone", action="store_true",
                          help="skip the modalities trained alone (and so the late-fusion row)")
@@ -100,15 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--controls", action="store_true",
                          help="with ppo: add a constant at the policy's mean counts and its open-loop replay")
     compare.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
+    compare.add_argument("--readme", help="also write the table into this file's block (see --readme-block)")
+    compare.add_argument("--readme-block", help="name of that block: <!-- NAME:start --> ... <!-- NAME:end --> "
+                                                "(default compare-<task>)")
     bench = sub.add_parser("bench", help="tasks x methods x samplers x seeds in parallel: CSV, table and plots")
     bench.add_argument("--config", help="YAML file of bench settings (BenchConfig keys)")
-    bench.add_argument("--tasks", nargs="+", help="default: synthetic mfeat")
-    bench.add_argument("--methods", nargs="+", help="default: joint unimodal-aux ogm-ge mmpareto mla")
-    bench.add_argument("--samplers", nargs="+", help="default: uniform heuristic (ppo needs --policy)")
-    bench.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 3 4")
+    bench.add_argument("--tasks", nargs="+",
+                       help=f"tasks with a spec in envs/ (default: {' '.join(BenchConfig.tasks)})")
+    bench.add_argument("--methods", nargs="+", help=f"among {_names(METHODS)} (default: all)")
+    bench.add_argument("--samplers", nargs="+", help=f"among {_names(SAMPLERS)} (default: "
+                                                     f"{' '.join(BenchConfig.samplers)}; ppo needs --policy)")
+    bench.add_argument("--seeds", type=int, nargs="+", help=f"default: {' '.join(map(str, BenchConfig.seeds))}")
     bench.add_argument("--iterations", type=int, help="budget of every run (default: each task spec's)")
     bench.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
-    bench.add_argument("--out", dest="out_dir", help="output folder (default runs/bench); finished cells are kept")
+    bench.add_argument("--out", dest="out_dir", help=f"output folder (default {BenchConfig.out_dir}); finished cells "
+                                                     "are kept")
     bench.add_argument("--policy", help="saved policy folder (train_policy.py), for the ppo sampler")
     bench.add_argument("--no-alone", action="store_true", help="skip the modalities trained alone")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -120,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
     add_train_policy_arguments(train)
     prepare = sub.add_parser("prepare", help="preprocess raw CREMA-D or Kinetics-Sounds media (needs ffmpeg)")
-    prepare.add_argument("dataset", choices=["cremad", "kinetics-sounds"])
+    prepare.add_argument("dataset", choices=list(DATASETS))
     prepare.add_argument("src", help="raw data (CREMA-D: AudioWAV/, VideoFlash/; Kinetics-Sounds: videos/)")
     prepare.add_argument("dst", help="output folder (clips already there are skipped)")
     prepare.add_argument("--train-list", help="published train list, clip,label lines (default SRC/train.csv)")
@@ -130,10 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
+def prepare_command(args: argparse.Namespace) -> int:
     """``dus-gym prepare``."""
-    from dus_gym.audiovisual.prepare import prepare_dataset
-
     metadata = prepare_dataset(args.dataset, args.src, args.dst, args.train_list, args.test_list, args.workers,
                                progress=not args.no_progress)
     print(f"{args.dataset}: {metadata['counts']['train']} train / {metadata['counts']['test']} test clips, "
@@ -142,40 +144,37 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``train_policy.py`` / ``dus-gym train-policy``."""
-    parser.add_argument("--env", default="dus_gym/Synthetic-v0", help="registered env id")
+    """Flags of ``train_policy.py`` / ``dus-gym train-policy`` (defaults: :class:`TrainPolicyConfig`'s)."""
+    c = TrainPolicyConfig
+    parser.add_argument("--env", default=c.env_id, help=f"registered env id (default {c.env_id})")
     parser.add_argument("-conf", "--conf-file", dest="hyperparams", help="RL Zoo style YAML (default agents/ppo.yml)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=c.seed)
     parser.add_argument("-n", "--n-timesteps", type=int,
                         help="env steps (overrides the YAML; PPO rounds up to whole rollouts of n_envs x n_steps)")
-    parser.add_argument("--vec-env", choices=["dummy", "subproc", "vectorized", "ray"], default="subproc",
+    parser.add_argument("--vec-env", choices=VEC_ENVS.names(), default=c.vec_env,
                         help="dummy: one process; subproc: one process per env; vectorized: the envs' learners "
-                             "batched in one process; ray: one Ray actor per env")
+                             f"batched in one process; ray: one Ray actor per env (default {c.vec_env})")
     parser.add_argument("--devices", nargs="+", help="learner devices, round robin over the envs (default: every "
                                                      "visible GPU when the learner is on cuda/auto)")
     parser.add_argument("--ray-address", help="Ray cluster for --vec-env ray (auto, ray://head:10001; default local)")
     parser.add_argument("--ray-cpus-per-env", type=float, default=1.0)
     parser.add_argument("--ray-gpus-per-env", type=float, default=0.0)
-    parser.add_argument("--run-dir", default="runs")
+    parser.add_argument("--run-dir", default=c.run_dir)
     parser.add_argument("--resume", help="run folder to continue from its last checkpoint")
     parser.add_argument("--env-kwargs", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="env kwargs overrides, e.g. n_iterations=400 iterations_per_step=10")
-    parser.add_argument("--eval-freq", type=int, default=2000, help="EvalCallback period in env steps (0: off)")
-    parser.add_argument("--checkpoint-freq", type=int, default=2000)
-    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104])
+    parser.add_argument("--eval-freq", type=int, default=c.eval_freq, help="EvalCallback period in env steps (0: off)")
+    parser.add_argument("--checkpoint-freq", type=int, default=c.checkpoint_freq)
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=list(c.eval_seeds))
     parser.add_argument("--no-evaluate", action="store_true", help="skip the comparison after training")
     parser.add_argument("--no-controls", action="store_true", help="skip the policy's constant and replay controls")
     parser.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
     parser.add_argument("--no-progress", action="store_true")
 
 
-def cmd_train_policy(args: argparse.Namespace) -> int:
+def train_policy_command(args: argparse.Namespace) -> int:
     """``dus-gym train-policy`` and ``train_policy.py``."""
-    from dus_gym.train import TrainPolicyConfig, train_policy
-
-    env_kwargs: dict[str, Any] = {}
-    for text in args.env_kwargs:
-        env_kwargs = deep_merge(env_kwargs, parse_override(text))
+    env_kwargs = parse_overrides(args.env_kwargs)
     config = TrainPolicyConfig(
         env_id=args.env, hyperparams=args.hyperparams, seed=args.seed, n_timesteps=args.n_timesteps,
         vec_env=args.vec_env, devices=tuple(args.devices) if args.devices else None,
@@ -192,23 +191,12 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_folder(parent: str, name: str) -> Path:
-    folder = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    suffix = 1
-    while folder.exists():
-        folder = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
-        suffix += 1
-    return folder
-
-
 RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", "policy", "seed")
 """Flags that would change a run, so they cannot go with ``--resume`` (which uses the run's config.yaml)."""
 
 
 def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     """The config of the run folder ``args.resume`` (only ``--device`` may change) and the folder."""
-    from dus_gym.driver import check_resumable
-
     given = [f"--{name}" for name in RESUME_CONFLICTS if getattr(args, name, None)]
     if given:
         raise ConfigError(f"--resume continues a run with its own config.yaml; drop {', '.join(given)}")
@@ -222,10 +210,8 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     return from_dict(RunConfig, data), folder
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
     """``dus-gym run``."""
-    from dus_gym.driver import CHECKPOINT_NAME, run_training
-
     if args.resume:
         config, folder = resume_config(args)
         checkpoint = folder / CHECKPOINT_NAME
@@ -237,9 +223,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             data = deep_merge(data, {"sampler_kwargs": {"policy": args.policy}})
         config = from_dict(RunConfig, data)
         method = "" if config.learner.method == LearnerConfig.method else f"{config.learner.method}-"
-        folder = _run_folder(config.run_dir,
-                             f"{config.task.split(':')[-1]}-{method}{config.sampler}-seed{config.seed}")
-    result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume))
+        folder = new_run_folder(config.run_dir,
+                                f"{config.task.split(':')[-1]}-{method}{config.sampler}-seed{config.seed}")
+    try:
+        result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume))
+    finally:
+        remove_if_empty(folder)  # a run that failed before writing anything leaves no folder
     s = result.summary
     accs = ", ".join(f"{m} {100 * s['test'][m]['acc']:.1f}" for m in s["modalities"])
     counts = ", ".join(f"{m} {n:.1f}" for m, n in s["mean_counts"].items())
@@ -251,10 +240,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def compare_command(args: argparse.Namespace) -> int:
     """``dus-gym compare``."""
-    from dus_gym.compare import SamplerSpec, run_comparison
-
     specs, base = [], None
     for name in args.samplers:
         config = from_dict(RunConfig, resolve_config(args, sampler=name))
@@ -265,23 +252,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 raise ConfigError("the ppo sampler needs --policy PATH (a folder written by train_policy.py)")
             kwargs["policy"] = args.policy
         specs.append(SamplerSpec(name, name, kwargs))
-    folder = _run_folder(base.run_dir, f"compare-{base.task.split(':')[-1]}")
-    record = run_comparison(base, specs, args.seeds, folder, alone=not args.no_alone, controls=args.controls,
-                            grid=args.grid, progress=not args.no_progress)
+    block = args.readme_block or f"compare-{base.task.split(':')[-1]}"
+    if args.readme:
+        check_readme_block(Path(args.readme), block)  # before the runs, not after
+    folder = new_run_folder(base.run_dir, f"compare-{base.task.split(':')[-1]}")
+    try:
+        record = run_comparison(base, specs, args.seeds, folder, alone=not args.no_alone, controls=args.controls,
+                                grid=args.grid, progress=not args.no_progress)
+    finally:
+        remove_if_empty(folder)
     print(f"{record['task']} ({', '.join(record['modalities'])}), seeds {args.seeds}, test accuracy in %:")
     print(record["table"])
     print(f"results: {folder / 'compare.json'}")
+    if args.readme:
+        write_readme_block(Path(args.readme), block, record["table"], "dus-gym " + " ".join(args.argv))
+        print(f"table written into {args.readme}")
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def bench_command(args: argparse.Namespace) -> int:
     """``dus-gym bench``."""
-    from dus_gym.bench import bench_config_from_args, check_readme_block, run_bench, write_readme_block
-
     values = read_yaml(Path(args.config)) if args.config else {}
-    overrides: dict[str, Any] = dict(values.get("overrides") or {})
-    for text in args.set or []:
-        overrides = deep_merge(overrides, parse_override(text))
+    overrides = deep_merge(dict(values.get("overrides") or {}), parse_overrides(args.set))
     values.update({k: getattr(args, k) for k in ("tasks", "methods", "samplers", "seeds", "workers", "out_dir",
                                                   "policy") if getattr(args, k) is not None})
     if args.iterations is not None:
@@ -289,13 +281,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.no_alone:
         values["alone"] = False
     values["overrides"] = overrides
-    method_kwargs: dict[str, Any] = dict(values.get("method_kwargs") or {})
-    for text in args.method_kwargs or []:
-        method_kwargs = deep_merge(method_kwargs, parse_override(text))
-    values["method_kwargs"] = method_kwargs
+    values["method_kwargs"] = deep_merge(dict(values.get("method_kwargs") or {}), parse_overrides(args.method_kwargs))
     bench = bench_config_from_args(values)
     if args.readme:
-        check_readme_block(Path(args.readme))  # before hours of runs, not after
+        check_readme_block(Path(args.readme), BENCH_BLOCK)  # before hours of runs, not after
     start = time.perf_counter()
     summary = run_bench(bench, progress=not args.no_progress)
     minutes = (time.perf_counter() - start) / 60
@@ -305,7 +294,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"{minutes:.1f} min; results: {Path(bench.out_dir) / 'results.csv'}, table.md, "
           + ", ".join(Path(p).name for p in summary["plots"]))
     if args.readme:
-        write_readme_block(Path(args.readme), bench, summary, "dus-gym " + " ".join(args.argv))
+        write_readme_block(Path(args.readme), BENCH_BLOCK, summary["table"], "dus-gym " + " ".join(args.argv))
         print(f"table written into {args.readme}")
     return 0
 
@@ -318,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, str(Path.cwd()))  # let "module:function" tasks live in the working folder
 
     args.argv = list(argv) if argv is not None else sys.argv[1:]
-    handlers = {"run": cmd_run, "compare": cmd_compare, "bench": cmd_bench, "train-policy": cmd_train_policy,
-                "prepare": cmd_prepare}
+    handlers = {"run": run_command, "compare": compare_command, "bench": bench_command,
+                "train-policy": train_policy_command, "prepare": prepare_command}
     try:
         return handlers[args.command](args)
     except (ConfigError, ValueError, OSError, RuntimeError) as err:

@@ -10,7 +10,7 @@ TINY_ENV = {"n_iterations": 40, "iterations_per_step": 10}
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory):
     """A PPO policy trained for 64 env steps on a 4-step synthetic env (shared by the policy tests)."""
-    from dus_gym.train import TrainPolicyConfig, train_policy
+    from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 
     root = tmp_path_factory.mktemp("policy")
     hp = root / "ppo.yml"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dus_gym.batch_plan import BatchPlanner
+from dus_gym.core.batch_plan import BatchPlanner
 
 
 def make(n=10, seed=0):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dus_gym.bench import README_END, README_START, BenchConfig, run_bench, write_readme_block
 from dus_gym.cli import main
-from dus_gym.config import ConfigError
+from dus_gym.core.config import ConfigError
+from dus_gym.experiments.bench import README_END, README_START, BenchConfig, run_bench, write_readme_block
 
 SMALL = {"task_kwargs": {"n_samples": 300, "dominant_dim": 32, "weak_dim": 8, "hidden_dim": 16},
          "eval_every": 15, "learner": {"batch_size": 16}}
@@ -96,7 +96,7 @@ def test_readme_is_checked_before_any_run_and_method_kwargs_go_to_their_method(t
             str(tmp_path / "b"), "--readme", str(readme), "--method-kwargs", "ogm-ge.alpha=0.5"]
     assert main(argv) == 2
     assert "has no '<!-- bench:start -->'" in capsys.readouterr().err and not (tmp_path / "b").exists()
-    from dus_gym.bench import plan_cells
+    from dus_gym.experiments.bench import plan_cells
 
     cells = plan_cells(BenchConfig(tasks=("synthetic",), methods=("ogm-ge", "mla"), seeds=(0,), alone=False,
                                    method_kwargs={"ogm-ge": {"alpha": 0.5}}))

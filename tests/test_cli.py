@@ -115,3 +115,19 @@ def test_diverged_run_stops_with_one_line_and_writes_no_results(tmp_path, capsys
     assert "loss became" in err and "lower learner.lr" in err and len(err.splitlines()) == 1
     folder = only(tmp_path, "synthetic-uniform-seed0-*")
     assert (folder / "config.yaml").is_file() and not (folder / "results.json").exists()
+
+
+def test_compare_writes_its_table_into_a_readme_block(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- compare-synthetic:start -->\nold table\n<!-- compare-synthetic:end -->\nafter\n")
+    argv = ["compare", "--task", "synthetic", "--seeds", "0", "--no-alone", "--samplers", "uniform", "--run-dir",
+            str(tmp_path), "--readme", str(readme), *FAST]
+    assert main(argv) == 0
+    record = json.loads(only(tmp_path, "compare-synthetic-*/compare.json").read_text())
+    text = readme.read_text()
+    assert "old table" not in text and record["table"] in text and text.endswith("\nafter\n")
+    assert "<!-- written by `dus-gym compare --task synthetic" in text
+    missing = tmp_path / "NOTES.md"
+    missing.write_text("no block\n")
+    assert main([*argv[:-len(FAST) - 2], "--readme", str(missing), *FAST]) == 2
+    assert "has no '<!-- compare-synthetic:start -->'" in capsys.readouterr().err

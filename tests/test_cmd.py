@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dus_gym.cmd import CMDMonitor, cmd_observation, learning_status
+from dus_gym.core.discrepancy import CMDMonitor, cmd_observation, learning_status
 
 
 def test_learning_status_is_mean_true_class_probability():
@@ -20,7 +20,7 @@ def test_running_mean_and_discrepancy_by_hand():
     assert monitor.cumulative == pytest.approx(c)
     assert d == pytest.approx([(c[0] - c[1]) / 2, (c[1] - c[0]) / 2])
     assert monitor.gap == pytest.approx(c[0] - c[1])
-    # the recursion of DESIGN.md: c_t = (t-1)/t c_{t-1} + s_t / t
+    # the running-mean recursion (docs/method.md): c_t = (t-1)/t c_{t-1} + s_t / t
     monitor.update([0.1, 0.1])
     assert monitor.cumulative == pytest.approx(3 / 4 * c + np.array([0.1, 0.1]) / 4)
 

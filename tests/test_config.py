@@ -1,6 +1,6 @@
 import pytest
 
-from dus_gym.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, from_dict
+from dus_gym.core.config import CMDConfig, ConfigError, LearnerConfig, RunConfig, from_dict
 
 
 def test_from_dict_nested_and_types():

@@ -9,11 +9,11 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import dus_gym
-from dus_gym.action import CountsAction
-from dus_gym.cmd import cmd_observation
-from dus_gym.config import ConfigError
-from dus_gym.env import DUSEnv
-from dus_gym.registration import register_envs
+from dus_gym.core.config import ConfigError
+from dus_gym.core.discrepancy import cmd_observation
+from dus_gym.rl.env import DUSEnv
+from dus_gym.rl.registration import register_envs
+from dus_gym.samplers.action import CountsAction
 
 SMALL = {"n_iterations": 40, "iterations_per_step": 20}
 BUILT_IN = ["dus_gym/MFeat-v0", "dus_gym/Synthetic-v0"]
@@ -108,7 +108,8 @@ def test_action_mappings():
 def test_nan_loss_truncates_with_penalty(monkeypatch):
     from stable_baselines3.common.monitor import Monitor
 
-    from dus_gym.learner import IterationStats, Learner
+    from dus_gym.core.backend import IterationStats
+    from dus_gym.core.learner import Learner
 
     env = DUSEnv(divergence_penalty=3.0, **SMALL)
     monitored = Monitor(env, info_keywords=env.info_keywords())  # as train_policy wraps it
@@ -164,3 +165,41 @@ def test_user_spec_registers_and_bad_specs_fail(tmp_path):
             register_envs(folder)
     with pytest.raises(ConfigError, match="not found"):
         register_envs(Path(tmp_path / "nowhere"))
+
+
+def test_shipped_table_matches_the_spec_files():
+    from dus_gym.core.files import read_yaml
+    from dus_gym.rl.registration import SHIPPED_ENVS, spec_path
+
+    specs = {p.name for p in spec_path("synthetic.yaml").parent.glob("*.yaml")}
+    assert {s.spec for s in SHIPPED_ENVS.values()} == specs  # every shipped spec is registered
+    for env_id, shipped in SHIPPED_ENVS.items():
+        data = read_yaml(spec_path(shipped.spec))
+        assert data["env_id"] == env_id
+        assert shipped.nondeterministic == (data.get("learner", {}).get("device", "cpu") != "cpu")
+
+
+def test_import_reads_no_spec_and_make_reads_it(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import pathlib, sys\n"
+            "def refuse(self, *a, **k):\n    raise AssertionError(f'read {self} at import')\n"
+            "real, pathlib.Path.read_text = pathlib.Path.read_text, refuse\n"
+            "import dus_gym\n"
+            "pathlib.Path.read_text = real\n"
+            "assert len(dus_gym.ENV_IDS) == 4 and 'torch' not in sys.modules, sys.modules.keys()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_make_merges_nested_overrides_into_the_spec_key_by_key(tmp_path):
+    spec = {"env_id": "dus_gym/Merge-v0", "task": "synthetic", "task_kwargs": {"hidden_dim": 8, "weak_dim": 5},
+            "learner": {"lr": 0.2, "batch_size": 32}, "n_iterations": 20, "env": {"iterations_per_step": 10}}
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump(spec))
+    register_envs(tmp_path)
+    env = gym.make("dus_gym/Merge-v0", learner={"momentum": 0.5}, task_kwargs={"hidden_dim": 4}).unwrapped
+    assert (env.learner_config.lr, env.learner_config.batch_size, env.learner_config.momentum) == (0.2, 32, 0.5)
+    assert env.task.splits["train"].features["weak"].shape[1] == 5
+    with pytest.raises(ConfigError, match="did you mean 'iterations_per_step'"):
+        gym.make("dus_gym/Merge-v0", iterations_per_stp=3)

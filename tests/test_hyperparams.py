@@ -2,9 +2,9 @@ import pytest
 import yaml
 from torch import nn
 
-from dus_gym.config import ConfigError
-from dus_gym.hyperparams import LinearSchedule, load_hyperparams, parse_literal_call
-from dus_gym.specs import specs_dir
+from dus_gym.core.config import ConfigError
+from dus_gym.core.specs import specs_dir
+from dus_gym.rl.hyperparams import LinearSchedule, load_hyperparams, parse_literal_call
 
 
 def test_shipped_ppo_yml_resolves_for_every_env():

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dus_gym.config import LearnerConfig
-from dus_gym.learner import Learner
+from dus_gym.core.config import LearnerConfig
+from dus_gym.core.learner import Learner
 from dus_gym.tasks import make_task
 
 
@@ -16,7 +16,7 @@ def mfeat():
 
 
 def hand_loss(learner, counts, scaled):
-    """DESIGN.md §2 loss on the window the planner is about to give, from a copy of the model."""
+    """The loss of docs/method.md on the window the planner is about to give, from a copy of the model."""
     planner = copy.deepcopy(learner.planner)
     window = planner.plan(counts).window
     model, data = learner.model, learner.train_split

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dus_gym.config import LearnerConfig
-from dus_gym.learner import Learner
+from dus_gym.core.config import LearnerConfig
+from dus_gym.core.learner import Learner
 from dus_gym.tasks import make_task
 
 

@@ -8,18 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dus_gym.config import ConfigError, LearnerConfig
-from dus_gym.learner import Learner
-from dus_gym.methods import (
-    METHODS,
-    IterationBatch,
-    StepContext,
-    entropy_fusion,
-    make_method,
-    mla_projector_update,
-    mmpareto_weights,
-    ogm_ge_coefficients,
-)
+from dus_gym.core.config import ConfigError, LearnerConfig
+from dus_gym.core.learner import Learner
+from dus_gym.core.methods import METHODS, IterationBatch, StepContext, make_method
+from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
+from dus_gym.core.methods.mmpareto import mmpareto_weights
+from dus_gym.core.methods.ogm_ge import ogm_ge_coefficients
 from dus_gym.tasks import make_task
 
 

@@ -5,9 +5,10 @@ import pytest
 import yaml
 from stable_baselines3.common.monitor import Monitor
 
-from dus_gym import parallel
-from dus_gym.config import ConfigError
-from dus_gym.train import TrainPolicyConfig, build_vec_env, train_policy
+from dus_gym.core.config import ConfigError
+from dus_gym.rl import vec_envs as parallel
+from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+from dus_gym.rl.vec_envs import build_vec_env
 
 TINY_TASK = {"n_samples": 300, "dominant_dim": 32, "weak_dim": 4, "hidden_dim": 16}
 TINY_ENV = {"n_iterations": 4, "iterations_per_step": 2, "n_max": 64, "task_kwargs": TINY_TASK,
@@ -108,10 +109,10 @@ def test_train_policy_through_ray_actors_on_a_local_runtime(tmp_path, monkeypatc
 
 
 def test_command_line_flags_reach_the_config(monkeypatch):
-    from dus_gym import cli, train
+    from dus_gym import cli
 
     seen = {}
-    monkeypatch.setattr(train, "train_policy", lambda config, argv=None: seen.setdefault("config", config))
+    monkeypatch.setattr(cli, "train_policy", lambda config, argv=None: seen.setdefault("config", config))
     assert cli.main(["train-policy", "--vec-env", "ray", "--ray-address", "auto", "--ray-gpus-per-env", "0.5",
                      "--devices", "cuda:0", "cuda:1"]) == 0
     config = seen["config"]
@@ -120,8 +121,7 @@ def test_command_line_flags_reach_the_config(monkeypatch):
 
 
 def test_env_overrides_merge_into_the_spec_key_by_key():
-    from dus_gym.parallel import spec_kwargs
-    from dus_gym.train import env_run_config
+    from dus_gym.rl.registration import env_run_config, spec_kwargs
 
     merged = spec_kwargs("dus_gym/Synthetic-v0", {"learner": {"device": "cpu"}, "task_kwargs": {"hidden_dim": 8}})
     assert merged["learner"]["lr"] == 0.05 and merged["learner"]["device"] == "cpu"

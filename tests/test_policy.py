@@ -6,10 +6,11 @@ import pytest
 from stable_baselines3 import PPO
 
 from dus_gym.cli import main
-from dus_gym.cmd import CMDMonitor, cmd_observation
-from dus_gym.policy import PolicySampler, ScheduleSampler
+from dus_gym.core.discrepancy import CMDMonitor, cmd_observation
+from dus_gym.rl.train_policy import train_policy
 from dus_gym.samplers import SamplerState, make_sampler
-from dus_gym.train import train_policy
+from dus_gym.samplers.ppo import PolicySampler
+from dus_gym.samplers.rules import ScheduleSampler
 
 
 def state(iteration, n_iterations=100):

@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dus_gym.action import ActionError, CountsAction
-from dus_gym.batch_plan import BatchPlanner
-from dus_gym.cmd import CMDMonitor
+from dus_gym.core.batch_plan import BatchPlanner
+from dus_gym.core.discrepancy import CMDMonitor
+from dus_gym.samplers.action import ActionError, CountsAction
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

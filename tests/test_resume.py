@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from dus_gym.checkpoint import load_run_checkpoint
 from dus_gym.cli import main
-from dus_gym.learner import Learner
+from dus_gym.core.checkpoint import load_run_checkpoint
+from dus_gym.core.learner import Learner
 
 RUN = ["run", "--task", "synthetic", "--sampler", "heuristic", "--seed", "5", "--iterations", "1500", "--no-progress",
        "--set", "eval_every=250", "--set", "checkpoint_every=50", "--set", "task_kwargs.hidden_dim=16",
@@ -112,9 +112,9 @@ def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
     ({"task": "mfeat"}, "differs in \\['task'\\]"),
 ])
 def test_checkpoint_of_another_run_config_is_refused(tmp_path, change, message):
-    from dus_gym.checkpoint import save_run_checkpoint
-    from dus_gym.config import RunConfig, from_dict, to_dict
-    from dus_gym.specs import deep_merge
+    from dus_gym.core.checkpoint import save_run_checkpoint
+    from dus_gym.core.config import RunConfig, from_dict, to_dict
+    from dus_gym.core.specs import deep_merge
 
     base = {"task": "synthetic", "n_iterations": 12}
     save_run_checkpoint(tmp_path / "checkpoint.pt", {"iteration": 3}, to_dict(from_dict(RunConfig, base)))
@@ -130,7 +130,7 @@ def test_train_policy_checkpoints_atomically_and_resumes_model_and_statistics(ti
 
     from stable_baselines3 import PPO
 
-    from dus_gym.train import train_policy
+    from dus_gym.rl.train_policy import train_policy
 
     config, source = tiny_policy
     folder = tmp_path / "run"
@@ -153,12 +153,12 @@ def test_train_policy_checkpoints_atomically_and_resumes_model_and_statistics(ti
 
 
 def test_a_diverging_learner_truncates_the_env_episode_with_penalty_and_a_log(caplog):
-    from dus_gym.env import DUSEnv
+    from dus_gym.rl.env import DUSEnv
 
     env = DUSEnv(n_iterations=40, iterations_per_step=20, divergence_penalty=2.0, learner={"lr": 1e30},
                  task_kwargs={"hidden_dim": 8})
     env.reset(seed=0)
-    with caplog.at_level("WARNING", logger="dus_gym.env"):
+    with caplog.at_level("WARNING", logger="dus_gym.core.episode"):
         obs, reward, terminated, truncated, info = env.step(np.zeros(2, np.float32))
     assert truncated and not terminated and reward == -2.0 and info["diverged"]
     assert not np.isfinite(info["loss"]) and env.observation_space.contains(obs)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dus_gym.specs import specs_dir
+from dus_gym.core.specs import specs_dir
 
 pytest.importorskip("rl_zoo3")
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from dus_gym.samplers import ConstantSampler, HeuristicSampler, SamplerState, UniformSampler, make_sampler
+from dus_gym.samplers import SamplerState, make_sampler
+from dus_gym.samplers.rules import ConstantSampler, HeuristicSampler, UniformSampler
 
 
 def state(d, iteration=10, counts=(64, 64)):

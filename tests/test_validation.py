@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from dus_gym.cli import main
-from dus_gym.config import ConfigError, LearnerConfig
+from dus_gym.core.config import ConfigError, LearnerConfig
 from dus_gym.tasks import MultimodalSplit, Task, make_task, register_task
 from dus_gym.tasks.base import MLPEncoder
 
@@ -193,8 +193,8 @@ def test_nan_in_a_shipped_format_data_file(capsys, tmp_path):
     ([[0.0], [0.0, 1.0]], "not an array"),
 ])
 def test_env_action_errors_name_the_expected_space(action, message):
-    from dus_gym.action import ActionError
-    from dus_gym.env import DUSEnv
+    from dus_gym.rl.env import DUSEnv
+    from dus_gym.samplers.action import ActionError
 
     env = DUSEnv(n_iterations=4, iterations_per_step=2, task_kwargs={"hidden_dim": 8})
     env.reset(seed=0)
@@ -205,7 +205,7 @@ def test_env_action_errors_name_the_expected_space(action, message):
 # --- checkpoints and policies of another version or task -------------------------------------------
 
 def test_learner_checkpoint_of_another_version_or_task(tmp_path):
-    from dus_gym.learner import Learner
+    from dus_gym.core.learner import Learner
 
     task = make_task("synthetic", hidden_dim=8)
     learner = Learner(task, LearnerConfig(), seed=0)
@@ -220,8 +220,8 @@ def test_learner_checkpoint_of_another_version_or_task(tmp_path):
 
 
 def test_env_start_checkpoint_of_another_task(tmp_path):
-    from dus_gym.env import DUSEnv
-    from dus_gym.learner import Learner
+    from dus_gym.core.learner import Learner
+    from dus_gym.rl.env import DUSEnv
 
     Learner(make_task("synthetic", hidden_dim=8), LearnerConfig(), seed=0).save(tmp_path / "learner.pt")
 
@@ -269,7 +269,7 @@ class Payload:
 
 
 def test_learner_checkpoint_is_read_weights_only(tmp_path, capsys):
-    from dus_gym.learner import Learner
+    from dus_gym.core.learner import Learner
 
     torch.save({"format": "dus-gym-learner", "version": 1, "state": Payload()}, tmp_path / "evil.pt")
     learner = Learner(make_task("synthetic", hidden_dim=8), LearnerConfig(), seed=0)
@@ -279,7 +279,7 @@ def test_learner_checkpoint_is_read_weights_only(tmp_path, capsys):
 
 
 def test_run_checkpoint_is_read_weights_only(tmp_path, capsys):
-    from dus_gym.checkpoint import load_run_checkpoint
+    from dus_gym.core.checkpoint import load_run_checkpoint
 
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump(Payload(), f, protocol=2)
@@ -299,7 +299,7 @@ def test_config_yaml_tags_are_not_constructed(capsys, tmp_path):
 @pytest.mark.parametrize("text", ["__import__('os').system('touch pwned')", "dict(net_arch=open('x').read())",
                                   "dict(activation_fn=os.system)"])
 def test_zoo_policy_kwargs_strings_are_parsed_not_evaluated(text, tmp_path):
-    from dus_gym.hyperparams import load_hyperparams
+    from dus_gym.rl.hyperparams import load_hyperparams
 
     hp = tmp_path / "ppo.yml"
     hp.write_text(yaml.safe_dump({"default": {"policy_kwargs": text}}))

@@ -3,13 +3,13 @@ import pytest
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan, VecMonitor, VecNormalize
 
-from dus_gym.batched_learner import BatchedLearner, MaskedBatchNorm, mask_batch_norms
-from dus_gym.config import ConfigError, LearnerConfig
-from dus_gym.env import DUSEnv
-from dus_gym.learner import Learner
+from dus_gym.core.batched_learner import BatchedLearner, MaskedBatchNorm, mask_batch_norms
+from dus_gym.core.config import ConfigError, LearnerConfig
+from dus_gym.core.learner import Learner
+from dus_gym.rl.env import DUSEnv
+from dus_gym.rl.vectorized import VecDUSEnv
 from dus_gym.tasks import cached_task
 from dus_gym.tasks.base import MultimodalSplit, Task
-from dus_gym.vec_env import VecDUSEnv
 
 SMALL = {"n_iterations": 10, "iterations_per_step": 5}
 

@@ -1,53 +1,51 @@
-"""Built-in tasks and the name -> builder table through which tasks are found."""
+"""Tasks: the data and encoders a learner trains on, found by name through one table.
+
+Built in: ``synthetic`` and ``mfeat`` (no download), ``cremad`` and ``kinetics-sounds`` (data
+prepared with ``dus-gym prepare``). A user's own task is a function returning a :class:`Task`,
+given as ``"package.module:function"`` or registered under a short name with :func:`register_task`.
+"""
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import json
 from collections.abc import Callable
 from typing import Any
 
-from dus_gym.config import checked_kwargs, did_you_mean
-from dus_gym.tasks.audiovisual import make_audiovisual
+from dus_gym.core.config import ConfigError, checked_kwargs
+from dus_gym.core.registry import Registry, load_entry_point
 from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
-from dus_gym.tasks.mfeat import make_mfeat
-from dus_gym.tasks.synthetic import make_synthetic
 
 TaskBuilder = Callable[..., Task]
 
-TASKS: dict[str, TaskBuilder] = {
-    "mfeat": make_mfeat,
-    "synthetic": make_synthetic,
-    "cremad": functools.partial(make_audiovisual, "cremad"),
-    "kinetics-sounds": functools.partial(make_audiovisual, "kinetics-sounds"),
-}
-"""Task name -> builder (a function of keyword arguments that returns a :class:`Task`)."""
+TASKS: Registry[TaskBuilder] = Registry("task", {
+    "mfeat": "dus_gym.tasks.mfeat:make_mfeat",
+    "synthetic": "dus_gym.tasks.synthetic:make_synthetic",
+    "cremad": "dus_gym.tasks.audiovisual.clips:make_cremad",
+    "kinetics-sounds": "dus_gym.tasks.audiovisual.clips:make_kinetics_sounds",
+})
+"""Task name -> builder (a function of keyword arguments that returns a :class:`Task`), or "module:function"."""
 
 
-def register_task(name: str, builder: TaskBuilder) -> None:
-    """Make ``builder`` available under ``name`` (for ``make_task`` and run configs)."""
-    if not callable(builder):
-        raise TypeError(f"task builder for '{name}' must be callable, got {builder!r}")
-    TASKS[name] = builder
+def register_task(name: str, builder: TaskBuilder | str) -> None:
+    """Make ``builder`` (a function, or ``"module:function"``) available under ``name``."""
+    TASKS.register(name, builder)
 
 
 def resolve_task_builder(name: str) -> TaskBuilder:
     """Find a builder by registered name, or by a ``"package.module:function"`` path."""
     if name in TASKS:
-        return TASKS[name]
+        return TASKS.get(name)
     if ":" in name:
-        module_name, _, attr = name.partition(":")
         try:
-            builder = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
+            builder = load_entry_point(name)
+        except ConfigError as err:
             raise ValueError(f"cannot import task builder '{name}': {err}") from err
         if not callable(builder):
             raise ValueError(f"task builder '{name}' is not callable")
         return builder
-    raise ValueError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; known: {sorted(TASKS)}, "
-                     "or give 'package.module:function'")
+    raise TASKS.unknown(name, ", or give 'package.module:function'")
 
 
 def make_task(name: str, **kwargs: Any) -> Task:
@@ -82,6 +80,6 @@ def cached_task(name: str, **kwargs: Any) -> Task:
 
 
 __all__ = [
-    "TASKS", "MLPEncoder", "MultimodalSplit", "SmallCNNEncoder", "Task", "make_mfeat", "make_synthetic",
-    "cached_task", "make_task", "register_task", "resolve_task_builder",
+    "TASKS", "MLPEncoder", "MultimodalSplit", "SmallCNNEncoder", "Task", "TaskBuilder", "cached_task", "make_task",
+    "register_task", "resolve_task_builder",
 ]

@@ -18,7 +18,7 @@ class MultimodalSplit:
     Args:
         features: modality name -> tensor whose first dimension indexes samples, or a lazy source
             (``__len__``, ``__getitem__`` with an index tensor or a slice returning a tensor, ``subset``
-            and ``to``; see ``dus_gym.tasks.audiovisual.ClipSource``).
+            and ``to``; see ``dus_gym.tasks.audiovisual.clips.ClipSource``).
         labels: int64 tensor of class indices, one per sample.
     """
 
@@ -54,7 +54,7 @@ EncoderFactory = Callable[[], nn.Module]
 class Task:
     """A multimodal classification task, what the learner trains on.
 
-    A user's own task is a function that returns one of these (see ``dus_gym.tasks.register_task``).
+    A user's own task is a function that returns one of these (see :func:`dus_gym.tasks.register_task`).
 
     Args:
         name: short name, used in logs and results.

@@ -1,4 +1,4 @@
-"""A generated task with a known, controllable and harmful modality imbalance (DESIGN.md §5).
+"""A generated task with a known, controllable and harmful modality imbalance.
 
 Classes are ``n_coarse`` groups of ``n_fine`` classes each. Two kinds of modality:
 

@@ -1,0 +1,331 @@
+"""Explicit, frozen configuration objects, read from YAML mappings with strict key checking.
+
+Every rule about a setting lives here once: ranges in each dataclass's ``__post_init__``, the
+budget rule in :class:`Budget`, the count range in :func:`check_count_range`, and the finiteness
+of every float setting in :func:`from_dict` (a NaN or inf value is refused wherever it comes from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the multimodal learner trains (see docs/method.md)."""
+
+    batch_size: int = 64
+    """Base batch size B: what every modality gets under uniform sampling."""
+    optimizer: str = "sgd"
+    """"sgd" (with momentum) or "adam"."""
+    lr: float = 0.05
+    """Learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 1e-4
+    """L2 weight decay."""
+    unimodal_loss: str = "scaled"
+    """"scaled": each unimodal loss times n(m)/B (the DUS default); "mean": plain batch average."""
+    fusion: str = "concat"
+    """Fusion of the encoders' features: "concat" (a linear head on the concatenation)."""
+    device: str = "cpu"
+    """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available)."""
+    eval_batch_size: int = 1024
+    """Samples per forward pass when evaluating (lower it for large encoders)."""
+    lr_decay_every: int | None = None
+    """Multiply the learning rate by lr_decay_gamma every this many iterations (None: constant)."""
+    lr_decay_gamma: float = 0.1
+    """Factor of the step decay."""
+    precision: str = "fp32"
+    """"fp32", or "bf16" (autocast to bfloat16; the losses stay in float32)."""
+    channels_last: bool = False
+    """Image-like inputs and convolution weights in channels-last memory format (faster on GPUs)."""
+    cudnn_benchmark: bool = True
+    """On CUDA, let cuDNN pick the fastest kernels per shape (set process-wide)."""
+    compile: bool = False
+    """torch.compile each encoder (static shapes: use count_sizes so that few shapes occur)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend."""
+    num_workers: int = 0
+    """DataLoader worker processes that load on-disk (lazy) modalities ahead of the learner."""
+    count_sizes: tuple[int, ...] | None = None
+    """Round counts up to one of these batch sizes (e.g. [16, 32, 48, 64, 96, 128]); None: exact counts."""
+    method: str = "unimodal-aux"
+    """How an iteration's losses and gradients are formed: joint, unimodal-aux, ogm-ge, mmpareto or mla."""
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the method (e.g. alpha for ogm-ge, gamma for mmpareto)."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"learner.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.optimizer in ("sgd", "adam"), f"learner.optimizer must be 'sgd' or 'adam', got '{self.optimizer}'")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"learner.lr must be a positive number, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"learner.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"learner.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.unimodal_loss in ("scaled", "mean"),
+               f"learner.unimodal_loss must be 'scaled' or 'mean', got '{self.unimodal_loss}'")
+        _check(self.eval_batch_size >= 1, f"learner.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check(self.num_workers >= 0, f"learner.num_workers must be >= 0, got {self.num_workers}")
+        _check(self.lr_decay_every is None or self.lr_decay_every >= 1,
+               f"learner.lr_decay_every must be >= 1 or null, got {self.lr_decay_every}")
+        _check(0 < self.lr_decay_gamma <= 1, f"learner.lr_decay_gamma must be in (0, 1], got {self.lr_decay_gamma}")
+        _check(self.precision in ("fp32", "bf16"),
+               f"learner.precision must be 'fp32' or 'bf16', got '{self.precision}'")
+        _check(self.count_sizes is None or (len(self.count_sizes) > 0 and min(self.count_sizes) >= 1),
+               f"learner.count_sizes must be positive sizes or null, got {self.count_sizes}")
+        _check(self.fusion == "concat", f"learner.fusion must be 'concat', got '{self.fusion}'")
+
+
+@dataclass(frozen=True)
+class CMDConfig:
+    """Where the learning status comes from and how it accumulates (see docs/method.md)."""
+
+    source: str = "train"
+    """"train": the modality's own training batch; "probe": a fixed slice held out of training."""
+    probe_size: int = 200
+    """Samples held out of the training split as the probe (used when source is "probe")."""
+    window: int | None = None
+    """None: running mean; w: exponential mean with window w."""
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("train", "probe"), f"cmd.source must be 'train' or 'probe', got '{self.source}'")
+        _check(self.probe_size >= 1, f"cmd.probe_size must be >= 1, got {self.probe_size}")
+        _check(self.window is None or self.window >= 1, f"cmd.window must be >= 1 or null, got {self.window}")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """How training becomes a Gymnasium env (see docs/env.md); used by :class:`dus_gym.rl.env.DUSEnv`."""
+
+    iterations_per_step: int = 20
+    """K: learner iterations run with the chosen counts per env step."""
+    n_min: int = 8
+    """Count at action -1 (box action)."""
+    n_max: int = 256
+    """Count at action +1 (box action)."""
+    action_type: str = "box"
+    """"box": [-1, 1]^M mapped affinely to [n_min, n_max]; "multidiscrete": one of count_levels each."""
+    count_levels: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    """Counts of the multidiscrete action."""
+    reward_delta_weight: float = 1.0
+    """Weight of the change of fused validation accuracy since the last step."""
+    reward_cmd_weight: float = 0.0
+    """Weight of the |CMD| penalty at every step."""
+    reward_terminal_weight: float = 1.0
+    """Weight of the final fused validation accuracy, added at the last step."""
+    divergence_penalty: float = 1.0
+    """Subtracted from the reward when the loss becomes NaN/inf (the episode is then truncated)."""
+    start_checkpoint: str | None = None
+    """A learner checkpoint (learner.pt of a run) to start every episode from; None: fresh."""
+
+    def __post_init__(self) -> None:
+        _check(self.iterations_per_step >= 1, f"env.iterations_per_step must be >= 1, got {self.iterations_per_step}")
+        check_count_range(self.n_min, self.n_max, "env")
+        _check(self.action_type in ("box", "multidiscrete"),
+               f"env.action_type must be 'box' or 'multidiscrete', got '{self.action_type}'")
+        _check(min(self.reward_delta_weight, self.reward_cmd_weight, self.reward_terminal_weight,
+                   self.divergence_penalty) >= 0, "env reward weights and divergence_penalty must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: task, learner, CMD, sampler, budget, seed and logging."""
+
+    task: str = "mfeat"
+    """Registered task name, or "package.module:function" for a user's own builder."""
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the task builder."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """Learner settings."""
+    cmd: CMDConfig = field(default_factory=CMDConfig)
+    """CMD monitor settings."""
+    sampler: str = "uniform"
+    """Sampler name (uniform, heuristic, constant)."""
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the sampler (beyond B and M)."""
+    n_iterations: int | None = 1000
+    """Budget in learner iterations (optimizer steps). Exactly one of n_iterations and epochs is set."""
+    epochs: float | None = None
+    """Budget in epochs at the base batch size B: n_iterations = ceil(epochs * n_train / B)."""
+    seed: int = 0
+    """Seed of model initialisation, data order and probe slice."""
+    eval_every: int = 100
+    """Evaluate on the validation split every this many iterations (and at the end)."""
+    log_every: int = 10
+    """Write TensorBoard scalars every this many iterations."""
+    run_dir: str = "runs"
+    """Parent folder of run folders."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    checkpoint_every: int | None = 500
+    """Write the whole run state to checkpoint.pt every this many iterations (None: never); --resume reads it."""
+    env_id: str | None = None
+    """The Gymnasium id this spec is registered under (specs in envs/), e.g. dus_gym/MFeat-v0."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Env settings (step size K, action mapping, reward weights) for DUSEnv."""
+
+    def __post_init__(self) -> None:
+        Budget(self.n_iterations, self.epochs)  # the budget rule
+        _check(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
+               f"checkpoint_every must be >= 1 or null, got {self.checkpoint_every}")
+
+    def budget(self, n_train: int) -> int:
+        """The budget in learner iterations for a training split of ``n_train`` samples."""
+        return Budget(self.n_iterations, self.epochs).iterations(n_train, self.learner.batch_size)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A run's budget: learner iterations, or epochs at the base batch size B (exactly one of the two).
+
+    The library always counts in iterations (optimizer steps): the cursor advances by max n(m),
+    so a budget in epochs would let a sampler buy optimizer steps by choosing small counts.
+    """
+
+    n_iterations: int | None = None
+    """Learner iterations."""
+    epochs: float | None = None
+    """Epochs at the base batch size B: ceil(epochs * n_train / B) iterations."""
+
+    def __post_init__(self) -> None:
+        _check((self.n_iterations is None) != (self.epochs is None),
+               "set exactly one of n_iterations and epochs (the other to null)")
+        _check(self.n_iterations is None or self.n_iterations >= 1,
+               f"n_iterations must be >= 1, got {self.n_iterations}")
+        _check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+
+    def iterations(self, n_train: int, batch_size: int) -> int:
+        """Learner iterations of this budget for a training split of ``n_train`` samples."""
+        if self.n_iterations is not None:
+            return self.n_iterations
+        return max(1, math.ceil(self.epochs * n_train / batch_size))
+
+
+def check_count_range(n_min: int, n_max: int, where: str) -> None:
+    """Raise a :class:`ConfigError` unless 1 <= n_min <= n_max (the bounds of per-modality counts)."""
+    _check(1 <= n_min <= n_max, f"{where} needs 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says what to change."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build the dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            hint = did_you_mean(str(key), names) or f" (valid keys: {names})"
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def checked_kwargs(func: Any, kwargs: dict[str, Any], where: str, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``kwargs`` of ``func`` (a function, class or partial) checked against its signature and annotations.
+
+    An unknown key raises a :class:`ConfigError` that names the closest valid key; a value of the
+    wrong type (for int, float, bool, str, tuple and Optional annotations) raises one that names the
+    key, as :func:`from_dict` does for the config dataclasses. ``reserved`` are parameters the caller
+    fills itself (they are not valid keys).
+    """
+    target = func.__init__ if inspect.isclass(func) else func
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return dict(kwargs)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [n for n, p in parameters.items() if p.kind in kinds and n not in reserved]
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    try:
+        hints = typing.get_type_hints(getattr(target, "func", target))
+    except Exception:  # unresolvable annotations of a user's function: check names only
+        hints = {}
+    checked = {}
+    for key, value in kwargs.items():
+        if key not in names and not open_ended:
+            hint = did_you_mean(str(key), names) or (f" (valid keys: {names})" if names else " (it takes none)")
+            raise ConfigError(f"unknown {where} key '{key}'{hint}")
+        checked[key] = _coerce(hints[key], value, f"{where}.{key}") if key in hints else value
+    return checked
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path)
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"float settings must be finite numbers: config key '{path}' is {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The plain-mapping form of a config (what gets written next to results)."""
+    return dataclasses.asdict(config)

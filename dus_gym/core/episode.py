@@ -1,0 +1,176 @@
+"""Training episodes: the per-iteration and per-step logic shared by ``dus-gym run``, ``DUSEnv`` and ``VecDUSEnv``.
+
+An episode is one training run of a learner. :class:`Episodes` runs N of them on one learner
+backend (:class:`dus_gym.core.backend.LearnerBackend`; N = 1 for ``DUSEnv`` and ``dus-gym run``)
+and is the one owner of what happens around each learner iteration and each env step:
+
+- after an iteration, the learning status of every episode whose loss is finite is folded into
+  its CMD monitor: the status on the held-out probe slice when the CMD source is the probe, else
+  on the training batch, where a modality that drew no sample keeps its last status;
+- the observation (:func:`dus_gym.core.discrepancy.cmd_observation`, clipped to its bounds);
+- an env step (K iterations with the chosen counts, fewer at the end of the episode), the
+  validation score, the reward and the info; a NaN/inf loss truncates that episode with
+  ``-divergence_penalty``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from dus_gym.core.backend import BatchedIterationStats, LearnerBackend
+from dus_gym.core.config import EnvConfig
+from dus_gym.core.discrepancy import CMDMonitor, cmd_observation
+
+logger = logging.getLogger(__name__)
+
+
+class Episodes:
+    """N training episodes on one learner backend (see the module docstring).
+
+    Args:
+        learners: the backend whose learner i runs episode i.
+        modalities: modality names, in count order.
+        batch_size: the base batch size B.
+        n_iterations: T, the budget of an episode in learner iterations.
+        cmd_window: the CMD monitor's window (None: running mean).
+        bounds: (low, high) of the observation vector.
+        env: step size K, reward weights, divergence penalty and start checkpoint.
+    """
+
+    def __init__(self, learners: LearnerBackend, modalities: tuple[str, ...], batch_size: int, n_iterations: int,
+                 cmd_window: int | None, bounds: tuple[np.ndarray, np.ndarray], env: EnvConfig) -> None:
+        N, M = learners.n_learners, len(modalities)
+        self.learners = learners
+        self.modalities = modalities
+        self.batch_size = batch_size
+        self.n_iterations = n_iterations
+        self.low, self.high = bounds
+        self.env = env
+        self.monitors = [CMDMonitor(M, window=cmd_window) for _ in range(N)]
+        self.counts = np.full((N, M), batch_size, dtype=np.int64)
+        """The counts of each episode's last iteration (B before the first)."""
+        self.last_status = np.zeros((N, M))
+        self.count_sum = np.zeros((N, M))
+        self.count_iterations = np.zeros(N, dtype=np.int64)
+        self.start_iteration = np.zeros(N, dtype=np.int64)
+        self.score = np.zeros(N)
+        """Each episode's last fused validation accuracy."""
+        self.per_modality = np.zeros((N, M))
+        self.started = np.zeros(N, dtype=bool)
+
+    @property
+    def n_episodes(self) -> int:
+        """N."""
+        return len(self.monitors)
+
+    def start(self, i: int, seed: int) -> None:
+        """Start episode ``i``: its learner from ``seed`` (or the start checkpoint), CMD zero, counts B."""
+        self.learners.reset_learner(i, seed, checkpoint=self.env.start_checkpoint)
+        self.start_iteration[i] = self.learners.iteration[i]
+        self.monitors[i].reset()
+        self.counts[i] = self.batch_size
+        self.last_status[i] = 0.0
+        self.count_sum[i] = 0.0
+        self.count_iterations[i] = 0
+        self.started[i] = True
+
+    def evaluate(self, indices: np.ndarray | list[int]) -> None:
+        """Score the learners of ``indices`` on the validation split (every learner in one pass)."""
+        fused, per_modality = self.learners.accuracies("val")
+        for i in indices:
+            self.score[i] = fused[i]
+            self.per_modality[i] = per_modality[i]
+
+    def iterate(self, counts: np.ndarray, active: np.ndarray | None = None) -> BatchedIterationStats:
+        """One learner iteration of the ``active`` episodes; a finite one's learning status updates its CMD."""
+        active = np.ones(self.n_episodes, dtype=bool) if active is None else active
+        stats = self.learners.step(counts, active)
+        self.counts = np.where(active[:, None], stats.counts, self.counts)  # as used (after quantisation)
+        finite = active & np.isfinite(stats.loss)
+        if finite.any():
+            probe = self.learners.probe_status() if self.learners.probe_size else None
+            for i in np.flatnonzero(finite):
+                status = probe[i] if probe is not None else np.where(
+                    np.isnan(stats.status[i]), self.last_status[i], stats.status[i])
+                self.last_status[i] = status
+                self.monitors[i].update(status)
+        return stats
+
+    def observation(self, i: int) -> np.ndarray:
+        """Episode ``i``'s observation: its CMD state, last counts and progress, clipped to the bounds."""
+        progress = (self.learners.iteration[i] - self.start_iteration[i]) / self.n_iterations
+        obs = cmd_observation(self.monitors[i], self.counts[i], self.batch_size, min(progress, 1.0))
+        return np.clip(obs, self.low, self.high)
+
+    def step(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """One env step of every episode: K iterations with its counts, then its reward and info.
+
+        Returns (observations, rewards, terminated, truncated, infos), one row per episode.
+        """
+        if not self.started.all():
+            raise RuntimeError("call reset() before step()")
+        N, K = self.n_episodes, self.env.iterations_per_step
+        remaining = self.start_iteration + self.n_iterations - self.learners.iteration
+        if (remaining <= 0).any():
+            raise RuntimeError("the episode has ended; call reset()")
+        n_run = np.minimum(K, remaining)
+        diverged = np.zeros(N, dtype=bool)
+        infos: list[dict[str, Any]] = [{} for _ in range(N)]
+        for it in range(int(n_run.max())):
+            active = (it < n_run) & ~diverged
+            if not active.any():
+                break
+            stats = self.iterate(counts, active)
+            for i in np.flatnonzero(active & ~np.isfinite(stats.loss)):
+                diverged[i] = True
+                iteration = int(self.learners.iteration[i])
+                infos[i] = {"diverged": True, "loss": float(stats.loss[i]), "iteration": iteration,
+                            **self.keywords(i)}
+                logger.warning("the learner's loss became %s at iteration %d: episode truncated with penalty %s",
+                               stats.loss[i], iteration, self.env.divergence_penalty)
+        previous = self.score.copy()
+        if not diverged.all():
+            self.evaluate(np.flatnonzero(~diverged))
+        rewards = np.zeros(N)
+        terminated = np.zeros(N, dtype=bool)
+        truncated = diverged.copy()
+        for i in np.flatnonzero(diverged):
+            rewards[i] = -self.env.divergence_penalty
+        for i in np.flatnonzero(~diverged):
+            terminated[i] = remaining[i] <= n_run[i]
+            infos[i], rewards[i] = self._reward(i, int(n_run[i]), bool(terminated[i]), float(previous[i]))
+        observations = np.stack([self.observation(i) for i in range(N)])
+        return observations, rewards, terminated, truncated, infos
+
+    def _reward(self, i: int, n: int, terminated: bool, previous: float) -> tuple[dict[str, Any], float]:
+        """Reward and info of episode ``i`` after ``n`` iterations (``previous``: its score before the step)."""
+        c, monitor = self.env, self.monitors[i]
+        self.count_sum[i] += self.counts[i] * n
+        self.count_iterations[i] += n
+        score = self.score[i]
+        reward_delta = c.reward_delta_weight * (score - previous)
+        reward_cmd = -c.reward_cmd_weight * monitor.gap
+        reward_terminal = c.reward_terminal_weight * score if terminated else 0.0
+        info: dict[str, Any] = {
+            "iteration": int(self.learners.iteration[i]), "counts": self.counts[i].copy(),
+            "reward_delta": reward_delta, "reward_cmd": reward_cmd, "reward_terminal": reward_terminal,
+            "diverged": False, **self.keywords(i),
+        }
+        return info, float(reward_delta + reward_cmd + reward_terminal)
+
+    def keywords(self, i: int) -> dict[str, float]:
+        """The :meth:`info_keywords` values of episode ``i``: last validation scores, |CMD|, mean counts so far."""
+        info = {"val_acc": float(self.score[i]), "gap": self.monitors[i].gap}
+        done = max(int(self.count_iterations[i]), 1)
+        for k, m in enumerate(self.modalities):
+            info[f"val_acc_{m}"] = float(self.per_modality[i, k])
+            info[f"mean_count_{m}"] = float(self.count_sum[i, k] / done)
+        return info
+
+    def info_keywords(self) -> tuple[str, ...]:
+        """The info keys a Monitor should record at the end of an episode."""
+        per_modality = [f"{key}_{m}" for key in ("val_acc", "mean_count") for m in self.modalities]
+        return ("val_acc", "gap", *per_modality)

@@ -1,0 +1,102 @@
+"""Reading YAML safely and writing files so that they are never half-written.
+
+Every file dus-gym writes (results, configs, checkpoints, policies, plots, prepared data) goes
+through :func:`atomic_path`: the content is written to a uniquely named temporary file in the
+same folder, then renamed over the target, so a killed process or a full disk leaves either the
+previous file or the new one, never a partial one, and a planted file of a fixed temporary name
+cannot redirect the write.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dus_gym.core.config import ConfigError
+
+FILE_MODE = 0o644
+"""Permissions of written files: results are meant to be read by others."""
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed.
+
+    The temporary name keeps the target's suffix, so writers that infer a format from it
+    (``np.save``, ``savefig``) write the right one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes the file private
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader; one clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def new_run_folder(parent: str | Path, name: str) -> Path:
+    """Create and return a new, empty folder ``parent/name-<time>`` (``-1``, ``-2``, ... when taken).
+
+    The folder is created atomically (``mkdir`` fails on an existing one), so runs started in the
+    same second, by one process or several, never share a folder.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in itertools.count():
+        folder = parent / (f"{name}-{stamp}-{suffix}" if suffix else f"{name}-{stamp}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")  # itertools.count() never ends
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if nothing was written into it (a run that failed before writing)."""
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or already gone
+        pass

@@ -1,0 +1,137 @@
+"""Several samplers over several seeds on one task: a table with paired differences to uniform."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dus_gym.core.config import RunConfig
+from dus_gym.core.files import write_text_atomic
+from dus_gym.experiments.run import RunResult, run_training
+from dus_gym.experiments.stats import format_mean_std, late_fusion_accuracy, paired_interval
+from dus_gym.tasks import make_task
+
+REFERENCE = "uniform"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler to compare: its table label, registered name and keyword arguments."""
+
+    label: str
+    name: str
+    kwargs: dict[str, Any]
+
+
+DEFAULT_GRID = ((16, 128), (32, 128), (64, 128), (32, 96), (128, 64), (128, 32))
+"""Constant counts (two modalities) tried by ``grid=True``; the best by validation accuracy is kept."""
+
+
+def run_comparison(
+    base: RunConfig,
+    samplers: list[SamplerSpec],
+    seeds: list[int],
+    out_dir: Path | None,
+    alone: bool = True,
+    controls: bool = False,
+    grid: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every sampler (and, with ``alone``, every modality trained alone) on every seed.
+
+    With ``controls`` and a sampler labelled ``ppo`` (docs/protocol.md): ``ppo-mean`` (constant counts at
+    the policy's mean counts over all seeds) and ``ppo-replay`` (the count schedule the policy chose
+    on seed i+1, replayed open-loop on seed i). With ``grid``: ``best-constant``, the constant counts
+    of :data:`DEFAULT_GRID` with the best mean validation accuracy (each cell is also a row).
+
+    Returns the JSON-serialisable record that is also written to ``out_dir/compare.json``.
+    """
+    task = make_task(base.task, **base.task_kwargs)
+    M, B = len(task.modalities), base.learner.batch_size
+    runs: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, list[RunResult]] = {}
+
+    def run_all(label: str, name: str, kwargs_of_seed: Any) -> None:
+        for i, seed in enumerate(seeds):
+            kwargs = kwargs_of_seed(i) if callable(kwargs_of_seed) else kwargs_of_seed
+            config = replace(base, sampler=name, sampler_kwargs=kwargs, seed=seed)
+            run_dir = out_dir / label.replace(":", "-") / f"seed{seed}" if out_dir is not None else None
+            result = run_training(config, run_dir=run_dir, task=task, progress=progress)
+            result.summary["label"] = label
+            runs.setdefault(label, []).append(result.summary)
+            results.setdefault(label, []).append(result)
+
+    for spec in samplers:
+        run_all(spec.label, spec.name, spec.kwargs)
+    if controls and "ppo" in results:
+        policy_runs = results["ppo"]
+        mean_counts = np.rint(np.mean([r.counts.mean(0) for r in policy_runs], axis=0)).astype(int).tolist()
+        run_all("ppo-mean", "constant", {"counts": mean_counts})
+        run_all("ppo-replay", "schedule",
+                lambda i: {"schedule": policy_runs[(i + 1) % len(seeds)].counts.tolist()})
+    if grid:
+        if M != 2:
+            raise ValueError(f"the constant-count grid is defined for 2 modalities, this task has {M}")
+        cells = []
+        for counts in DEFAULT_GRID:
+            label = f"constant{list(counts)}".replace(" ", "")
+            run_all(label, "constant", {"counts": list(counts)})
+            cells.append(label)
+        best = max(cells, key=lambda c: np.mean([r["val_curve"][-1]["fused_acc"] for r in runs[c]]))
+        runs["best-constant"] = [dict(r, label="best-constant", best_of_grid=best) for r in runs[best]]
+    late: list[float] = []
+    if alone:
+        for k, m in enumerate(task.modalities):
+            run_all(f"alone:{m}", "constant", {"counts": [B if j == k else 0 for j in range(M)]})
+        for i in range(len(seeds)):
+            alone_runs = [results[f"alone:{m}"][i] for m in task.modalities]
+            late.append(late_fusion_accuracy([run.test.unimodal_probabilities[m]
+                                              for run, m in zip(alone_runs, task.modalities, strict=True)],
+                                             alone_runs[0].test.labels))
+    record = {"task": task.name, "modalities": list(task.modalities), "seeds": list(seeds), "runs": runs,
+              "late_fusion_acc": late}
+    record["table"] = format_table(record)
+    if out_dir is not None:
+        write_text_atomic(Path(out_dir) / "compare.json", json.dumps(record, indent=2))
+        write_text_atomic(Path(out_dir) / "table.md", record["table"] + "\n")
+    return record
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """A markdown table: mean ± std over seeds, and the paired difference to uniform with its 95 % CI."""
+    modalities = record["modalities"]
+    runs = record["runs"]
+    head = (["sampler", "fused acc"] + [f"acc {m}" for m in modalities] + [f"probe {m}" for m in modalities]
+            + ["Δ fused vs uniform [95% CI]", "final abs(CMD)", "iterations"]
+            + [f"samples {m}" for m in modalities] + ["wall s"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    reference = runs.get(REFERENCE)
+    for label, rs in runs.items():
+        alone_of = label.split(":", 1)[1] if label.startswith("alone:") else None
+        fused = [r["test"]["fused"]["acc"] for r in rs]
+        if label == "best-constant":
+            label = f"best-constant = {rs[0]['best_of_grid']}"
+        row = [label, "—" if alone_of else format_mean_std(fused)]
+        for m in modalities:
+            row.append(format_mean_std([r["test"][m]["acc"] for r in rs]) if alone_of in (None, m) else "—")
+        for m in modalities:
+            row.append(format_mean_std([r["probe_acc"][m] for r in rs]) if alone_of in (None, m) else "—")
+        if reference is not None and alone_of is None and label != REFERENCE and len(reference) == len(rs):
+            d, lo, hi = paired_interval(fused, [r["test"]["fused"]["acc"] for r in reference])
+            row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        else:
+            row.append("—")
+        row.append("—" if alone_of else format_mean_std([r["final_gap"] for r in rs], scale=1.0, digits=3))
+        row.append(f"{int(np.mean([r['iterations'] for r in rs]))}")
+        for m in modalities:
+            row.append(f"{np.mean([r['samples_seen'][m] for r in rs]):.0f}")
+        row.append(f"{np.mean([r['train_seconds'] for r in rs]):.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    if record.get("late_fusion_acc"):
+        lines.append("| late fusion (alone models) | " + format_mean_std(record["late_fusion_acc"]) + " |"
+                     + " — |" * (len(head) - 2))
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""DUSEnv: one multimodal training run as a Gymnasium episode (the env contract is in docs/env.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from dus_gym.core.backend import LearnerBackend
+from dus_gym.core.config import Budget, CMDConfig, EnvConfig, LearnerConfig, from_dict
+from dus_gym.core.discrepancy import CMDMonitor, observation_bounds
+from dus_gym.core.episode import Episodes
+from dus_gym.core.learner import Learner, LearnerGroup
+from dus_gym.rl.registration import env_kwargs_of, spec_config
+from dus_gym.samplers.action import CountsAction
+from dus_gym.tasks import Task, cached_task
+
+
+class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Choose how many samples of each modality the learner trains on.
+
+    ## Description
+
+    An episode is one training run of a multimodal learner (encoders, unimodal heads, fusion head;
+    docs/method.md) on a task, from a fresh start (or a saved learner checkpoint), for a budget of
+    ``n_iterations`` learner iterations. At each step the agent picks per-modality sample counts;
+    the learner then runs K = ``iterations_per_step`` iterations with them while the CMD monitor
+    follows every iteration.
+
+    ## Action Space
+
+    Samples per modality. Default ``Box(-1, 1, (M,), float32)``: a in [-1, 1] gives
+    n = round(n_min + (a + 1) / 2 * (n_max - n_min)) samples (default n_min 8, n_max 256; see
+    ``dus_gym.samplers.action.CountsAction``). With ``action_type="multidiscrete"``:
+    ``MultiDiscrete([L] * M)``, action i picks ``count_levels[i]`` (default 8, 16, ..., 256).
+
+    ## Observation Space
+
+    ``Box((4M + 1,), float32)``, in modality order m = 0..M-1:
+
+    | index     | observation                        | min | max         |
+    |-----------|------------------------------------|-----|-------------|
+    | 4m        | cumulative status c_t(m)           | 0   | 1           |
+    | 4m + 1    | discrepancy d_t(m)                 | -1  | 1           |
+    | 4m + 2    | last learning status s(m)          | 0   | 1           |
+    | 4m + 3    | last count n(m) / B                | 0   | max count/B |
+    | 4M        | training progress t / T            | 0   | 1           |
+
+    ## Rewards
+
+    ``reward_delta_weight`` x (fused validation accuracy now - at the previous step)
+    - ``reward_cmd_weight`` x |CMD|, plus ``reward_terminal_weight`` x final fused validation
+    accuracy at the last step. Components are in ``info`` (reward_delta, reward_cmd, reward_terminal).
+
+    ## Starting State
+
+    A learner initialised from a seed drawn from ``np_random`` (model init and data order), or the
+    learner checkpoint ``start_checkpoint`` with a data order from that seed; CMD zero, counts B.
+
+    ## Episode End
+
+    Terminated when the learner has run ``n_iterations`` iterations (the last step may run fewer
+    than K). Truncated when the loss becomes NaN/inf; the reward then is -``divergence_penalty``
+    and ``info["diverged"]`` is True.
+
+    ## Arguments
+
+    | argument | default | meaning |
+    |---|---|---|
+    | task | "synthetic" | task name, "module:function", or a Task |
+    | task_kwargs | {} | task builder kwargs |
+    | learner | {} | LearnerConfig fields |
+    | cmd | {} | CMDConfig fields (status from training batches or a probe) |
+    | n_iterations / epochs | 800 / None | episode budget (epochs convert at B) |
+    | iterations_per_step ... start_checkpoint | see EnvConfig | step size, action mapping, reward weights |
+
+    ## Version History
+
+    - v0: first version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        task: str | Task = "synthetic",
+        task_kwargs: dict[str, Any] | None = None,
+        learner: dict[str, Any] | LearnerConfig | None = None,
+        cmd: dict[str, Any] | CMDConfig | None = None,
+        n_iterations: int | None = 800,
+        epochs: float | None = None,
+        render_mode: str | None = None,
+        **env_kwargs: Any,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"DUSEnv has no render modes, got render_mode={render_mode!r}")
+        self.task = task if isinstance(task, Task) else cached_task(task, **(task_kwargs or {}))
+        self.learner_config = learner if isinstance(learner, LearnerConfig) else from_dict(
+            LearnerConfig, learner or {}, "learner")
+        self.cmd_config = cmd if isinstance(cmd, CMDConfig) else from_dict(CMDConfig, cmd or {}, "cmd")
+        self.config = from_dict(EnvConfig, env_kwargs, "env")
+        self.probe_size = self.cmd_config.probe_size if self.cmd_config.source == "probe" else 0
+        n_train = len(self.task.splits["train"]) - self.probe_size
+        B = self.learner_config.batch_size
+        self.n_iterations = Budget(n_iterations, epochs).iterations(n_train, B)
+        self.n_modalities = len(self.task.modalities)
+        c = self.config
+        self.actions = CountsAction(self.n_modalities, c.n_min, c.n_max, c.action_type, c.count_levels)
+        self.action_space = self.actions.space
+        low, high = observation_bounds(self.n_modalities, B, self.actions.max_count)
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.episodes = self.make_episodes(LearnerGroup(self.task, self.learner_config, 1, probe_size=self.probe_size))
+
+    def make_episodes(self, learners: LearnerBackend) -> Episodes:
+        """Episodes with this env's settings on ``learners`` (one here; N in :class:`VecDUSEnv`)."""
+        return Episodes(learners, self.task.modalities, self.learner_config.batch_size, self.n_iterations,
+                        self.cmd_config.window, (self.observation_space.low, self.observation_space.high),
+                        self.config)
+
+    @property
+    def learner(self) -> Learner:
+        """The learner of the current episode (after :meth:`reset`)."""
+        return self.episodes.learners.learner(0)
+
+    @property
+    def monitor(self) -> CMDMonitor:
+        """The CMD monitor of the current episode."""
+        return self.episodes.monitors[0]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What a policy needs to act like in this env elsewhere (saved with a trained policy)."""
+        return {"task": self.task.name, "modalities": list(self.task.modalities),
+                "batch_size": self.learner_config.batch_size, "n_iterations": self.n_iterations,
+                "cmd": asdict(self.cmd_config), "env": asdict(self.config)}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start a new training run; ``seed`` reseeds model initialisation and data order."""
+        super().reset(seed=seed)
+        learner_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self.episodes.start(0, learner_seed)
+        self.episodes.evaluate([0])
+        return self.episodes.observation(0), {"val_acc": float(self.episodes.score[0]), "learner_seed": learner_seed}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Run K learner iterations with the counts of ``action``."""
+        counts = self.actions.to_counts(action)
+        obs, rewards, terminated, truncated, infos = self.episodes.step(counts[None])
+        return obs[0], float(rewards[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
+
+    def info_keywords(self) -> tuple[str, ...]:
+        """The info keys a Monitor should record at the end of an episode."""
+        return self.episodes.info_keywords()
+
+
+def make_spec_env(spec: str | Path, render_mode: str | None = None, **overrides: Any) -> DUSEnv:
+    """The entry point of every registered DUS id: the env of a spec file with ``overrides`` merged in key by key.
+
+    Args:
+        spec: a spec file (a path, or the name of a shipped spec in envs/).
+        render_mode: Gymnasium's render mode.
+        **overrides: any ``DUSEnv`` argument, e.g. ``n_iterations=400`` or ``learner={"lr": 0.1}``.
+    """
+    config = spec_config(spec, overrides, str(spec))
+    return DUSEnv(render_mode=render_mode, **env_kwargs_of(config))

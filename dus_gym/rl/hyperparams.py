@@ -1,0 +1,166 @@
+"""Agent hyper-parameters in the RL Zoo's YAML form (agents/ppo.yml), parsed without eval.
+
+Each top-level key is an env id (or ``default``); inner keys are PPO keyword arguments plus the
+runner keys ``n_envs``, ``n_timesteps``, ``normalize``, ``policy`` and ``env_kwargs``. Schedules
+are written ``lin_<value>``; ``policy_kwargs`` and ``normalize`` may be mappings or the Zoo's
+``"dict(...)"`` strings, which are parsed as literals (names limited to torch activations).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from dus_gym.core.config import ConfigError, did_you_mean
+from dus_gym.core.files import read_yaml
+
+RUNNER_KEYS = ("n_envs", "n_timesteps", "normalize", "policy", "env_kwargs")
+RUNNER_SET = ("env", "tensorboard_log", "seed", "device", "verbose", "_init_setup_model")
+"""PPO arguments that train_policy sets itself (not valid in the file)."""
+
+
+def ppo_keys() -> list[str]:
+    """The keys an agents/ppo.yml entry may hold: PPO's constructor arguments and the runner keys."""
+    import inspect
+
+    from stable_baselines3 import PPO
+
+    return [*RUNNER_KEYS, *(k for k in inspect.signature(PPO).parameters if k not in RUNNER_SET and k != "policy")]
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    f"{prefix}{name}": getattr(nn, name)
+    for prefix in ("nn.", "th.nn.", "torch.nn.")
+    for name in ("Tanh", "ReLU", "ELU", "LeakyReLU", "GELU", "SiLU")
+}
+
+
+@dataclass(frozen=True)
+class AgentHyperparams:
+    """Resolved hyper-parameters of one env: runner settings and PPO kwargs."""
+
+    n_envs: int = 1
+    n_timesteps: int = 10_000
+    policy: str = "MlpPolicy"
+    normalize: dict[str, Any] = field(default_factory=dict)
+    """VecNormalize kwargs; empty when observations and rewards are not normalised."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the PPO constructor (schedules already turned into callables)."""
+    raw: dict[str, Any] = field(default_factory=dict)
+    """The entry as written in the file (saved next to the trained policy)."""
+
+
+def parse_literal_call(text: str, where: str) -> Any:
+    """Parse ``"dict(a=1, b=[2, 3], act=nn.Tanh)"`` safely: literals, dict() calls, known activations."""
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as err:
+        raise ConfigError(f"{where}: cannot parse {text!r} ({err.msg})") from err
+    return _literal(tree, where, text)
+
+
+def _literal(node: ast.AST, where: str, text: str) -> Any:
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+        return {kw.arg: _literal(kw.value, where, text) for kw in node.keywords}
+    if isinstance(node, ast.Dict):
+        return {_literal(k, where, text): _literal(v, where, text) for k, v in zip(node.keys, node.values, strict=True)}
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal(e, where, text) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, (ast.Attribute, ast.Name)):
+        name = ast.unparse(node)
+        if name in ACTIVATIONS:
+            return ACTIVATIONS[name]
+        if name in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[name]
+        raise ConfigError(f"{where}: name '{name}' is not allowed in {text!r}; allowed: {sorted(ACTIVATIONS)[:6]}...")
+    try:
+        return ast.literal_eval(node)
+    except ValueError as err:
+        raise ConfigError(f"{where}: only literals and dict(...) are allowed, got {ast.unparse(node)!r}") from err
+
+
+def schedule(value: Any, where: str) -> float | Callable[[float], float]:
+    """``"lin_3e-4"`` -> a linear schedule from 3e-4 to 0 (SB3's progress_remaining); numbers pass."""
+    if isinstance(value, str):
+        if not value.startswith("lin_"):
+            raise ConfigError(f"{where}: schedule {value!r} must be a number or 'lin_<number>'")
+        try:
+            start = float(value[4:])
+        except ValueError as err:
+            raise ConfigError(f"{where}: schedule {value!r} must be a number or 'lin_<number>'") from err
+        return LinearSchedule(start)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number or 'lin_<number>', got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class LinearSchedule:
+    """Linear decay from ``start`` (progress_remaining 1) to 0 (picklable, unlike a lambda)."""
+
+    start: float
+
+    def __call__(self, progress_remaining: float) -> float:
+        """The value at SB3's progress_remaining (1 at the start of training, 0 at the end)."""
+        return progress_remaining * self.start
+
+
+def load_hyperparams(path: str | Path, env_id: str) -> AgentHyperparams:
+    """Read the entry of ``env_id`` (else ``default``) from an RL Zoo style YAML file."""
+    path = Path(path)
+    table = read_yaml(path)
+    key = env_id if env_id in table else "default"
+    if key not in table:
+        raise ConfigError(f"{path} has no entry for '{env_id}' and no 'default'; add one (keys: {sorted(table)})")
+    entry = table[key]
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: the entry for '{env_id}' must be a mapping")
+    where = f"{path}[{env_id}]"
+    valid = ppo_keys()
+    for key in entry:
+        if key not in valid:
+            hint = did_you_mean(str(key), valid) or f" (valid keys: {valid})"
+            raise ConfigError(f"unknown key '{key}' in {where}{hint}")
+    model_kwargs = {k: v for k, v in entry.items() if k not in RUNNER_KEYS}
+    for key in ("learning_rate", "clip_range", "clip_range_vf"):
+        if key in model_kwargs and model_kwargs[key] is not None:
+            model_kwargs[key] = schedule(model_kwargs[key], f"{where}.{key}")
+    if isinstance(model_kwargs.get("policy_kwargs"), str):
+        model_kwargs["policy_kwargs"] = parse_literal_call(model_kwargs["policy_kwargs"], f"{where}.policy_kwargs")
+    if isinstance(model_kwargs.get("policy_kwargs"), dict):
+        model_kwargs["policy_kwargs"] = {
+            k: ACTIVATIONS[v] if isinstance(v, str) and v in ACTIVATIONS else v
+            for k, v in model_kwargs["policy_kwargs"].items()
+        }
+    normalize = entry.get("normalize", False)
+    if isinstance(normalize, str):
+        normalize = parse_literal_call(normalize, f"{where}.normalize")
+    if normalize is True:
+        normalize = {"norm_obs": True, "norm_reward": True}
+    if normalize is False or normalize is None:
+        normalize = {}
+    if not isinstance(normalize, dict):
+        raise ConfigError(f"{where}.normalize must be true/false or a mapping of VecNormalize kwargs")
+    runner = {}
+    for name, default in (("n_envs", 1), ("n_timesteps", 10_000)):
+        value = entry.get(name, default)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError as err:
+                raise ConfigError(f"{where}.{name} must be a number, got {value!r}") from err
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+            raise ConfigError(f"{where}.{name} must be a positive number, got {value!r}")
+        runner[name] = int(value)
+    env_kwargs = entry.get("env_kwargs") or {}
+    if not isinstance(env_kwargs, dict):
+        raise ConfigError(f"{where}.env_kwargs must be a mapping")
+    return AgentHyperparams(
+        n_envs=runner["n_envs"], n_timesteps=runner["n_timesteps"], policy=str(entry.get("policy", "MlpPolicy")),
+        normalize=normalize, env_kwargs=env_kwargs, model_kwargs=model_kwargs, raw=entry,
+    )

@@ -1,0 +1,176 @@
+"""Train a sampling policy with SB3 PPO on a DUS env, save it, and evaluate it against the samplers.
+
+The run folder holds ``policy.zip`` (SB3 model), ``vecnormalize.pkl`` (when normalising),
+``policy.json`` (the env settings the policy acts under), ``config.yml`` (the hyper-parameters as
+written), ``args.yml``, ``command.txt``, ``checkpoints/``, ``eval/`` (EvalCallback),
+``tb/`` (TensorBoard) and, after the evaluation, ``compare/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import CallbackList, EvalCallback
+from stable_baselines3.common.vec_env import VecNormalize
+
+from dus_gym.core.config import ConfigError, to_dict
+from dus_gym.core.files import new_run_folder, write_text_atomic
+from dus_gym.core.specs import sampler_settings, specs_dir
+from dus_gym.experiments.compare import SamplerSpec, run_comparison
+from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
+from dus_gym.rl.hyperparams import AgentHyperparams, load_hyperparams
+from dus_gym.rl.registration import env_run_config
+from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env
+from dus_gym.samplers.ppo import POLICY_FORMAT, POLICY_VERSION
+
+EVAL_SEED_OFFSET = 10_000
+"""EvalCallback's env is seeded here, away from the training envs' seeds."""
+
+
+@dataclass(frozen=True)
+class TrainPolicyConfig:
+    """A policy-training run (what ``train_policy.py`` parses)."""
+
+    env_id: str = "dus_gym/Synthetic-v0"
+    """A registered DUS env id."""
+    hyperparams: str | None = None
+    """RL Zoo style YAML of PPO hyper-parameters (default: the shipped agents/ppo.yml)."""
+    seed: int = 0
+    """Seed of PPO and of the training envs (env i gets seed + i)."""
+    n_timesteps: int | None = None
+    """Overrides the file's n_timesteps (env steps, all envs together)."""
+    vec_env: str = "subproc"
+    """"dummy" (one process), "subproc" (one process per env, started with spawn, pinned to ``devices``),
+    "vectorized" (one process, the envs' learners batched: dus_gym.rl.vectorized) or "ray" (one Ray actor per env)."""
+    devices: tuple[str, ...] | None = None
+    """Learner devices, round robin over the envs (None: every visible GPU when the learner is on cuda/auto)."""
+    ray: dict[str, Any] = field(default_factory=dict)
+    """RayVecEnvConfig fields for vec_env "ray": address, num_cpus_per_env, num_gpus_per_env, init_kwargs."""
+    run_dir: str = "runs"
+    """Parent folder of the run folder."""
+    resume: str | None = None
+    """A run folder to continue from its last checkpoint."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the env's kwargs (e.g. n_iterations, iterations_per_step)."""
+    eval_freq: int = 2000
+    """EvalCallback period in env steps (all envs together); 0 disables it."""
+    n_eval_episodes: int = 2
+    """Episodes per EvalCallback evaluation."""
+    checkpoint_freq: int = 2000
+    """Checkpoint period in env steps (all envs together)."""
+    evaluate: bool = True
+    """After training, compare the saved policy with uniform and heuristic on held-out seeds."""
+    eval_seeds: tuple[int, ...] = (100, 101, 102, 103, 104)
+    """Held-out learner seeds of that comparison (never drawn by training episodes in practice)."""
+    controls: bool = True
+    """Add the policy's own controls: constant at its mean counts, open-loop replay."""
+    grid: bool = False
+    """Add the best constant counts of a small grid (6 more rows; slower)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.vec_env not in VEC_ENVS:
+            raise ConfigError(f"vec_env must be one of {VEC_ENVS.names()}, got '{self.vec_env}'")
+        if self.n_timesteps is not None and self.n_timesteps < 1:
+            raise ConfigError(f"n_timesteps must be >= 1, got {self.n_timesteps}")
+        if self.eval_freq < 0 or self.checkpoint_freq < 1:
+            raise ConfigError(f"eval_freq must be >= 0 and checkpoint_freq >= 1, got {self.eval_freq} and "
+                              f"{self.checkpoint_freq}")
+
+
+def _latest_checkpoint(folder: Path) -> tuple[Path, Path | None]:
+    zips = sorted((folder / "checkpoints").glob("ppo_*_steps.zip"),
+                  key=lambda p: int(re.findall(r"_(\d+)_steps", p.name)[0]))
+    if not zips:
+        raise FileNotFoundError(f"nothing to resume in {folder}: no checkpoints/ppo_<n>_steps.zip")
+    steps = re.findall(r"_(\d+)_steps", zips[-1].name)[0]
+    stats = folder / "checkpoints" / f"ppo_vecnormalize_{steps}_steps.pkl"
+    return zips[-1], stats if stats.is_file() else None
+
+
+def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Path:
+    """Train, save and (optionally) evaluate a policy; return the run folder."""
+    hp_path = Path(config.hyperparams) if config.hyperparams else specs_dir("agents") / "ppo.yml"
+    hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id)
+    env_kwargs = {**hp.env_kwargs, **config.env_kwargs}
+    n_timesteps = config.n_timesteps or hp.n_timesteps
+    if config.resume:
+        folder = Path(config.resume)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"run folder to resume not found: {folder}")
+        env_run_config(config.env_id, env_kwargs, folder)  # fail early on a bad id or kwargs
+    else:
+        env_run_config(config.env_id, env_kwargs, config.run_dir)  # fail early, before a folder is made
+        folder = new_run_folder(config.run_dir, f"ppo-{config.env_id.split('/')[-1]}-seed{config.seed}")
+    write_text_atomic(folder / "config.yml", yaml.safe_dump({config.env_id: hp.raw}, sort_keys=False))
+    write_text_atomic(folder / "args.yml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_text_atomic(folder / "command.txt", " ".join(argv if argv is not None else sys.argv) + "\n")
+
+    venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env, config.devices,
+                         config.ray)
+    eval_venv = build_vec_env(config.env_id, 1, config.seed + EVAL_SEED_OFFSET, env_kwargs, "dummy")
+    try:
+        stats_path = None
+        if config.resume:
+            model_path, stats_path = _latest_checkpoint(folder)
+        if hp.normalize:
+            if stats_path is not None:
+                venv = VecNormalize.load(str(stats_path), venv)
+            else:
+                venv = VecNormalize(venv, **hp.normalize)
+            eval_venv = VecNormalize(eval_venv, training=False, norm_obs=venv.norm_obs, norm_reward=False)
+        if config.resume:
+            # trusted input: an SB3 zip is unpickled (the run folder is this user's own)
+            model = PPO.load(model_path, env=venv, device="cpu", tensorboard_log=str(folder / "tb"))
+            model._last_obs = None  # the envs are fresh: learn() resets them instead of using a stale observation
+            model.set_random_seed(config.seed + model.num_timesteps)  # a resumed run is reproducible too
+            print(f"resuming from {model_path} at {model.num_timesteps} steps")
+        else:
+            model = PPO(hp.policy, venv, seed=config.seed, device="cpu", tensorboard_log=str(folder / "tb"),
+                        verbose=0, **hp.model_kwargs)
+        callbacks = [DUSMetricsCallback(),
+                     AtomicCheckpointCallback(max(1, config.checkpoint_freq // hp.n_envs), str(folder / "checkpoints"),
+                                              name_prefix="ppo", save_vecnormalize=bool(hp.normalize))]
+        if config.eval_freq > 0:
+            callbacks.append(EvalCallback(eval_venv, n_eval_episodes=config.n_eval_episodes,
+                                          eval_freq=max(1, config.eval_freq // hp.n_envs),
+                                          log_path=str(folder / "eval"), best_model_save_path=str(folder / "eval"),
+                                          deterministic=True, verbose=0))
+        remaining = max(0, n_timesteps - model.num_timesteps)
+        model.learn(remaining, callback=CallbackList(callbacks), progress_bar=config.progress,
+                    reset_num_timesteps=not config.resume, tb_log_name="ppo")
+        if hp.normalize:
+            save_atomic(venv, folder / "vecnormalize.pkl")
+        save_atomic(model, folder / "policy.zip")
+        settings = venv.get_attr("settings", indices=[0])[0]
+        description = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "env_id": config.env_id,
+                       "timesteps": int(model.num_timesteps), **settings}
+        write_text_atomic(folder / "policy.json", json.dumps(description, indent=2))
+    finally:
+        venv.close()
+        eval_venv.close()
+    print(f"policy saved: {folder / 'policy.zip'} ({model.num_timesteps} env steps)")
+    if config.evaluate:
+        evaluate_policy(config, folder, env_kwargs)
+    return folder
+
+
+def evaluate_policy(config: TrainPolicyConfig, folder: Path, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Compare the saved policy with uniform and the heuristic (and controls) on held-out seeds."""
+    base = env_run_config(config.env_id, env_kwargs, folder)
+    specs = [SamplerSpec("uniform", "uniform", {}),
+             SamplerSpec("heuristic", "heuristic", sampler_settings("heuristic", base.task)),
+             SamplerSpec("ppo", "ppo", {"policy": str(folder)})]
+    record = run_comparison(base, specs, list(config.eval_seeds), folder / "compare", alone=False,
+                            controls=config.controls, grid=config.grid, progress=config.progress)
+    print(f"{config.env_id}: held-out seeds {list(config.eval_seeds)}, test accuracy in %:")
+    print(record["table"])
+    return record

@@ -1,0 +1,148 @@
+"""Where the N learners of a policy-training run live: one table of vec-env kinds.
+
+=============  ==========================================================================
+kind           the learners run
+=============  ==========================================================================
+``dummy``      in this process, one after the other (SB3 ``DummyVecEnv``)
+``subproc``    one spawned process per env (SB3 ``SubprocVecEnv``), env i's learner on
+               ``devices[i % len]`` (by default every visible GPU in turn when the learner's
+               device is "cuda" or "auto")
+``vectorized`` in this process, all N in one batched computation (:class:`~dus_gym.rl.vectorized.VecDUSEnv`)
+``ray``        one Ray actor per env with its own CPU/GPU share (:class:`~dus_gym.rl.ray_vec_env.RayVecEnv`)
+=============  ==========================================================================
+
+Every kind is built by :func:`build_vec_env` from an env id and DUSEnv-style overrides, which
+are merged into the spec key by key (:func:`dus_gym.rl.registration.spec_kwargs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
+
+from dus_gym.core.config import ConfigError, from_dict
+from dus_gym.core.registry import Registry
+from dus_gym.core.specs import deep_merge
+from dus_gym.rl.ray_vec_env import RayVecEnv, RayVecEnvConfig
+from dus_gym.rl.registration import spec_kwargs
+from dus_gym.rl.vectorized import VecDUSEnv
+from dus_gym.rl.wrappers import ErrorRecoveryWrapper
+
+VecEnvBuilder = Callable[..., VecEnv]
+
+
+def visible_gpus() -> list[str]:
+    """``["cuda:0", "cuda:1", ...]`` for the GPUs this process sees (empty without CUDA)."""
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def assign_devices(n_envs: int, devices: Sequence[str]) -> list[str]:
+    """Env i's learner device: ``devices[i % len(devices)]`` (round robin)."""
+    if not devices:
+        raise ConfigError("the device list is empty; give at least one device (e.g. cuda:0) or none at all")
+    return [devices[i % len(devices)] for i in range(n_envs)]
+
+
+def env_devices(env_id: str, n_envs: int, env_kwargs: dict[str, Any], devices: Sequence[str] | None
+                ) -> list[str | None]:
+    """Per-env learner devices: ``devices`` round robin; None: visible GPUs for a cuda/auto learner, else unpinned."""
+    if devices is not None:
+        return list(assign_devices(n_envs, devices))
+    wanted = spec_kwargs(env_id, env_kwargs)["learner"].get("device", "cpu")
+    gpus = visible_gpus() if str(wanted) in ("cuda", "auto") else []
+    return list(assign_devices(n_envs, gpus)) if gpus else [None] * n_envs
+
+
+def make_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any], single_thread: bool,
+             device: str | None = None) -> gym.Env:
+    """One monitored env (a picklable factory body for the vec envs); its learner on ``device`` if given.
+
+    Args:
+        env_id: a registered DUS env id.
+        rank: the env's index; its first episode is seeded with ``seed + rank``.
+        seed: the base seed.
+        env_kwargs: overrides of the spec (merged key by key).
+        single_thread: one torch thread (for envs that share the cores with others).
+        device: the learner's device (and CUDA's current device); None: the spec's.
+    """
+    if single_thread:
+        torch.set_num_threads(1)
+    if device is not None and device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(device))
+    if device is not None:
+        env_kwargs = deep_merge(env_kwargs, {"learner": {"device": device}})
+    env = ErrorRecoveryWrapper(gym.make(env_id, **env_kwargs))  # an env that raises must not stop PPO
+    env = Monitor(env, info_keywords=env.unwrapped.info_keywords())
+    env.reset(seed=seed + rank)
+    env.action_space.seed(seed + rank)
+    return env
+
+
+def build_dummy(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
+                devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
+    """``DummyVecEnv``: the envs in this process, one after the other."""
+    pinned = assign_devices(n_envs, devices) if devices is not None else [None] * n_envs
+    return DummyVecEnv([partial(make_env, env_id, i, seed, env_kwargs, False, pinned[i]) for i in range(n_envs)])
+
+
+def build_subproc(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
+                  devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
+    """``SubprocVecEnv`` (spawn), env i's learner on its device; one env runs in this process."""
+    if n_envs == 1:
+        return build_dummy(env_id, n_envs, seed, env_kwargs, devices)
+    pinned = env_devices(env_id, n_envs, env_kwargs, devices)
+    factories = [partial(make_env, env_id, i, seed, env_kwargs, True, pinned[i]) for i in range(n_envs)]
+    return SubprocVecEnv(factories, start_method="spawn")
+
+
+def build_vectorized(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
+                     devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
+    """One :class:`~dus_gym.rl.vectorized.VecDUSEnv` (N learners batched on one device), monitored."""
+    if devices is not None:
+        if len(set(devices)) > 1:
+            raise ConfigError("the vectorised env runs its learners on one device; give one device or use "
+                              "vec_env 'subproc' or 'ray' for several")
+        env_kwargs = deep_merge(env_kwargs, {"learner": {"device": devices[0]}})
+    venv = VecDUSEnv(n_envs, seed=seed, **spec_kwargs(env_id, env_kwargs))
+    return VecMonitor(venv, info_keywords=venv.info_keywords())
+
+
+def build_ray(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
+              devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
+    """:class:`~dus_gym.rl.ray_vec_env.RayVecEnv`: one Ray actor per env (``ray``: RayVecEnvConfig fields)."""
+    config = from_dict(RayVecEnvConfig, ray or {}, "ray")
+    # an actor with a GPU share sees only its own GPUs (Ray sets CUDA_VISIBLE_DEVICES): "cuda" is then right
+    pinned = assign_devices(n_envs, devices) if devices is not None else [None] * n_envs
+    factories = [partial(make_env, env_id, i, seed, env_kwargs, True, pinned[i]) for i in range(n_envs)]
+    return RayVecEnv(factories, config)
+
+
+VEC_ENVS: Registry[VecEnvBuilder] = Registry("vec_env", {
+    "dummy": build_dummy, "subproc": build_subproc, "vectorized": build_vectorized, "ray": build_ray,
+})
+"""vec_env kind -> builder ``(env_id, n_envs, seed, env_kwargs, devices, ray) -> VecEnv``."""
+
+
+def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], kind: str,
+                  devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
+    """A VecEnv of ``n_envs`` monitored DUS envs of ``kind`` (see the module docstring).
+
+    Args:
+        env_id: a registered DUS env id.
+        n_envs: number of envs (learners).
+        seed: env i's first episode is seeded with ``seed + i``.
+        env_kwargs: overrides of the env's spec (merged key by key).
+        kind: a key of :data:`VEC_ENVS`.
+        devices: learner devices, round robin over the envs; None: for "subproc" see :func:`env_devices`, for
+            the others the spec's device (for "ray" with a GPU share, "cuda" is the actor's own GPU).
+        ray: :class:`dus_gym.rl.ray_vec_env.RayVecEnvConfig` fields (kind "ray").
+    """
+    if kind not in VEC_ENVS:
+        raise ConfigError(f"vec_env must be one of {VEC_ENVS.names()}, got '{kind}'")
+    return VEC_ENVS.get(kind)(env_id, n_envs, seed, env_kwargs, devices, ray)

@@ -1,0 +1,91 @@
+"""Gymnasium wrappers of the policy-training envs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from dus_gym.samplers.action import ActionError
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorRecoveryWrapper(gym.Wrapper):
+    """Turns an exception raised inside the env into a truncated transition, so PPO keeps training.
+
+    A policy-training run lasts hours over many envs; one env that raises (an unreadable clip, a
+    CUDA hiccup, a bug met on a rare path) should not take the agent down with it. When the
+    wrapped env's ``step`` raises, the wrapper logs a warning, returns the last observation with
+    reward ``-penalty``, ``truncated=True`` and ``info["env_error"]`` (the exception), and the vec
+    env then resets the env as after any episode end. A failing ``reset`` is retried. An invalid
+    action (:class:`dus_gym.samplers.action.ActionError`) is the agent's fault and is raised, as is the
+    exception after ``max_errors`` failures in a row (a broken env must still stop the run).
+
+    Args:
+        env: the env to protect.
+        max_errors: failures in a row (steps or resets without a good step between) that are re-raised.
+        penalty: subtracted from the reward of the failed step (0: an env failure is not the agent's doing).
+    """
+
+    def __init__(self, env: gym.Env, max_errors: int = 3, penalty: float = 0.0) -> None:
+        super().__init__(env)
+        if max_errors < 1:
+            raise ValueError(f"max_errors must be >= 1, got {max_errors}")
+        self.max_errors = max_errors
+        self.penalty = float(penalty)
+        self.n_errors = 0
+        """Failures caught since the wrapper was made."""
+        self._in_a_row = 0
+        self._last_obs: Any = None
+        keywords = getattr(env.unwrapped, "info_keywords", None)
+        self._keywords: tuple[str, ...] = tuple(keywords()) if callable(keywords) else ()
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Reset the env, retrying (without the seed) after a failure."""
+        while True:
+            try:
+                obs, info = self.env.reset(**kwargs)
+                break
+            except Exception as err:
+                self._failed("reset", err)
+                kwargs.pop("seed", None)  # the same seed would fail the same way
+        self._last_obs = obs
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Step the env; an exception becomes a truncated transition (see the class docstring)."""
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except ActionError:
+            raise
+        except Exception as err:
+            self._failed("step", err)
+            if self._last_obs is None:
+                raise
+            # what an episode end must report to a Monitor; NaN, not a made-up value
+            info = {key: float("nan") for key in self._keywords}
+            info["env_error"] = f"{type(err).__name__}: {err}"
+            return self._last_obs, -self.penalty, False, True, info
+        self._in_a_row = 0
+        self._last_obs = obs
+        return obs, reward, terminated, truncated, info
+
+    def _failed(self, where: str, err: Exception) -> None:
+        self.n_errors += 1
+        self._in_a_row += 1
+        if self._in_a_row > self.max_errors:
+            raise err
+        spec = self.env.spec.id if self.env.spec is not None else type(self.env.unwrapped).__name__
+        logger.warning("env %s raised in %s (%s: %s); the episode is truncated and the env reset "
+                       "(%d failure(s) so far)", spec, where, type(err).__name__, err, self.n_errors)
+
+
+def is_finite_info(value: Any) -> bool:
+    """True for a finite number (the NaN placeholders of a failed step are not logged as metrics)."""
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,132 @@
+"""The ``ppo`` sampler: counts from a saved SB3 policy, as in the env it was trained in.
+
+A policy trained in a :class:`dus_gym.rl.env.DUSEnv` is saved as a folder with ``policy.zip`` (the SB3
+model), ``vecnormalize.pkl`` (observation statistics, when used) and ``policy.json`` (the env
+settings it was trained under: step size K, action mapping, B, M). Loading a zip or a pickle
+unpickles Python objects: load only policies you trust.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dus_gym.samplers.action import CountsAction
+from dus_gym.samplers.base import Sampler, SamplerState
+
+POLICY_FORMAT = "dus-gym-policy"
+POLICY_VERSION = 1
+ACTING_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0}
+"""What ``PPO.load`` need not unpickle to act (the training schedules), as the RL Zoo's enjoy script does."""
+
+
+def resolve_policy_dir(path: str | Path) -> Path:
+    """The policy folder from a folder or from its ``policy.zip``; a clear error if incomplete."""
+    path = Path(path)
+    folder = path.parent if path.suffix == ".zip" else path
+    if not (folder / "policy.zip").is_file() or not (folder / "policy.json").is_file():
+        raise FileNotFoundError(f"no saved policy at {path}: expected a folder with policy.zip and policy.json "
+                                "(written by train_policy.py)")
+    return folder
+
+
+def read_policy_settings(folder: Path) -> dict[str, Any]:
+    """Read and check ``policy.json``."""
+    try:
+        settings = json.loads((folder / "policy.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / 'policy.json'} is not valid JSON ({err})") from err
+    if settings.get("format") != POLICY_FORMAT:
+        raise ValueError(f"{folder / 'policy.json'} is not a dus-gym policy description")
+    if settings.get("version") != POLICY_VERSION:
+        raise ValueError(f"policy at {folder} has format version {settings.get('version')}, this dus-gym reads "
+                         f"version {POLICY_VERSION}; retrain it with train_policy.py")
+    return settings
+
+
+class PolicySampler(Sampler):
+    """Counts from a saved SB3 policy, decided every K iterations as in the env it was trained in.
+
+    The observation is the env's (``SamplerState.observation``, clipped to the policy's observation
+    space and normalised with the saved VecNormalize statistics); the counts are held for K
+    iterations, as one env step does.
+
+    Args:
+        batch_size: B (must match the policy's).
+        n_modalities: M (must match the policy's).
+        policy: folder of the saved policy, or its policy.zip (trusted input only: it is unpickled).
+        deterministic: take the mean action (True) or sample from the policy.
+    """
+
+    name = "ppo"
+
+    def __init__(self, batch_size: int, n_modalities: int, policy: str = "", deterministic: bool = True) -> None:
+        super().__init__(batch_size, n_modalities)
+        if not policy:
+            raise ValueError("the ppo sampler needs a policy: --policy PATH (a folder written by train_policy.py)")
+        folder = resolve_policy_dir(policy)
+        settings = read_policy_settings(folder)
+        if len(settings["modalities"]) != n_modalities:
+            raise ValueError(f"policy at {folder} was trained for {len(settings['modalities'])} modalities "
+                             f"{settings['modalities']}, this task has {n_modalities}")
+        if settings["batch_size"] != batch_size:
+            raise ValueError(f"policy at {folder} was trained with B = {settings['batch_size']}, this run has "
+                             f"B = {batch_size}; set learner.batch_size={settings['batch_size']}")
+        env = settings["env"]
+        self.actions = CountsAction(n_modalities, env["n_min"], env["n_max"], env["action_type"],
+                                    tuple(env["count_levels"]))
+        self.iterations_per_step = int(env["iterations_per_step"])
+        self.deterministic = deterministic
+        self.settings = settings
+        from stable_baselines3 import PPO
+
+        try:
+            # unpickles: trusted input only; the training schedules are not needed to act
+            self.model = PPO.load(folder / "policy.zip", device="cpu", custom_objects=ACTING_OBJECTS)
+        except Exception as err:  # a truncated zip, another SB3's pickles, a file that is no model
+            raise ValueError(f"{folder / 'policy.zip'} is not a loadable SB3 PPO model ({type(err).__name__}: "
+                             f"{err}); retrain it with train_policy.py") from err
+        expected = (4 * n_modalities + 1,)
+        if self.model.observation_space.shape != expected:
+            raise ValueError(f"policy at {folder} expects observations of shape "
+                             f"{self.model.observation_space.shape}, this task gives {expected}")
+        self.obs_rms = None
+        if (folder / "vecnormalize.pkl").is_file():
+            with open(folder / "vecnormalize.pkl", "rb") as f:
+                vec_normalize = pickle.load(f)  # noqa: S301 (trusted input, documented)
+            if vec_normalize.norm_obs:
+                self.obs_rms = vec_normalize
+        self._held: np.ndarray | None = None
+
+    def reset(self) -> None:
+        """Forget the held counts."""
+        self._held = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counts held until the next decision."""
+        return {"held": None if self._held is None else self._held.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the held counts."""
+        held = state.get("held")
+        self._held = None if held is None else np.asarray(held, dtype=np.int64)
+
+    def normalize(self, observation: np.ndarray) -> np.ndarray:
+        """The observation as the policy saw it in training (clipped to its space, then normalised)."""
+        space = self.model.observation_space
+        observation = np.clip(observation, space.low, space.high).astype(np.float32)
+        if self.obs_rms is None:
+            return observation
+        return self.obs_rms.normalize_obs(observation[None])[0].astype(np.float32)
+
+    def counts(self, state: SamplerState) -> np.ndarray:
+        """A new decision every K iterations; the held counts in between."""
+        if self._held is None or state.iteration % self.iterations_per_step == 0:
+            action, _ = self.model.predict(self.normalize(state.observation), deterministic=self.deterministic)
+            self._held = self.actions.to_counts(np.clip(action, -1, 1) if self.actions.action_type == "box"
+                                                else action)
+        return self._held.copy()

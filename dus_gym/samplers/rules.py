@@ -1,0 +1,128 @@
+"""Rule-based samplers: uniform, the DUS heuristic, constant counts, and an open-loop count schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from dus_gym.core.config import check_count_range
+from dus_gym.samplers.base import Sampler, SamplerState
+
+
+class UniformSampler(Sampler):
+    """B samples of every modality at every iteration: plain joint training."""
+
+    name = "uniform"
+
+    def counts(self, state: SamplerState) -> np.ndarray:
+        """B for every modality."""
+        return np.full(self.n_modalities, self.batch_size, dtype=np.int64)
+
+
+class HeuristicSampler(Sampler):
+    """DUS heuristic: n(m) = clip(round(M B softmax_m(-alpha d(m))), n_min, n_max).
+
+    The modality ahead (d > 0) gets fewer samples, the one behind more; with d = 0 every modality
+    gets B. During the first ``warmup`` iterations every modality gets B (the CMD is still noise).
+
+    Args:
+        batch_size: B.
+        n_modalities: M.
+        alpha: sharpness, bounded to [0, 100] (an aggressive alpha hurt at short budgets).
+        n_min: smallest count (>= 1).
+        n_max: largest count (>= n_min).
+        warmup: iterations at B each before the heuristic acts.
+    """
+
+    name = "heuristic"
+    max_alpha: ClassVar[float] = 100.0
+
+    def __init__(
+        self,
+        batch_size: int,
+        n_modalities: int,
+        alpha: float = 10.0,
+        n_min: int = 8,
+        n_max: int = 256,
+        warmup: int = 0,
+    ) -> None:
+        super().__init__(batch_size, n_modalities)
+        if not 0.0 <= alpha <= self.max_alpha:
+            raise ValueError(f"heuristic alpha must be in [0, {self.max_alpha}], got {alpha}")
+        check_count_range(n_min, n_max, "heuristic")
+        if warmup < 0:
+            raise ValueError(f"heuristic warmup must be >= 0, got {warmup}")
+        self.alpha = float(alpha)
+        self.n_min = int(n_min)
+        self.n_max = int(n_max)
+        self.warmup = int(warmup)
+
+    def counts(self, state: SamplerState) -> np.ndarray:
+        """The formula above, from the state's discrepancy."""
+        if state.iteration < self.warmup:
+            return np.full(self.n_modalities, self.batch_size, dtype=np.int64)
+        logits = -self.alpha * np.asarray(state.discrepancy, dtype=np.float64)
+        weights = np.exp(logits - logits.max())
+        weights /= weights.sum()
+        raw = np.rint(self.n_modalities * self.batch_size * weights)
+        return np.clip(raw, self.n_min, self.n_max).astype(np.int64)
+
+
+class ConstantSampler(Sampler):
+    """The same fixed counts at every iteration (also trains one modality alone: counts (B, 0)).
+
+    Args:
+        batch_size: B.
+        n_modalities: M.
+        counts: the M fixed counts (non-negative, at least one positive).
+    """
+
+    name = "constant"
+
+    def __init__(self, batch_size: int, n_modalities: int, counts: Sequence[int] = ()) -> None:
+        super().__init__(batch_size, n_modalities)
+        fixed = np.asarray(counts, dtype=np.int64)
+        if fixed.shape != (n_modalities,) or fixed.min() < 0 or fixed.max() < 1:
+            raise ValueError(f"constant sampler needs {n_modalities} non-negative counts with one positive, "
+                             f"got {list(counts)}")
+        self.fixed = fixed
+
+    def counts(self, state: SamplerState) -> np.ndarray:
+        """The fixed counts."""
+        return self.fixed.copy()
+
+
+class ScheduleSampler(Sampler):
+    """Replays a count schedule open-loop, indexed by training progress t / T.
+
+    Args:
+        batch_size: B.
+        n_modalities: M.
+        schedule: (L, M) counts, or the path of a ``counts.npy`` written by a run; at progress p
+            the sampler returns row floor(p L), so a schedule of any length fits any budget.
+    """
+
+    name = "schedule"
+
+    def __init__(self, batch_size: int, n_modalities: int, schedule: Sequence[Sequence[int]] | str = ()) -> None:
+        super().__init__(batch_size, n_modalities)
+        if isinstance(schedule, (str, Path)):
+            path = Path(schedule)
+            if not path.is_file():
+                raise FileNotFoundError(f"count schedule not found: {path}")
+            schedule = np.load(path, allow_pickle=False)
+        table = np.asarray(schedule, dtype=np.int64)
+        if table.ndim != 2 or table.shape[1] != n_modalities or len(table) == 0:
+            raise ValueError(f"schedule must be a non-empty (L, {n_modalities}) table of counts, "
+                             f"got shape {table.shape}")
+        if table.min() < 0 or (table.max(axis=1) < 1).any():
+            raise ValueError("schedule counts must be >= 0 with one positive count per row")
+        self.schedule = table
+
+    def counts(self, state: SamplerState) -> np.ndarray:
+        """The row of the schedule at the state's progress."""
+        row = min(len(self.schedule) - 1, int(state.progress * len(self.schedule)))
+        return self.schedule[row].copy()

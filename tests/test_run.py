@@ -1,0 +1,37 @@
+"""The run loop's hooks: a user's callback sees every iteration and can stop the run."""
+
+import json
+
+import numpy as np
+
+from dus_gym.core.config import RunConfig, from_dict
+from dus_gym.experiments.callbacks import RunCallback
+from dus_gym.experiments.run import run_training
+
+
+class StopAt(RunCallback):
+    def __init__(self, stop: int) -> None:
+        super().__init__()
+        self.stop, self.seen, self.validated, self.ended = stop, [], [], False
+
+    def _on_iteration(self) -> bool:
+        self.seen.append(self.run.iteration)
+        if self.run.validation is not None:
+            self.validated.append(self.run.iteration)
+        assert self.run.stats.counts[0].tolist() == list(self.run.history[self.run.iteration - 1])
+        return self.run.iteration < self.stop
+
+    def _on_run_end(self) -> None:
+        self.ended = True
+
+
+def test_a_callback_sees_every_iteration_and_can_stop_the_run(tmp_path):
+    config = from_dict(RunConfig, {"task": "synthetic", "task_kwargs": {"hidden_dim": 8}, "sampler": "heuristic",
+                                   "n_iterations": 40, "eval_every": 5, "tensorboard": False})
+    callback = StopAt(12)
+    result = run_training(config, run_dir=tmp_path, progress=False, probe=False, callbacks=[callback])
+    assert callback.seen == list(range(1, 13)) and callback.validated == [5, 10] and callback.ended
+    assert result.summary["iterations"] == 12 and result.counts.shape == (12, 2)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["iterations"] == 12 and np.load(tmp_path / "counts.npy").shape == (12, 2)
+    assert not (tmp_path / "checkpoint.pt").exists()
