@@ -19,6 +19,9 @@ from typing import Any, TypeVar, Union
 
 T = TypeVar("T")
 
+FUSIONS = ("concat", "sum", "gated", "film")
+"""The fusion heads of the model (``learner.fusion``; built by :func:`dus_gym.core.model.fusion_head`)."""
+
 
 @dataclass(frozen=True)
 class LearnerConfig:
@@ -37,7 +40,7 @@ class LearnerConfig:
     unimodal_loss: str = "scaled"
     """"scaled": each unimodal loss times n(m)/B (the DUS default); "mean": plain batch average."""
     fusion: str = "concat"
-    """Fusion of the encoders' features: "concat" (a linear head on the concatenation)."""
+
     device: str = "cpu"
     """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available)."""
     eval_batch_size: int = 1024
@@ -82,7 +85,7 @@ class LearnerConfig:
                f"learner.precision must be 'fp32' or 'bf16', got '{self.precision}'")
         _check(self.count_sizes is None or (len(self.count_sizes) > 0 and min(self.count_sizes) >= 1),
                f"learner.count_sizes must be positive sizes or null, got {self.count_sizes}")
-        _check(self.fusion == "concat", f"learner.fusion must be 'concat', got '{self.fusion}'")
+        _check(self.fusion in FUSIONS, f"learner.fusion must be one of {list(FUSIONS)}, got '{self.fusion}'")
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,14 @@ class RunConfig:
     """The Gymnasium id this spec is registered under (specs in envs/), e.g. dus_gym/MFeat-v0."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """Env settings (step size K, action mapping, reward weights) for DUSEnv."""
+    flops_every: int | None = 50
+    """Count the FLOPs of every this many-th iteration (torch.utils.flop_counter; None: never); the
+    run reports their mean as FLOPs per iteration."""
 
     def __post_init__(self) -> None:
         Budget(self.n_iterations, self.epochs)  # the budget rule
+        _check(self.flops_every is None or self.flops_every >= 1,
+               f"flops_every must be >= 1 or null, got {self.flops_every}")
         _check(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be >= 1 or null, got {self.checkpoint_every}")
