@@ -17,7 +17,7 @@ from torch import nn
 
 from dus_gym.core.config import ConfigError, LearnerConfig
 from dus_gym.core.learner import Learner
-from dus_gym.core.methods import METHODS, IterationBatch, StepContext, check_method_fusion, make_method
+from dus_gym.core.methods import METHODS, IterationBatch, check_method_fusion, make_method
 from dus_gym.core.methods.agm import agm_coefficients, agm_responses
 from dus_gym.core.methods.gblending import blending_weights
 from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
