@@ -2,10 +2,10 @@
 
 A method receives the iteration's per-modality batches (the sampler's counts, see docs/method.md)
 and leaves gradients for the optimiser, or steps the optimiser itself (``mla``). Every method
-works with every sampler. Those that train the encoders only on the paired part (``joint``,
-``ogm-ge`` without ``aux``, ``agm``, ``mmcosine``) see the counts through the paired batch size
-min_m n(m); the extra samples of a modality then only train its unimodal head on detached
-features, which keeps the CMD measurable.
+works with every sampler. Those that train the encoders on the paired part (``joint``,
+``ogm-ge`` without ``aux``, ``pmr``, ``agm``, ``mmcosine``) see the counts through the paired batch
+size min_m n(m) (PMR's prototype loss also through n(m)); the extra samples of a modality train
+its unimodal head on detached features, which keeps the CMD measurable.
 """
 
 from __future__ import annotations
@@ -127,23 +127,29 @@ def in_window(progress: float | None, start: float, end: float) -> bool:
     return progress is None or start <= progress < end
 
 
-def modality_logits(model: nn.Module, features: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The fusion head's logits split by modality, out_m (OGM-GE's and PMR's per-modality outputs).
+def fusion_parts(model: nn.Module, dims: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fusion head's (weight, bias) part that reads each modality, for features of sizes ``dims``.
 
-    Concatenation: out_m = h_m W_m^T + b / M, W_m the columns of the fusion weight that read m's
-    features; sum: out_m = W_m h_m + b_m, m's own linear map. Other fusion heads do not split.
+    Concatenation: the columns of the fusion weight that read m's features and b / M (the split of
+    OGM-GE's and MMCosine's code); sum: m's own linear map. The gated and FiLM heads do not split.
     """
     kind = getattr(model, "fusion_kind", "concat")
     if kind == "sum":
-        return [part(h) for part, h in zip(model.fusion.parts, features, strict=True)]
+        return [(part.weight, part.bias) for part in model.fusion.parts]
     if kind != "concat":
-        raise ValueError(f"the fusion head '{kind}' does not split into per-modality logits (concat and sum do)")
+        raise ValueError(f"the fusion head '{kind}' does not split by modality (concat and sum do)")
     weight, bias = model.fusion.weight, model.fusion.bias
-    out, start = [], 0
-    for h in features:
-        out.append(h @ weight[:, start : start + h.shape[1]].to(h.dtype).T + bias.to(h.dtype) / len(features))
-        start += h.shape[1]
-    return out
+    parts, start = [], 0
+    for d in dims:
+        parts.append((weight[:, start : start + d], bias / len(dims)))
+        start += d
+    return parts
+
+
+def modality_logits(model: nn.Module, features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The fusion head's logits split by modality: out_m = h_m W_m^T + b_m (:func:`fusion_parts`; OGM-GE's scores)."""
+    parts = fusion_parts(model, [h.shape[1] for h in features])
+    return [h @ w.to(h.dtype).T + b.to(h.dtype) for h, (w, b) in zip(features, parts, strict=True)]
 
 
 def nan_scalar(device: torch.device) -> torch.Tensor:

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dus_gym.core.config import ConfigError
-from dus_gym.core.methods.base import IterationBatch, Method, MethodOutput, StepContext, forward, total_loss
+from dus_gym.core.methods.base import (
+    IterationBatch,
+    Method,
+    MethodOutput,
+    StepContext,
+    forward,
+    fusion_parts,
+    total_loss,
+)
 
 
 def cosine_logits(model: nn.Module, features: list[torch.Tensor], scaling: float) -> torch.Tensor:
@@ -20,16 +28,7 @@ def cosine_logits(model: nn.Module, features: list[torch.Tensor], scaling: float
     of the concatenation head that read m; with sum fusion, m's own linear map); features and class
     vectors are normalised modality by modality, so no modality can dominate by its norm.
     """
-    kind = getattr(model, "fusion_kind", "concat")
-    if kind == "sum":
-        weights = [part.weight for part in model.fusion.parts]
-    elif kind == "concat":
-        weights, start = [], 0
-        for h in features:
-            weights.append(model.fusion.weight[:, start : start + h.shape[1]])
-            start += h.shape[1]
-    else:
-        raise ValueError(f"mmcosine needs a fusion head that splits by modality (concat or sum), got '{kind}'")
+    weights = [w for w, _ in fusion_parts(model, [h.shape[1] for h in features])]
     return scaling * sum(F.normalize(h, dim=1) @ F.normalize(w.to(h.dtype), dim=1).T
                          for h, w in zip(features, weights, strict=True))
 
