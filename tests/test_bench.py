@@ -13,7 +13,7 @@ from dus_gym.core.config import ConfigError
 from dus_gym.experiments.bench import README_END, README_START, BenchConfig, run_bench, write_readme_block
 
 SMALL = {"task_kwargs": {"n_samples": 300, "dominant_dim": 32, "weak_dim": 8, "hidden_dim": 16},
-         "eval_every": 15, "learner": {"batch_size": 16}}
+         "eval_every": 15, "learner": {"batch_size": 16}, "flops_every": 10}
 
 
 @pytest.fixture(scope="module")

@@ -52,5 +52,6 @@ def test_flops_per_iteration_match_the_layers_by_hand(tmp_path):
     want = sum(4 * n * d * h + 6 * n * h * h + 6 * n * h * C for d in (32, 8)) + 12 * n * h * C
     assert summary["flops_per_iteration"] == want
     assert summary["optimizer_steps"] == 6 and set(summary["shapley"]) == {"dominant", "weak"}
-    none = run_training(RunConfig(**{**config.__dict__, "flops_every": None}), progress=False, probe=False).summary
-    assert none["flops_per_iteration"] is None
+    for every in (None, 7):  # never; or not within a run of 6 iterations
+        other = run_training(RunConfig(**{**config.__dict__, "flops_every": every}), progress=False, probe=False)
+        assert other.summary["flops_per_iteration"] is None

@@ -176,9 +176,9 @@ class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     """Env settings (step size K, action mapping, reward weights) for DUSEnv."""
     flops_every: int | None = 100
-    """Count the FLOPs of every this many-th iteration, from the first (torch.utils.flop_counter; None:
-    never); the run reports their mean as FLOPs per iteration. A counted iteration runs several
-    times slower on a CPU, and the run's wall time includes it (about 5 % at 100)."""
+    """Count the FLOPs of every this many-th iteration (torch.utils.flop_counter; None: never); the run
+    reports their mean as FLOPs per iteration (None for a run shorter than this). A counted iteration
+    runs several times slower on a CPU, and the run's wall time includes it (about 5 % at 100)."""
 
     def __post_init__(self) -> None:
         Budget(self.n_iterations, self.epochs)  # the budget rule

@@ -75,7 +75,7 @@ class TrainingRun:
         self.validation: Evaluation | None = None
         """The validation of the last iteration, when it was evaluated (else None)."""
         self.flops: list[int] = []
-        """FLOPs of the sampled iterations (every ``config.flops_every``-th; forward and backward as run)."""
+        """FLOPs of the sampled iterations (the ``config.flops_every``-th, twice that, ...; as run, forward and backward)."""
         self.elapsed = 0.0
         self._clock = time.perf_counter()
 
@@ -126,7 +126,7 @@ class TrainingRun:
         t = self.iteration
         counts = np.asarray(self.sampler.counts(self.sampler_state()), dtype=np.int64)
         every = self.config.flops_every
-        if every and t % every == 0 and not self.config.learner.compile:
+        if every and (t + 1) % every == 0 and not self.config.learner.compile:
             counter = FlopCounterMode(display=False)
             with counter:
                 stats = self.episodes.iterate(counts[None])
