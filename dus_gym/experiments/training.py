@@ -75,7 +75,7 @@ class TrainingRun:
         self.validation: Evaluation | None = None
         """The validation of the last iteration, when it was evaluated (else None)."""
         self.flops: list[int] = []
-        """FLOPs of the sampled iterations (the ``config.flops_every``-th, twice that, ...; as run, forward and backward)."""
+        """FLOPs of the sampled iterations (the ``config.flops_every``-th, twice that, ...; forward and backward)."""
         self.elapsed = 0.0
         self._clock = time.perf_counter()
 
