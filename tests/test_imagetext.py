@@ -226,3 +226,17 @@ def test_imagetext_envs_pass_both_checkers(prepared, env_id, folder):
     assert env.spec.nondeterministic  # registered for a GPU learner
     gym_check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped)
+
+
+def test_prepare_from_the_command_line(prepared, tmp_path, capsys):
+    root, vocab, _, _ = prepared
+    assert main(["prepare", "sarcasm", str(root / "raw-sarcasm"), str(tmp_path / "sa"), "--tokenizer", str(vocab),
+                 "--image-size", "32", "--workers", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"sarcasm: 8 train / 4 val / 4 test samples, 2 classes, in {tmp_path / 'sa'}"
+    assert (tmp_path / "sa" / "metadata.json").is_file()
+    assert main(["prepare", "sarcasm", str(root / "raw-sarcasm"), str(tmp_path / "x"), "--frame-size", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dus-gym: error: --frame-size does not apply to 'sarcasm'") and len(err.splitlines()) == 1
+    assert main(["prepare", "twitter2015", str(tmp_path / "nowhere"), str(tmp_path / "y")]) == 2
+    assert "raw data folder not found" in capsys.readouterr().err and not (tmp_path / "y").exists()

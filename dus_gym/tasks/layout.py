@@ -59,12 +59,12 @@ def read_metadata(root: Path, dataset: str, fmt: str, layout: str, splits: Seque
     return metadata
 
 
-def read_split_csv(root: Path, split: str) -> list[list[str]]:
-    """The rows of ``root/<split>.csv`` without its header; an empty list is an error."""
+def read_split_csv(root: Path, split: str, what: str = "clips") -> list[list[str]]:
+    """The rows of ``root/<split>.csv`` without its header; an empty list is an error ("lists no <what>")."""
     with open(root / f"{split}.csv", newline="") as f:
         rows = [row for row in list(csv.reader(f))[1:] if row]
     if not rows:
-        raise ValueError(f"{root / f'{split}.csv'} lists no sample; rerun 'dus-gym prepare'")
+        raise ValueError(f"{root / f'{split}.csv'} lists no {what}; rerun 'dus-gym prepare'")
     return rows
 
 

@@ -106,7 +106,7 @@ def make_imagetext(
                                 "resnet50-0676ba61.pth, or set task_kwargs.pretrained=false")
 
     def split(name: str) -> MultimodalSplit:
-        rows = read_split_csv(root_path, name)
+        rows = read_split_csv(root_path, name, "samples")
         images = [row[1] for row in rows]
         missing = [image for image in dict.fromkeys(images) if not (root_path / "images" / f"{image}.jpg").is_file()]
         if missing:
