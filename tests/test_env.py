@@ -17,7 +17,9 @@ from dus_gym.samplers.action import CountsAction
 
 SMALL = {"n_iterations": 40, "iterations_per_step": 20}
 BUILT_IN = ["dus_gym/MFeat-v0", "dus_gym/Synthetic-v0"]
-NEED_DATA = {"dus_gym/CremaD-v0", "dus_gym/KineticsSounds-v0"}  # checked on a fixture in test_audiovisual.py
+NEED_DATA = {"dus_gym/CremaD-v0", "dus_gym/KineticsSounds-v0",  # checked on a fixture in test_audiovisual.py,
+             "dus_gym/Twitter2015-v0", "dus_gym/Sarcasm-v0",  # test_imagetext.py
+             "dus_gym/NVGesture-v0"}  # and test_gesture.py
 
 
 def test_every_registered_id_is_checked_somewhere():
