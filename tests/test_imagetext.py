@@ -130,7 +130,10 @@ def test_task_encoders_and_one_learner_iteration(prepared):
     assert task.modalities == ("text", "image") and task.n_classes == 3
     assert [len(task.splits[s]) for s in ("train", "val", "test")] == [15, 9, 9]
     train = task.splits["train"]
-    assert train.features["text"].shape == (15, 2, 30) and train.features["text"].dtype == torch.int64
+    tokens = train.features["text"][:]
+    assert tokens.shape == (15, 2, 30) and tokens.dtype == torch.int64
+    # the tokens stay on the host when the split moves (forked loader workers index them beside the images)
+    assert train.to("meta").features["text"][[0, 1]].device.type == "cpu"
     images = train.features["image"][np.array([0, 5])]
     assert images.shape == (2, 3, 32, 32)
     text_encoder, image_encoder = task.encoders["text"](), task.encoders["image"]()
@@ -240,3 +243,19 @@ def test_prepare_from_the_command_line(prepared, tmp_path, capsys):
     assert err.startswith("dus-gym: error: --frame-size does not apply to 'sarcasm'") and len(err.splitlines()) == 1
     assert main(["prepare", "twitter2015", str(tmp_path / "nowhere"), str(tmp_path / "y")]) == 2
     assert "raw data folder not found" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_loader_workers_give_the_same_training_with_tokens_and_images(prepared):
+    root, _, _, _ = prepared
+    # without BERT's dropout: dropout draws from torch's global generator, which a DataLoader with workers advances
+    no_dropout = {**TINY["text_config"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    task = make_task("twitter2015", root=str(root / "twitter"), **{**TINY, "text_config": no_dropout})
+
+    def losses(workers):
+        learner = Learner(task, LearnerConfig(batch_size=3, num_workers=workers, eval_batch_size=8), seed=0)
+        out = [learner.step(counts).loss for counts in ([3, 2], [2, 4], [5, 2], [3, 3], [4, 4])]  # crosses epochs
+        return out, learner.accuracies("val")
+
+    direct, val_direct = losses(0)
+    prefetched, val_prefetched = losses(2)
+    assert prefetched == pytest.approx(direct, rel=1e-5) and val_prefetched == val_direct

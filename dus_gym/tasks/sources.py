@@ -94,3 +94,34 @@ def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (images - mean) / std
+
+
+class HostTensor:
+    """An in-memory modality that stays on the host: batches are moved to the device, as with the lazy sources.
+
+    In a split whose other modalities load from disk in DataLoader worker processes (forked), a
+    tensor moved to CUDA could not be indexed by those workers; wrapped in this, it stays on the
+    CPU (``to`` is a no-op) and every modality of a batch takes the same path to the device.
+
+    Args:
+        data: the tensor, first dimension = samples.
+    """
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data.cpu()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: torch.Tensor | np.ndarray | slice | Sequence[int]) -> torch.Tensor:
+        if isinstance(index, slice):
+            return self.data[index]
+        return self.data[torch.from_numpy(as_index(index, len(self)))]
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> HostTensor:
+        """The samples at ``index``, still on the host."""
+        return HostTensor(self[index])
+
+    def to(self, device: torch.device | str) -> HostTensor:
+        """Stays on the host (batches are moved one by one)."""
+        return self

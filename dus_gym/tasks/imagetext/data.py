@@ -1,7 +1,8 @@
 """Twitter2015 and Sarcasm tasks over the layout written by ``dus-gym prepare`` (:mod:`.prepare`).
 
-Two modalities: ``text`` (the BERT token ids and attention masks, held in memory: (N, 2, L)
-integers) and ``image`` (a lazy source that loads ``images/<image>.jpg``, ImageNet-normalised).
+Two modalities: ``text`` (the BERT token ids and attention masks, held in host memory: (N, 2, L)
+integers, moved to the device batch by batch like the images) and ``image`` (a lazy source that
+loads ``images/<image>.jpg``, ImageNet-normalised).
 The published train / validation / test lists are the three splits. Encoders: BERT-base (text)
 and ResNet-50 (image), fine-tuned from their published weights (BERT ``bert-base-uncased`` from a
 hub name or a local folder, torchvision's ImageNet ResNet-50 from a URL or a local file), or
@@ -23,7 +24,7 @@ from dus_gym.tasks.bert import BertTextEncoder
 from dus_gym.tasks.imagetext.prepare import DEFAULT_TOKENIZER, FORMAT, SPLITS
 from dus_gym.tasks.layout import read_metadata, read_split_csv
 from dus_gym.tasks.resnet import ImageResNetEncoder
-from dus_gym.tasks.sources import ClipSource, imagenet_normalize, load_image
+from dus_gym.tasks.sources import ClipSource, HostTensor, imagenet_normalize, load_image
 from dus_gym.tasks.weights import TORCHVISION_RESNET50, load_state_dict
 
 LAYOUT = ("metadata.json, train.csv, val.csv, test.csv, text/<split>.npz and images/<image>.jpg "
@@ -114,7 +115,7 @@ def make_imagetext(
                                     f"(e.g. {missing[:3]}): rerun 'dus-gym prepare' to finish it")
         labels = np.asarray([int(row[2]) for row in rows], dtype=np.int64)
         tokens = read_tokens(root_path, name, len(rows), int(text["max_length"]))
-        return MultimodalSplit({"text": tokens,
+        return MultimodalSplit({"text": HostTensor(tokens),
                                 "image": ImageFiles(root_path, images, image_size or int(metadata["image"]["size"]))},
                                torch.from_numpy(labels))
 
