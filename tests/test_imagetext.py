@@ -203,11 +203,13 @@ def test_dus_gym_run_and_compare(prepared, tmp_path, capsys):
     config.write_text(yaml.safe_dump({"task_kwargs": {"root": str(root / "twitter"), **TINY},
                                       "learner": CPU_LEARNER, "eval_every": 2, "checkpoint_every": None,
                                       "tensorboard": False}))
-    assert main(["run", "--task", "twitter2015", "--config", str(config), "--sampler", "heuristic",
-                 "--iterations", "3", "--run-dir", str(tmp_path / "runs"), "--no-progress"]) == 0
-    results = json.loads(next((tmp_path / "runs").glob("twitter2015-heuristic-seed0-*/results.json")).read_text())
-    assert results["modalities"] == ["text", "image"] and results["iterations"] == 3
-    assert 0.0 <= results["test"]["fused"]["acc"] <= 1.0 and len(results["mean_counts"]) == 2
+    for task, folder in (("twitter2015", "twitter"), ("sarcasm", "sarcasm")):
+        assert main(["run", "--task", task, "--config", str(config), "--set", f"task_kwargs.root={root / folder}",
+                     "--sampler", "heuristic", "--method", "mla", "--iterations", "3",
+                     "--run-dir", str(tmp_path / "runs"), "--no-progress"]) == 0
+        results = json.loads(next((tmp_path / "runs").glob(f"{task}-mla-heuristic-seed0-*/results.json")).read_text())
+        assert results["modalities"] == ["text", "image"] and results["iterations"] == 3
+        assert 0.0 <= results["test"]["fused"]["acc"] <= 1.0 and len(results["mean_counts"]) == 2
     assert main(["compare", "--task", "sarcasm", "--config", str(config),
                  "--set", f"task_kwargs.root={root / 'sarcasm'}", "--samplers", "uniform", "heuristic",
                  "--seeds", "0", "--iterations", "2", "--no-alone", "--run-dir", str(tmp_path / "runs"),
