@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
          [python, str(HERE / "learner_throughput.py"), "--device", "cuda", "--precision", "bf16", "--channels-last",
           "--compile", "--iterations", "30"], throughput_rows),
         ("vec_env", "N = 8, 16, 64", 120.0,
-         [python, str(HERE / "vec_env.py"), "--device", "cuda", "--n-envs", "8", "16", "64", "--rounds", "1"], None),
+         [python, str(HERE / "vec_env.py"), "--device", "cuda", "--n-envs", "8", "16", "64", "--rounds", "1"],
+         lambda setting, output: vec_env_rows(output)),
     ]
     for part, setting, limit, command, parse in parts:
         t = time.perf_counter()
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if error:
                 raise ValueError(error)
-            rows += parse(setting, output) if parse is throughput_rows else vec_env_rows(output)
+            rows += parse(setting, output)
             rows.append((part, setting, "wall s", f"{time.perf_counter() - t:.0f}"))
         except (ValueError, KeyError) as err:
             failed = True
