@@ -91,3 +91,37 @@ def test_rows_of_a_bench_csv_average_by_task_and_cell(suite, tmp_path):
     assert ("bench", "synthetic, mla, uniform", "fused test acc %", "75.0") in rows
     assert ("bench", "synthetic, ogm-ge, ppo", "diverged runs", "1") in rows
     assert not any("alone" in r[1] for r in rows)
+
+
+def test_main_assembles_one_table_and_writes_the_readme_block(suite, tmp_path, monkeypatch):
+    """The glue of main() with each part's process replaced by its recorded output (a GPU is not needed)."""
+    calls = []
+
+    def fake_part(command, timeout):
+        calls.append((command, timeout))
+        if "learner_throughput.py" in command[1]:
+            return THROUGHPUT, None
+        if "vec_env.py" in command[1]:
+            return "", "exit code 1: CUDA out of memory"  # a failed part is a row, not the end
+        out = Path(command[command.index("--out") + 1])
+        out.joinpath("results.csv").write_text(results_csv([_record("synthetic", "joint", "uniform", 0, 0.5, 1.0)]))
+        return "", None
+
+    monkeypatch.setattr(suite.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(suite, "environment_rows", lambda: [("device", "—", "GPU", "Fake GPU")])
+    monkeypatch.setattr(suite, "run_part", fake_part)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- gpu-suite:start -->\nnot measured\n<!-- gpu-suite:end -->\nrest\n")
+    out = tmp_path / "suite.md"
+    assert suite.main(["--out", str(out), "--readme", str(readme), "--limit-scale", "2"]) == 1  # vec_env failed
+    table = out.read_text()
+    rows = suite.markdown_tables(table)[0]
+    assert rows[0] == {"part": "device", "setting": "—", "quantity": "GPU", "value": "Fake GPU"}
+    assert {"part": "vec_env", "setting": "N = 8, 16, 64", "quantity": "failed",
+            "value": "exit code 1: CUDA out of memory"} in rows
+    assert {"part": "bench", "setting": "synthetic, joint, uniform", "quantity": "fused test acc %",
+            "value": "50.0"} in rows
+    assert sum(r["quantity"] == "equal 64 + 64: learner / raw loop" for r in rows) == 2  # with and without compile
+    assert [timeout for _, timeout in calls] == [180.0, 240.0, 240.0, 240.0]
+    text = readme.read_text()
+    assert "not measured" not in text and table.strip() in text and text.endswith("<!-- gpu-suite:end -->\nrest\n")
