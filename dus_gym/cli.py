@@ -2,7 +2,7 @@
 
 ``run`` trains one task with one sampler; ``compare`` runs samplers x seeds; ``bench`` runs
 tasks x methods x samplers x seeds; ``train-policy`` trains a sampling policy with PPO;
-``prepare`` preprocesses audio-visual data.
+``prepare`` preprocesses a raw data set release (audio-visual, image-text, gesture).
 
 Run configurations are resolved by :func:`dus_gym.core.specs.resolve_run_config`, later wins: the
 RunConfig defaults; the task spec ``envs/<task>.yaml``; a ``--config`` YAML file; the sampler
@@ -33,7 +33,7 @@ from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 from dus_gym.rl.vec_envs import VEC_ENVS
 from dus_gym.samplers import SAMPLERS
 from dus_gym.tasks import TASKS
-from dus_gym.tasks.audiovisual.prepare import DATASETS, prepare_dataset
+from dus_gym.tasks.prepare import PREPARERS, prepare
 
 
 def resolve_config(args: argparse.Namespace, sampler: str | None = None) -> dict[str, Any]:
@@ -123,12 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true")
     train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
     add_train_policy_arguments(train)
-    prepare = sub.add_parser("prepare", help="preprocess raw CREMA-D or Kinetics-Sounds media (needs ffmpeg)")
-    prepare.add_argument("dataset", choices=list(DATASETS))
-    prepare.add_argument("src", help="raw data (CREMA-D: AudioWAV/, VideoFlash/; Kinetics-Sounds: videos/)")
-    prepare.add_argument("dst", help="output folder (clips already there are skipped)")
-    prepare.add_argument("--train-list", help="published train list, clip,label lines (default SRC/train.csv)")
-    prepare.add_argument("--test-list", help="published test list (default SRC/test.csv)")
+    prepare = sub.add_parser("prepare", help="preprocess a raw data set release (CREMA-D, Kinetics-Sounds, "
+                                             "Twitter2015, Sarcasm, NVGesture)")
+    prepare.add_argument("dataset", choices=PREPARERS.names())
+    prepare.add_argument("src", help="the raw release (see the README: CREMA-D AudioWAV/ and VideoFlash/; "
+                                     "Kinetics-Sounds videos/; Twitter2015 *.tsv and twitter2015_images/; Sarcasm "
+                                     "text/ and dataset_image/; NVGesture the .lst lists and Video_data/)")
+    prepare.add_argument("dst", help="output folder (what is already there is skipped)")
+    prepare.add_argument("--train-list", help="published train list, if not at its place in SRC")
+    prepare.add_argument("--val-list", help="published validation list (Twitter2015, Sarcasm)")
+    prepare.add_argument("--test-list", help="published test list")
+    prepare.add_argument("--tokenizer", help="BERT tokenizer: hub name, local folder or vocab.txt (Twitter2015, "
+                                             "Sarcasm; default bert-base-uncased)")
+    prepare.add_argument("--max-length", type=int, help="tokens per text (Twitter2015, Sarcasm; default 30)")
+    prepare.add_argument("--image-size", type=int, help="side of the stored images (default Twitter2015 384, "
+                                                        "Sarcasm 224)")
+    prepare.add_argument("--missing-images", choices=["error", "blank"],
+                         help="a listed image that is missing or unreadable: stop (default) or store a black image")
+    prepare.add_argument("--frame-size", type=int, help="side of the stored frames (NVGesture; default 256)")
+    prepare.add_argument("--frames", type=int, help="frames stored per clip (NVGesture; default 80)")
     prepare.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     prepare.add_argument("--no-progress", action="store_true")
     return parser
@@ -136,10 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare_command(args: argparse.Namespace) -> int:
     """``dus-gym prepare``."""
-    metadata = prepare_dataset(args.dataset, args.src, args.dst, args.train_list, args.test_list, args.workers,
-                               progress=not args.no_progress)
-    print(f"{args.dataset}: {metadata['counts']['train']} train / {metadata['counts']['test']} test clips, "
-          f"{len(metadata['classes'])} classes, in {args.dst}")
+    options = {key: getattr(args, key) for key in ("train_list", "val_list", "test_list", "tokenizer", "max_length",
+                                                  "image_size", "missing_images", "frame_size", "frames", "workers")}
+    metadata = prepare(args.dataset, args.src, args.dst, progress=not args.no_progress, **options)
+    counts = " / ".join(f"{n} {split}" for split, n in metadata["counts"].items())
+    print(f"{args.dataset}: {counts} samples, {len(metadata['classes'])} classes, in {args.dst}")
     return 0
 
 
@@ -311,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "train-policy": train_policy_command, "prepare": prepare_command}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ValueError, OSError, RuntimeError) as err:
+    except (ConfigError, ValueError, OSError, RuntimeError, ImportError) as err:
         print(f"dus-gym: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,7 +17,9 @@ from dus_gym.samplers.action import CountsAction
 
 SMALL = {"n_iterations": 40, "iterations_per_step": 20}
 BUILT_IN = ["dus_gym/MFeat-v0", "dus_gym/Synthetic-v0"]
-NEED_DATA = {"dus_gym/CremaD-v0", "dus_gym/KineticsSounds-v0"}  # checked on a fixture in test_audiovisual.py
+NEED_DATA = {"dus_gym/CremaD-v0", "dus_gym/KineticsSounds-v0",  # checked on a fixture in test_audiovisual.py,
+             "dus_gym/Twitter2015-v0", "dus_gym/Sarcasm-v0",  # test_imagetext.py
+             "dus_gym/NVGesture-v0"}  # and test_gesture.py
 
 
 def test_every_registered_id_is_checked_somewhere():
@@ -188,7 +190,7 @@ def test_import_reads_no_spec_and_make_reads_it(tmp_path):
             "real, pathlib.Path.read_text = pathlib.Path.read_text, refuse\n"
             "import dus_gym\n"
             "pathlib.Path.read_text = real\n"
-            "assert len(dus_gym.ENV_IDS) == 4 and 'torch' not in sys.modules, sys.modules.keys()\n")
+            "assert len(dus_gym.ENV_IDS) == 7 and 'torch' not in sys.modules, sys.modules.keys()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

@@ -46,6 +46,9 @@ SHIPPED_ENVS: dict[str, ShippedEnv] = {
     "dus_gym/MFeat-v0": ShippedEnv("mfeat.yaml"),
     "dus_gym/CremaD-v0": ShippedEnv("cremad.yaml", nondeterministic=True),
     "dus_gym/KineticsSounds-v0": ShippedEnv("kinetics-sounds.yaml", nondeterministic=True),
+    "dus_gym/Twitter2015-v0": ShippedEnv("twitter2015.yaml", nondeterministic=True),
+    "dus_gym/Sarcasm-v0": ShippedEnv("sarcasm.yaml", nondeterministic=True),
+    "dus_gym/NVGesture-v0": ShippedEnv("nvgesture.yaml", nondeterministic=True),
 }
 """The registered ids of the shipped specs (a test checks that this table matches the files)."""
 

@@ -1,8 +1,9 @@
 """Tasks: the data and encoders a learner trains on, found by name through one table.
 
-Built in: ``synthetic`` and ``mfeat`` (no download), ``cremad`` and ``kinetics-sounds`` (data
-prepared with ``dus-gym prepare``). A user's own task is a function returning a :class:`Task`,
-given as ``"package.module:function"`` or registered under a short name with :func:`register_task`.
+Built in: ``synthetic`` and ``mfeat`` (no download); ``cremad``, ``kinetics-sounds``, ``twitter2015``,
+``sarcasm`` and ``nvgesture`` (data prepared with ``dus-gym prepare``). A user's own task is a function
+returning a :class:`Task`, given as ``"package.module:function"`` or registered under a short name with
+:func:`register_task`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ TASKS: Registry[TaskBuilder] = Registry("task", {
     "synthetic": "dus_gym.tasks.synthetic:make_synthetic",
     "cremad": "dus_gym.tasks.audiovisual.clips:make_cremad",
     "kinetics-sounds": "dus_gym.tasks.audiovisual.clips:make_kinetics_sounds",
+    "twitter2015": "dus_gym.tasks.imagetext.data:make_twitter2015",
+    "sarcasm": "dus_gym.tasks.imagetext.data:make_sarcasm",
+    "nvgesture": "dus_gym.tasks.gesture.clips:make_nvgesture",
 })
 """Task name -> builder (a function of keyword arguments that returns a :class:`Task`), or "module:function"."""
 

@@ -14,21 +14,15 @@ file; a second run skips the clips already done.
 from __future__ import annotations
 
 import csv
-import json
-import multiprocessing
-import os
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dus_gym.tasks.audiovisual.features import CREMAD_AUDIO, KINETICS_AUDIO, cremad_log_spectrogram, kinetics_fbank
+from dus_gym.tasks.layout import write_metadata, write_split_csv
+from dus_gym.tasks.media import atomic_folder, require_ffmpeg, run_ffmpeg, run_parallel, save_npy_atomic
 
 LAYOUT_VERSION = 1
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -54,15 +48,6 @@ DATASETS = {
 }
 
 
-def require_ffmpeg() -> str:
-    """Path of ffmpeg, or one clear error saying how to install it."""
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise FileNotFoundError("ffmpeg not found on PATH: install it (Debian/Ubuntu: apt-get install ffmpeg; "
-                                "conda: conda install ffmpeg) and run again")
-    return path
-
-
 def read_split_list(path: Path) -> list[tuple[str, str]]:
     """Read a split list of ``clip,label`` lines (a header line ``clip,label`` is allowed)."""
     if not path.is_file():
@@ -82,34 +67,18 @@ def read_split_list(path: Path) -> list[tuple[str, str]]:
 
 def decode_audio(ffmpeg: str, source: Path, sample_rate: int) -> np.ndarray:
     """Mono float32 samples of ``source`` at ``sample_rate`` (ffmpeg decodes and resamples)."""
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(source), "-vn", "-ac", "1", "-ar", str(sample_rate),
-           "-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not decode the audio of {source}: {proc.stderr.decode()[-300:].strip()}")
-    return np.frombuffer(proc.stdout, dtype=np.float32)
+    raw = run_ffmpeg([ffmpeg, "-nostdin", "-v", "error", "-i", str(source), "-vn", "-ac", "1", "-ar", str(sample_rate),
+                      "-f", "f32le", "-"], f"decode the audio of {source}")
+    return np.frombuffer(raw, dtype=np.float32)
 
 
 def extract_frames(ffmpeg: str, video: Path, folder: Path) -> None:
-    """Frames at 1 fps as JPEG into ``folder``, through a temporary folder renamed at the end."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(video), "-vf", f"fps={FPS}", "-q:v", "2",
-               str(tmp / "frame_%04d.jpg")]
-        proc = subprocess.run(cmd, capture_output=True, check=False)
-        if proc.returncode != 0 or not any(tmp.iterdir()):
-            raise RuntimeError(f"ffmpeg could not extract frames of {video}: {proc.stderr.decode()[-300:].strip()}")
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """Frames at 1 fps as JPEG into ``folder`` (ffmpeg decodes, the folder appears complete or not at all)."""
+    with atomic_folder(folder) as tmp:
+        run_ffmpeg([ffmpeg, "-nostdin", "-v", "error", "-i", str(video), "-vf", f"fps={FPS}", "-q:v", "2",
+                    str(tmp / "frame_%04d.jpg")], f"extract frames of {video}")
+        if not any(tmp.iterdir()):
+            raise RuntimeError(f"ffmpeg extracted no frame of {video}: the file is empty or corrupt")
 
 
 def clip_done(dst: Path, clip: str) -> bool:
@@ -143,13 +112,6 @@ def prepare_clip(dataset: str, src: str, dst: str, clip: str, ffmpeg: str) -> st
     return clip
 
 
-def _single_thread_worker() -> None:
-    """Worker processes share the cores: one torch thread each."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: str | Path | None = None,
                     test_list: str | Path | None = None, workers: int | None = None,
                     progress: bool = True) -> dict[str, Any]:
@@ -181,19 +143,10 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
     (dst / "audio").mkdir(parents=True, exist_ok=True)
     (dst / "visual").mkdir(parents=True, exist_ok=True)
     clips = sorted({clip for rows in lists.values() for clip, _ in rows})
-    todo = [c for c in clips if not clip_done(dst, c)]
-    # spawn, not fork: a forked child of a process whose torch thread pool already ran can deadlock
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context,
-                             initializer=_single_thread_worker) as pool:
-        futures = [pool.submit(prepare_clip, dataset, str(src), str(dst), c, ffmpeg) for c in todo]
-        for future in tqdm(futures, total=len(todo), desc=f"prepare {dataset}", disable=not progress):
-            future.result()
+    todo = [(dataset, str(src), str(dst), c, ffmpeg) for c in clips if not clip_done(dst, c)]
+    run_parallel(prepare_clip, todo, workers, f"prepare {dataset}", progress)
     for split, rows in lists.items():
-        text = "clip,label\n" + "".join(f"{clip},{label}\n" for clip, label in rows)
-        tmp = dst / f".{split}.csv.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, dst / f"{split}.csv")
+        write_split_csv(dst, split, ("clip", "label"), rows)
     shape = [257, 188] if dataset == "cremad" else [KINETICS_AUDIO["n_frames"], KINETICS_AUDIO["n_mels"]]
     metadata = {
         "format": "dus-gym-audiovisual", "version": LAYOUT_VERSION, "dataset": dataset, "classes": labels,
@@ -201,7 +154,19 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
         "visual": {"fps": FPS, "format": "jpg", "tool": "ffmpeg"},
         "audio": {**DATASETS[dataset].audio, "dtype": "float16", "shape": shape},
     }
-    tmp = dst / ".metadata.json.tmp"
-    tmp.write_text(json.dumps(metadata, indent=2))
-    os.replace(tmp, dst / "metadata.json")
+    write_metadata(dst, metadata)
     return metadata
+
+
+def prepare_cremad(src: str | Path, dst: str | Path, train_list: str | Path | None = None,
+                   test_list: str | Path | None = None, workers: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """``dus-gym prepare cremad``: see :func:`prepare_dataset`."""
+    return prepare_dataset("cremad", src, dst, train_list, test_list, workers, progress)
+
+
+def prepare_kinetics_sounds(src: str | Path, dst: str | Path, train_list: str | Path | None = None,
+                            test_list: str | Path | None = None, workers: int | None = None,
+                            progress: bool = True) -> dict[str, Any]:
+    """``dus-gym prepare kinetics-sounds``: see :func:`prepare_dataset`."""
+    return prepare_dataset("kinetics-sounds", src, dst, train_list, test_list, workers, progress)
