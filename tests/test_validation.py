@@ -23,7 +23,8 @@ TINY = ["--iterations", "4", "--no-progress", "--set", "eval_every=4", "--set", 
 
 def one_line(capsys, argv, tmp_path) -> str:
     """Run the CLI, expect exit 2 and exactly one 'dus-gym: error:' line; return it."""
-    code = main([*argv, "--run-dir", str(tmp_path / "runs")] if argv[0] in ("run", "train-policy") else argv)
+    own_dir = argv[0] in ("run", "train-policy") and "--resume" not in argv and "--run-dir" not in argv
+    code = main([*argv, "--run-dir", str(tmp_path / "runs")] if own_dir else argv)
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert code == 2, err

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from dus_gym.core.checkpoint import load_run_checkpoint
-from dus_gym.core.config import RunConfig
+from dus_gym.core.config import RunConfig, shown
 from dus_gym.core.files import write_bytes_atomic, write_text_atomic
 from dus_gym.core.learner import Evaluation
 from dus_gym.experiments.callbacks import (
@@ -105,7 +105,12 @@ def run_training(
     run = TrainingRun(config, task, sampler, run_dir)
     checkpoint = run.checkpoint_path
     if resume and checkpoint.is_file():
-        run.load_state_dict(load_run_checkpoint(checkpoint, run.config_dict, run.learner.device))
+        state = load_run_checkpoint(checkpoint, run.config_dict, run.learner.device)
+        try:
+            run.load_state_dict(state)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{checkpoint} is incomplete or damaged ({type(err).__name__}: {shown(str(err))}); "
+                             "delete it to start the run again") from err
 
     hooks: list[RunCallback] = [ProgressBarCallback()] if progress else []
     if run_dir is not None:

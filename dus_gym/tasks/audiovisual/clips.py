@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from dus_gym.tasks.audiovisual.prepare import check_clip_name, check_disjoint
 from dus_gym.tasks.base import MultimodalSplit, Task
 from dus_gym.tasks.resnet import AudioResNetEncoder, VisualResNetEncoder
 
@@ -125,8 +126,15 @@ def check_layout(root: Path, dataset: str) -> dict:
         metadata = json.loads((root / "metadata.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise FileNotFoundError(f"{root / 'metadata.json'} is missing or unreadable; expected {layout}") from err
-    if metadata.get("format") != "dus-gym-audiovisual" or metadata.get("dataset") != dataset:
-        raise ValueError(f"{root} holds '{metadata.get('dataset')}' data, not '{dataset}'; expected {layout}")
+    if not isinstance(metadata, dict) or metadata.get("format") != "dus-gym-audiovisual" \
+            or metadata.get("dataset") != dataset:
+        found = metadata.get("dataset") if isinstance(metadata, dict) else None
+        raise ValueError(f"{root} holds '{found}' data, not '{dataset}'; expected {layout}")
+    classes = metadata.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise ValueError(f"{root / 'metadata.json'} lacks 'classes' (a list of at least 2 distinct class names); "
+                         f"rerun 'dus-gym prepare {dataset}'")
     for split in ("train", "test"):
         if not (root / f"{split}.csv").is_file():
             raise FileNotFoundError(f"{root / f'{split}.csv'} is missing; expected {layout}")
@@ -137,9 +145,13 @@ def read_list(root: Path, split: str, classes: Sequence[str]) -> tuple[list[str]
     """Clip names and class indices of a prepared split list, checking every clip's files."""
     index = {c: i for i, c in enumerate(classes)}
     clips, labels = [], []
-    with open(root / f"{split}.csv", newline="") as f:
-        for row in list(csv.reader(f))[1:]:
-            clip, label = row[0], row[1]
+    path = root / f"{split}.csv"
+    with open(path, newline="") as f:
+        for line, row in enumerate(list(csv.reader(f))[1:], start=2):
+            if len(row) < 2:
+                raise ValueError(f"{path}, line {line}: expected 'clip,label', got {row[:3]!r}; "
+                                 "rerun 'dus-gym prepare'")
+            clip, label = check_clip_name(row[0], f"{path}, line {line}"), row[1]
             if label not in index:
                 raise ValueError(f"{root / f'{split}.csv'}: label '{label}' is not among {list(classes)}")
             if not (root / "audio" / f"{clip}.npy").is_file() or not (root / "visual" / clip).is_dir():
@@ -175,6 +187,7 @@ def make_audiovisual(
     classes = metadata["classes"]
     train_clips, train_labels = read_list(root_path, "train", classes)
     test_clips, test_labels = read_list(root_path, "test", classes)
+    check_disjoint({"train": train_clips, "test": test_clips}, f"{root_path} (train.csv, test.csv)")
     positions = np.arange(len(train_clips))
     try:
         fit, val = train_test_split(positions, test_size=val_fraction, stratify=train_labels, random_state=split_seed)

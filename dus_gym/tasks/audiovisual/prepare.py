@@ -7,13 +7,17 @@ Layout written under DST::
     audio/<clip>.npy       float16 features: CREMA-D 257 x 188 log spectrogram, Kinetics-Sounds 1024 x 128 fbank
     visual/<clip>/frame_0001.jpg ...   frames at 1 fps (ffmpeg)
 
-Every file is written under a temporary name and renamed, so an interrupted run leaves no partial
-file; a second run skips the clips already done.
+Every file is written under a unique temporary name and renamed (:func:`dus_gym.core.files.atomic_path`),
+so an interrupted run leaves no partial file and a planted file cannot redirect a write; a second run
+skips the clips already done. Clip names come from the split lists, which are read from disk: a name
+is a file name, never a path (:func:`check_clip_name`), so no list can make ``prepare`` write outside
+DST; a clip in both lists is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -28,9 +32,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from dus_gym.core.files import FILE_MODE, atomic_path, write_text_atomic
 from dus_gym.tasks.audiovisual.features import CREMAD_AUDIO, KINETICS_AUDIO, cremad_log_spectrogram, kinetics_fbank
 
 LAYOUT_VERSION = 1
+FOLDER_MODE = 0o755
+"""Permissions of prepared frame folders (the data is meant to be readable, like every written file)."""
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 FPS = 1
 
@@ -63,8 +70,31 @@ def require_ffmpeg() -> str:
     return path
 
 
+def check_clip_name(clip: str, where: str) -> str:
+    """``clip`` if it is a plain file name (no path separator, not ``.``/``..``, no leading dot); else a ValueError.
+
+    Clip names become file and folder names under the data folder (``audio/<clip>.npy``,
+    ``visual/<clip>/``); a name such as ``../../victim/evil`` or ``/etc/x`` would escape it.
+    """
+    bad = (not clip or clip.startswith(".") or "\0" in clip or "/" in clip or "\\" in clip
+           or (os.sep in clip) or (os.altsep is not None and os.altsep in clip))
+    if bad:
+        raise ValueError(f"{where}: clip name {clip[:100]!r} is not a plain file name (no '/', '\\', '..' or "
+                         "leading '.'); clip names become file names under the data folder")
+    return clip
+
+
+def check_disjoint(lists: dict[str, list[str]], where: str) -> None:
+    """Raise a ValueError when a clip is listed in both the train and the test list."""
+    both = sorted(set(lists["train"]) & set(lists["test"]))
+    if both:
+        raise ValueError(f"{where}: {len(both)} clip(s) are in both the train and the test list "
+                         f"({', '.join(both[:5])}{', ...' if len(both) > 5 else ''}); a test clip seen in training "
+                         "inflates the test accuracy: fix the lists")
+
+
 def read_split_list(path: Path) -> list[tuple[str, str]]:
-    """Read a split list of ``clip,label`` lines (a header line ``clip,label`` is allowed)."""
+    """Read a split list of ``clip,label`` lines (a header line ``clip,label`` is allowed); clip names are checked."""
     if not path.is_file():
         raise FileNotFoundError(f"split list not found: {path} (expected lines 'clip,label', the published list)")
     rows = []
@@ -73,11 +103,20 @@ def read_split_list(path: Path) -> list[tuple[str, str]]:
             if not row or (i == 0 and [c.strip().lower() for c in row[:2]] in (["clip", "label"], ["name", "label"])):
                 continue
             if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise ValueError(f"{path}, line {i + 1}: expected 'clip,label', got {row!r}")
-            rows.append((row[0].strip(), row[1].strip()))
+                raise ValueError(f"{path}, line {i + 1}: expected 'clip,label', got {row[:3]!r}")
+            rows.append((check_clip_name(row[0].strip(), f"{path}, line {i + 1}"), row[1].strip()))
     if not rows:
         raise ValueError(f"split list {path} is empty")
     return rows
+
+
+def split_list_text(rows: list[tuple[str, str]]) -> str:
+    """The ``clip,label`` CSV text of a split list (with its header)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["clip", "label"])
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def decode_audio(ffmpeg: str, source: Path, sample_rate: int) -> np.ndarray:
@@ -99,6 +138,9 @@ def extract_frames(ffmpeg: str, video: Path, folder: Path) -> None:
         proc = subprocess.run(cmd, capture_output=True, check=False)
         if proc.returncode != 0 or not any(tmp.iterdir()):
             raise RuntimeError(f"ffmpeg could not extract frames of {video}: {proc.stderr.decode()[-300:].strip()}")
+        for frame in tmp.iterdir():
+            os.chmod(frame, FILE_MODE)
+        os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes the folder private
         os.replace(tmp, folder)
     finally:
         if tmp.exists():
@@ -106,10 +148,9 @@ def extract_frames(ffmpeg: str, video: Path, folder: Path) -> None:
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """np.save through a uniquely named temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
 
 
 def clip_done(dst: Path, clip: str) -> bool:
@@ -129,6 +170,7 @@ def find_video(spec: DatasetSpec, src: Path, clip: str) -> Path:
 def prepare_clip(dataset: str, src: str, dst: str, clip: str, ffmpeg: str) -> str:
     """Preprocess one clip (both modalities); return the clip name. Runs in a worker process."""
     spec, src_path, dst_path = DATASETS[dataset], Path(src), Path(dst)
+    check_clip_name(clip, "prepare")
     video = find_video(spec, src_path, clip)
     audio_path = dst_path / "audio" / f"{clip}.npy"
     if not audio_path.is_file():
@@ -172,6 +214,7 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
         raise FileNotFoundError(f"raw data folder not found: {src}")
     lists = {"train": read_split_list(Path(train_list) if train_list else src / "train.csv"),
              "test": read_split_list(Path(test_list) if test_list else src / "test.csv")}
+    check_disjoint({split: [clip for clip, _ in rows] for split, rows in lists.items()}, f"{dataset} split lists")
     labels = sorted({label for rows in lists.values() for _, label in rows})
     if dataset == "cremad":
         unknown = sorted(set(labels) - set(CREMAD_CLASSES))
@@ -190,10 +233,7 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
         for future in tqdm(futures, total=len(todo), desc=f"prepare {dataset}", disable=not progress):
             future.result()
     for split, rows in lists.items():
-        text = "clip,label\n" + "".join(f"{clip},{label}\n" for clip, label in rows)
-        tmp = dst / f".{split}.csv.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, dst / f"{split}.csv")
+        write_text_atomic(dst / f"{split}.csv", split_list_text(rows))
     shape = [257, 188] if dataset == "cremad" else [KINETICS_AUDIO["n_frames"], KINETICS_AUDIO["n_mels"]]
     metadata = {
         "format": "dus-gym-audiovisual", "version": LAYOUT_VERSION, "dataset": dataset, "classes": labels,
@@ -201,7 +241,5 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
         "visual": {"fps": FPS, "format": "jpg", "tool": "ffmpeg"},
         "audio": {**DATASETS[dataset].audio, "dtype": "float16", "shape": shape},
     }
-    tmp = dst / ".metadata.json.tmp"
-    tmp.write_text(json.dumps(metadata, indent=2))
-    os.replace(tmp, dst / "metadata.json")
+    write_text_atomic(dst / "metadata.json", json.dumps(metadata, indent=2))
     return metadata
