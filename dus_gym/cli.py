@@ -24,8 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, check_seeds, from_dict, to_dict
-from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty
+from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty, write_text_atomic
 from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config
 from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
@@ -106,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--resume", metavar="RUN_FOLDER",
                      help="continue an interrupted run from its checkpoint.pt, with its own config.yaml")
+    run.add_argument("--lr", type=float, help="with --resume: continue from the last good checkpoint with this "
+                                              f"learning rate (after a divergence; recorded in RUN/{CHANGES_FILE})")
     compare = sub.add_parser("compare", help="run several samplers over several seeds and print a table")
     _common(compare)
     compare.add_argument("--samplers", nargs="+", default=["uniform", "heuristic"],
@@ -196,9 +200,10 @@ def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def given_flags(add_arguments: Any, argv: Sequence[str]) -> dict[str, Any]:
     """The options typed in ``argv`` (destination -> value), defaults left out: what the user asked for."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     add_arguments(parser)
-    parser.set_defaults(**{dest: argparse.SUPPRESS for dest in vars(parser.parse_args([]))})
+    for action in parser._actions:  # defaults given per argument: drop them, so that only typed options remain
+        action.default = argparse.SUPPRESS
     return vars(parser.parse_args(list(argv)))
 
 
@@ -232,12 +237,19 @@ _TRAIN_FIELDS = {"env": "env_id", "no_evaluate": "evaluate", "no_controls": "con
 """train-policy flags whose TrainPolicyConfig field has another name (the ray ones fill the ``ray`` mapping)."""
 
 
+CHANGES_FILE = "changes.yaml"
+"""Changes made on resuming a run (``--lr``), appended in order; config.yaml stays as the run wrote it."""
+
 RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", "policy", "seed", "method", "run_dir")
 """Flags that would change a run, so they cannot go with ``--resume`` (which uses the run's config.yaml)."""
 
 
-def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
-    """The config of the run folder ``args.resume`` (only ``--device`` may change) and the folder."""
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
+    """The config of the run folder ``args.resume``, the folder, and whether its learning rate was changed.
+
+    Only ``--device`` may change, and the learning rate with ``--lr`` (recorded in ``changes.yaml``,
+    which every later resume applies: config.yaml stays as the run wrote it).
+    """
     given = [f"--{name.replace('_', '-')}" for name in RESUME_CONFLICTS if getattr(args, name, None)]
     if given:
         raise ConfigError(f"--resume continues a run with its own config.yaml; drop {', '.join(given)}")
@@ -247,15 +259,29 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     check_resumable(folder)
     data = read_yaml(folder / "config.yaml")
     check_task_source(data.get("task"), f"the run folder's {folder / 'config.yaml'}", args.allow_task_import)
+    changes_path = folder / CHANGES_FILE
+    changes = read_yaml(changes_path).get("changes", []) if changes_path.is_file() else []
+    if not isinstance(changes, list) or not all(isinstance(c, dict) and "learner.lr" in c for c in changes):
+        raise ConfigError(f"{changes_path} is malformed: expected 'changes:' with entries holding learner.lr")
+    if args.lr is not None:
+        changes.append({"learner.lr": args.lr, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    for change in changes:
+        data = deep_merge(data, {"learner": {"lr": change["learner.lr"]}})
     if args.device is not None:
         data = deep_merge(data, {"learner": {"device": args.device}})
-    return from_dict(RunConfig, data), folder
+    config = from_dict(RunConfig, data)
+    if args.lr is not None:
+        write_text_atomic(changes_path, yaml.safe_dump({"changes": changes}, sort_keys=False))
+    return config, folder, bool(changes)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``dus-gym run``."""
+    if args.lr is not None and not args.resume:
+        raise ConfigError("--lr changes the learning rate of a resumed run; a new run takes --set learner.lr=LR")
+    new_lr = False
     if args.resume:
-        config, folder = resume_config(args)
+        config, folder, new_lr = resume_config(args)
         checkpoint = folder / CHECKPOINT_NAME
         print(f"resuming {folder} from {checkpoint}" if checkpoint.is_file()
               else f"no checkpoint yet in {folder}: starting the run again", flush=True)
@@ -268,7 +294,8 @@ def run_command(args: argparse.Namespace) -> int:
         folder = new_run_folder(config.run_dir,
                                 f"{config.task.split(':')[-1]}-{method}{config.sampler}-seed{config.seed}")
     try:
-        result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume))
+        result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume),
+                              new_lr=new_lr)
     finally:
         remove_if_empty(folder)  # a run that failed before writing anything leaves no folder
     s = result.summary

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dus_gym.core.config import ConfigError, RunConfig, check_seeds, from_dict, shown, to_dict
+from dus_gym.core.config import MAX_SHOWN, ConfigError, RunConfig, check_seeds, from_dict, to_dict
 from dus_gym.core.files import atomic_path, write_bytes_atomic, write_text_atomic
 from dus_gym.core.methods import METHODS, make_method
 from dus_gym.core.specs import deep_merge, resolve_run_config
@@ -129,7 +129,7 @@ def cell_config(bench: BenchConfig, task: str, sampler: str, flags: dict[str, An
     """
     if bench.n_iterations is not None:
         flags = {"n_iterations": bench.n_iterations, "epochs": None, **flags}
-    overrides = overrides_per_sampler(bench.overrides, [sampler])[sampler] if sampler in bench.samplers else \
+    overrides = overrides_per_sampler(bench.overrides, bench.samplers)[sampler] if sampler in bench.samplers else \
         {k: v for k, v in bench.overrides.items() if k != "sampler_kwargs"}
     data = resolve_run_config(task, sampler=sampler, flags=flags, overrides=overrides)
     return deep_merge(data, {"tensorboard": False})
@@ -138,7 +138,6 @@ def cell_config(bench: BenchConfig, task: str, sampler: str, flags: dict[str, An
 def plan_cells(bench: BenchConfig) -> list[Cell]:
     """Every cell of the bench, validated (a bad task, sampler or config fails here, before any run)."""
     cells = []
-    overrides_per_sampler(bench.overrides, bench.samplers)  # a sampler_kwargs key no sampler takes fails here
     for task in bench.tasks:
         base = from_dict(RunConfig, cell_config(bench, task, "uniform", {}))
         modalities = cached_task(base.task, **base.task_kwargs).modalities
@@ -245,7 +244,7 @@ def load_cell(cell: Cell, cells_dir: Path) -> dict[str, Any] | None:
 
 
 def _warn_rerun(path: Path, err: BaseException) -> None:
-    tqdm.write(f"bench: {path.name} is incomplete or damaged ({type(err).__name__}: {shown(str(err))}); "
+    tqdm.write(f"bench: {path.name} is incomplete or damaged ({type(err).__name__}: {str(err)[:MAX_SHOWN]}); "
                "running the cell again")
 
 

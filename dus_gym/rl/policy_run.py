@@ -25,7 +25,7 @@ from typing import Any
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from dus_gym.core.config import ConfigError, shown
+from dus_gym.core.config import MAX_SHOWN, ConfigError, shown
 from dus_gym.core.files import read_yaml, write_text_atomic
 from dus_gym.tasks import OPT_IN, check_task_source
 
@@ -108,7 +108,7 @@ def load_last_checkpoint(folder: Path, venv: VecEnv, normalize: bool, **ppo_kwar
                 env = VecNormalize.load(str(stats_path), venv)  # trusted input: the run folder is the user's own
             model = PPO.load(model_path, env=env, **ppo_kwargs)
         except Exception as err:  # unpickling a damaged file raises many types
-            failures.append(f"{model_path.name}: {type(err).__name__}: {shown(str(err))}")
+            failures.append(f"{model_path.name}: {type(err).__name__}: {str(err)[:MAX_SHOWN]}")
             warnings.warn(f"checkpoint {model_path} could not be loaded ({failures[-1]}); trying the previous one",
                           stacklevel=2)
             continue

@@ -164,7 +164,7 @@ def make_task(name: str, **kwargs: Any) -> Task:
     except (ValueError, OSError):  # the built-in builders' own one-line errors
         raise
     except Exception as err:  # a user's builder: name the task, keep the cause chained
-        raise ValueError(f"task builder '{name}' failed: {type(err).__name__}: {shown(str(err))}") from err
+        raise ValueError(f"task builder '{name}' failed: {type(err).__name__}: {str(err)[:MAX_SHOWN]}") from err
     if not isinstance(task, Task):
         raise ValueError(f"task builder '{name}' returned {type(task).__name__}, not a dus_gym.tasks.Task")
     return task

@@ -208,12 +208,12 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown data set '{dataset}'; choose among {sorted(DATASETS)}")
-    ffmpeg = require_ffmpeg()
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"raw data folder not found: {src}")
     lists = {"train": read_split_list(Path(train_list) if train_list else src / "train.csv"),
              "test": read_split_list(Path(test_list) if test_list else src / "test.csv")}
+    ffmpeg = require_ffmpeg()  # after the lists: a bad list is reported whatever the machine
     check_disjoint({split: [clip for clip, _ in rows] for split, rows in lists.items()}, f"{dataset} split lists")
     labels = sorted({label for rows in lists.values() for _, label in rows})
     if dataset == "cremad":
