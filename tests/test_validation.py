@@ -192,6 +192,8 @@ def test_nan_in_a_shipped_format_data_file(capsys, tmp_path):
     (np.array([np.nan, 0.0], np.float32), "NaN/inf"),
     (np.array([2.0, 0.0], np.float32), "outside \\[-1, 1\\]"),
     ([[0.0], [0.0, 1.0]], "not an array"),
+    (np.array([0.5 + 1j, 0.0]), "dtype complex128"),
+    (np.array([True, False]), "dtype bool"),
 ])
 def test_env_action_errors_name_the_expected_space(action, message):
     from dus_gym.rl.env import DUSEnv
@@ -779,18 +781,87 @@ def test_policy_resume_refuses_flags_that_change_the_run(flags, field, capsys, t
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def test_policy_resume_continues_with_the_runs_settings_and_keeps_its_provenance(tiny_policy, tmp_path, recwarn):
-    import shutil
+def test_policy_resume_continues_with_the_runs_settings_and_keeps_its_provenance(tmp_path, recwarn):
+    from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 
-    _, trained = tiny_policy
-    folder = tmp_path / "run"
-    shutil.copytree(trained, folder)
+    hp = tmp_path / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"default": {"n_envs": 1, "n_timesteps": 16, "n_steps": 8, "batch_size": 8,
+                                              "n_epochs": 1, "normalize": True,
+                                              "policy_kwargs": "dict(net_arch=[8])"}}))
+    env_kwargs = {"n_iterations": 8, "iterations_per_step": 4, "task_kwargs": {"hidden_dim": 4, "dominant_dim": 8}}
+    folder = train_policy(TrainPolicyConfig(hyperparams=str(hp), vec_env="dummy", run_dir=str(tmp_path / "runs"),
+                                            env_kwargs=env_kwargs, eval_freq=0, checkpoint_freq=8, evaluate=False,
+                                            progress=False), argv=["train_policy.py"])
+    hp.write_text(yaml.safe_dump({"default": {"n_steps": 4}}))  # edited after the run started: not used by the resume
     provenance = {name: (folder / name).read_bytes() for name in ("args.yml", "config.yml", "command.txt")}
-    (folder / "checkpoints" / "ppo_vecnormalize_64_steps.pkl").write_bytes(b"\x80\x04 damaged by a crash")
-    # only the total steps change; the run's env kwargs (K = 10, 40 iterations) and hyper-parameters are its own
-    assert main(["train-policy", "--resume", str(folder), "-n", "96", "--no-evaluate", "--no-progress"]) == 0
+    (folder / "checkpoints" / "ppo_vecnormalize_16_steps.pkl").write_bytes(b"\x80\x04 damaged by a crash")
+    # only the total steps change; the run's env kwargs (K = 4) and hyper-parameters (n_steps 8) are its own
+    assert main(["train-policy", "--resume", str(folder), "-n", "24", "--no-progress"]) == 0
     assert {name: (folder / name).read_bytes() for name in provenance} == provenance
     assert "train-policy --resume" in (folder / "resumes.txt").read_text()
-    assert any("ppo_64_steps.zip could not be loaded" in str(w.message) for w in recwarn)  # fell back to 32
+    assert any("ppo_16_steps.zip could not be loaded" in str(w.message) for w in recwarn)  # fell back to step 8
     policy = json.loads((folder / "policy.json").read_text())
-    assert policy["env"]["iterations_per_step"] == 10 and policy["timesteps"] == 96
+    assert policy["env"]["iterations_per_step"] == 4 and policy["timesteps"] == 24  # 8 + two rollouts of 8
+
+
+def test_ctrl_c_on_train_policy_with_subprocess_envs_is_one_line_and_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    hp = tmp_path / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"default": {"n_envs": 2, "n_timesteps": 100_000, "n_steps": 4, "batch_size": 8,
+                                              "n_epochs": 1, "policy_kwargs": "dict(net_arch=[8])"}}))
+    script = Path(__file__).resolve().parents[1] / "train_policy.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), "--vec-env", "subproc", "-conf", str(hp), "--no-progress",
+                             "--no-evaluate", "--eval-freq", "0", "--checkpoint-freq", "8", "--run-dir",
+                             str(tmp_path / "runs"), "--env-kwargs", "n_iterations=8", "iterations_per_step=4",
+                             "task_kwargs.hidden_dim=4", "task_kwargs.dominant_dim=8"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "runs").glob("*/checkpoints/ppo_*_steps.zip")):  # the workers are training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "dus-gym: interrupted; `train_policy.py --resume RUN_FOLDER` continues from the last checkpoint"]
+
+
+def test_devices_are_used_by_the_dummy_vec_env_too(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA (the device must be refused)")
+    err = one_line(capsys, ["train-policy", "--vec-env", "dummy", "--devices", "cuda:7", "--no-evaluate"], tmp_path)
+    assert "device 'cuda:7' asked for but CUDA is not available" in err
+
+
+def test_three_env_failures_in_a_row_stop_the_run_as_documented():
+    import gymnasium as gym
+
+    from dus_gym.rl.wrappers import ErrorRecoveryWrapper
+
+    class Broken(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (1,))
+        action_space = gym.spaces.Box(-1, 1, (1,))
+        steps = 0
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action):
+            Broken.steps += 1
+            raise RuntimeError("broken")
+
+    env = ErrorRecoveryWrapper(Broken())
+    env.reset()
+    for _ in range(2):  # absorbed: truncated transitions
+        assert env.step(np.zeros(1))[3] is True
+    with pytest.raises(RuntimeError, match="broken"):
+        env.step(np.zeros(1))
+    assert Broken.steps == 3

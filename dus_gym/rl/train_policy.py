@@ -27,7 +27,7 @@ from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, s
 from dus_gym.rl.hyperparams import AgentHyperparams, load_hyperparams
 from dus_gym.rl.policy_run import check_hyperparams_task, load_last_checkpoint, record_resume
 from dus_gym.rl.registration import env_run_config
-from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env
+from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env, stop_vec_env
 from dus_gym.samplers.ppo import POLICY_FORMAT, POLICY_VERSION
 
 EVAL_SEED_OFFSET = 10_000
@@ -150,6 +150,9 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
         description = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "env_id": config.env_id,
                        "timesteps": int(model.num_timesteps), **settings}
         write_text_atomic(folder / "policy.json", json.dumps(description, indent=2))
+    except KeyboardInterrupt:
+        stop_vec_env(venv)  # a worker may be mid-reply: stop it rather than wait for it
+        raise
     finally:
         venv.close()
         eval_venv.close()

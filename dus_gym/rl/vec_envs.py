@@ -128,6 +128,22 @@ def build_ray(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
     return RayVecEnv(factories, config)
 
 
+def stop_vec_env(venv: VecEnv) -> None:
+    """Stop the worker processes of ``venv`` at once (after Ctrl-C), instead of a graceful close.
+
+    An interrupt can land while the parent is reading a worker's reply; a graceful close would
+    then wait forever for a reply already half-read. The workers ignore Ctrl-C themselves
+    (:func:`make_env`), so the parent decides when they stop.
+    """
+    inner = venv.unwrapped
+    for process in getattr(inner, "processes", None) or []:
+        process.terminate()
+    for process in getattr(inner, "processes", None) or []:
+        process.join(timeout=10)
+    if isinstance(inner, SubprocVecEnv):
+        inner.closed = True
+
+
 VEC_ENVS: Registry[VecEnvBuilder] = Registry("vec_env", {
     "dummy": build_dummy, "subproc": build_subproc, "vectorized": build_vectorized, "ray": build_ray,
 })
