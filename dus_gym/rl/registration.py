@@ -27,7 +27,6 @@ import gymnasium as gym
 from dus_gym.core.config import ConfigError, EnvConfig, RunConfig, did_you_mean, from_dict
 from dus_gym.core.files import read_yaml
 from dus_gym.core.specs import deep_merge, specs_dir
-from dus_gym.tasks import check_task_source
 
 ENTRY_POINT = "dus_gym.rl.env:make_spec_env"
 """The entry point of every DUS env id."""
@@ -88,6 +87,13 @@ def run_mapping(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
     return mapping
 
 
+def _check_task_source(task: Any, source: str, allow_task_import: bool) -> None:
+    """:func:`dus_gym.tasks.check_task_source`, imported when a spec is read (``import dus_gym`` needs no torch)."""
+    from dus_gym.tasks import check_task_source
+
+    check_task_source(task, source, allow_task_import)
+
+
 def is_shipped(path: Path) -> bool:
     """True for a spec shipped with dus-gym (trusted like its code)."""
     return Path(path).resolve().parent == specs_dir("envs").resolve()
@@ -103,7 +109,7 @@ def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir
     path = spec_path(spec)
     data = read_yaml(path)
     if "task" not in overrides and not is_shipped(path):
-        check_task_source(data.get("task"), f"the env spec {path}", allow_task_import)
+        _check_task_source(data.get("task"), f"the env spec {path}", allow_task_import)
     data = deep_merge(data, run_mapping(overrides, where))
     if run_dir is not None:
         data["run_dir"] = str(run_dir)
@@ -160,7 +166,7 @@ def register_spec(path: str | Path, allow_task_import: bool = False) -> str | No
     data = read_yaml(path)
     if not data.get("env_id"):
         return None
-    check_task_source(data.get("task"), f"the env spec {path}", allow_task_import)
+    _check_task_source(data.get("task"), f"the env spec {path}", allow_task_import)
     try:
         config = from_dict(RunConfig, data)
     except ConfigError as err:
