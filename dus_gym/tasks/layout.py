@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,14 @@ def read_metadata(root: Path, dataset: str, fmt: str, layout: str, splits: Seque
         metadata = json.loads((root / "metadata.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise FileNotFoundError(f"{root / 'metadata.json'} is missing or unreadable; expected {layout}") from err
-    if metadata.get("format") != fmt or metadata.get("dataset") != dataset:
-        raise ValueError(f"{root} holds '{metadata.get('dataset')}' data, not '{dataset}'; expected {layout}")
+    if not isinstance(metadata, dict) or metadata.get("format") != fmt or metadata.get("dataset") != dataset:
+        found = metadata.get("dataset") if isinstance(metadata, dict) else None
+        raise ValueError(f"{root} holds '{found}' data, not '{dataset}'; expected {layout}")
+    classes = metadata.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise ValueError(f"{root / 'metadata.json'} lacks 'classes' (a list of at least 2 distinct class names); "
+                         f"rerun 'dus-gym prepare {dataset}'")
     for split in splits:
         if not (root / f"{split}.csv").is_file():
             raise FileNotFoundError(f"{root / f'{split}.csv'} is missing; expected {layout}")
@@ -66,6 +73,29 @@ def read_split_csv(root: Path, split: str, what: str = "clips") -> list[list[str
     if not rows:
         raise ValueError(f"{root / f'{split}.csv'} lists no {what}; rerun 'dus-gym prepare'")
     return rows
+
+
+def check_clip_name(clip: str, where: str) -> str:
+    """``clip`` if it is a plain file name (no path separator, not ``.``/``..``, no leading dot); else a ValueError.
+
+    Clip names become file and folder names under the data folder (``audio/<clip>.npy``,
+    ``visual/<clip>/``); a name such as ``../../victim/evil`` or ``/etc/x`` would escape it.
+    """
+    bad = (not clip or clip.startswith(".") or "\0" in clip or "/" in clip or "\\" in clip
+           or (os.sep in clip) or (os.altsep is not None and os.altsep in clip))
+    if bad:
+        raise ValueError(f"{where}: clip name {clip[:100]!r} is not a plain file name (no '/', '\\', '..' or "
+                         "leading '.'); clip names become file names under the data folder")
+    return clip
+
+
+def check_disjoint(lists: dict[str, list[str]], where: str) -> None:
+    """Raise a ValueError when a clip is listed in both the train and the test list."""
+    both = sorted(set(lists["train"]) & set(lists["test"]))
+    if both:
+        raise ValueError(f"{where}: {len(both)} clip(s) are in both the train and the test list "
+                         f"({', '.join(both[:5])}{', ...' if len(both) > 5 else ''}); a test clip seen in training "
+                         "inflates the test accuracy: fix the lists")
 
 
 def holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

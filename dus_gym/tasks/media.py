@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dus_gym.core.files import atomic_path
+from dus_gym.core.files import FILE_MODE, atomic_path
 
 JPEG_QUALITY = 95
+FOLDER_MODE = 0o755
+"""Permissions of prepared folders (the data is meant to be readable, like every written file)."""
 """Quality of every JPEG written by ``prepare`` (Pillow's scale; 95 keeps compression artefacts small)."""
 
 
@@ -79,6 +81,9 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         yield tmp
+        for item in tmp.iterdir():
+            os.chmod(item, FILE_MODE)
+        os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes the folder private; prepared data is meant to be readable
         os.replace(tmp, folder)
     finally:
         if tmp.exists():

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dus_gym.tasks.base import MultimodalSplit, Task
-from dus_gym.tasks.layout import holdout, read_metadata, read_split_csv
+from dus_gym.tasks.layout import check_clip_name, check_disjoint, holdout, read_metadata, read_split_csv
 from dus_gym.tasks.resnet import AudioResNetEncoder, VisualResNetEncoder
 from dus_gym.tasks.sources import ClipSource, imagenet_normalize, load_image
 
@@ -69,8 +69,11 @@ def read_list(root: Path, split: str, classes: Sequence[str]) -> tuple[list[str]
     """Clip names and class indices of a prepared split list, checking every clip's files."""
     index = {c: i for i, c in enumerate(classes)}
     clips, labels = [], []
-    for row in read_split_csv(root, split):
-        clip, label = row[0], row[1]
+    for line, row in enumerate(read_split_csv(root, split), start=2):
+        if len(row) < 2:
+            raise ValueError(f"{root / f'{split}.csv'}, line {line}: expected 'clip,label', got {row[:3]!r}; "
+                             "rerun 'dus-gym prepare'")
+        clip, label = check_clip_name(row[0], f"{root / f'{split}.csv'}, line {line}"), row[1]
         if label not in index:
             raise ValueError(f"{root / f'{split}.csv'}: label '{label}' is not among {list(classes)}")
         if not (root / "audio" / f"{clip}.npy").is_file() or not (root / "visual" / clip).is_dir():
@@ -104,6 +107,7 @@ def make_audiovisual(
     classes = metadata["classes"]
     train_clips, train_labels = read_list(root_path, "train", classes)
     test_clips, test_labels = read_list(root_path, "test", classes)
+    check_disjoint({"train": train_clips, "test": test_clips}, f"{root_path} (train.csv, test.csv)")
     fit, val = holdout(train_labels, val_fraction, split_seed)
 
     def split(clips: list[str], labels: np.ndarray) -> MultimodalSplit:

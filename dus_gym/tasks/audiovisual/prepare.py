@@ -7,8 +7,11 @@ Layout written under DST::
     audio/<clip>.npy       float16 features: CREMA-D 257 x 188 log spectrogram, Kinetics-Sounds 1024 x 128 fbank
     visual/<clip>/frame_0001.jpg ...   frames at 1 fps (ffmpeg)
 
-Every file is written under a temporary name and renamed, so an interrupted run leaves no partial
-file; a second run skips the clips already done.
+Every file is written under a unique temporary name and renamed (:func:`dus_gym.core.files.atomic_path`),
+so an interrupted run leaves no partial file and a planted file cannot redirect a write; a second run
+skips the clips already done. Clip names come from the split lists, which are read from disk: a name
+is a file name, never a path (:func:`check_clip_name`), so no list can make ``prepare`` write outside
+DST; a clip in both lists is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dus_gym.tasks.audiovisual.features import CREMAD_AUDIO, KINETICS_AUDIO, cremad_log_spectrogram, kinetics_fbank
-from dus_gym.tasks.layout import write_metadata, write_split_csv
+from dus_gym.tasks.layout import check_clip_name, check_disjoint, write_metadata, write_split_csv
 from dus_gym.tasks.media import atomic_folder, require_ffmpeg, run_ffmpeg, run_parallel, save_npy_atomic
 
 LAYOUT_VERSION = 1
@@ -49,7 +52,7 @@ DATASETS = {
 
 
 def read_split_list(path: Path) -> list[tuple[str, str]]:
-    """Read a split list of ``clip,label`` lines (a header line ``clip,label`` is allowed)."""
+    """Read a split list of ``clip,label`` lines (a header line ``clip,label`` is allowed); clip names are checked."""
     if not path.is_file():
         raise FileNotFoundError(f"split list not found: {path} (expected lines 'clip,label', the published list)")
     rows = []
@@ -58,8 +61,8 @@ def read_split_list(path: Path) -> list[tuple[str, str]]:
             if not row or (i == 0 and [c.strip().lower() for c in row[:2]] in (["clip", "label"], ["name", "label"])):
                 continue
             if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise ValueError(f"{path}, line {i + 1}: expected 'clip,label', got {row!r}")
-            rows.append((row[0].strip(), row[1].strip()))
+                raise ValueError(f"{path}, line {i + 1}: expected 'clip,label', got {row[:3]!r}")
+            rows.append((check_clip_name(row[0].strip(), f"{path}, line {i + 1}"), row[1].strip()))
     if not rows:
         raise ValueError(f"split list {path} is empty")
     return rows
@@ -98,6 +101,7 @@ def find_video(spec: DatasetSpec, src: Path, clip: str) -> Path:
 def prepare_clip(dataset: str, src: str, dst: str, clip: str, ffmpeg: str) -> str:
     """Preprocess one clip (both modalities); return the clip name. Runs in a worker process."""
     spec, src_path, dst_path = DATASETS[dataset], Path(src), Path(dst)
+    check_clip_name(clip, "prepare")
     video = find_video(spec, src_path, clip)
     audio_path = dst_path / "audio" / f"{clip}.npy"
     if not audio_path.is_file():
@@ -128,12 +132,13 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown data set '{dataset}'; choose among {sorted(DATASETS)}")
-    ffmpeg = require_ffmpeg()
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"raw data folder not found: {src}")
     lists = {"train": read_split_list(Path(train_list) if train_list else src / "train.csv"),
              "test": read_split_list(Path(test_list) if test_list else src / "test.csv")}
+    ffmpeg = require_ffmpeg()  # after the lists: a bad list is reported whatever the machine
+    check_disjoint({split: [clip for clip, _ in rows] for split, rows in lists.items()}, f"{dataset} split lists")
     labels = sorted({label for rows in lists.values() for _, label in rows})
     if dataset == "cremad":
         unknown = sorted(set(labels) - set(CREMAD_CLASSES))
