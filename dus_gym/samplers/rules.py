@@ -26,7 +26,11 @@ class HeuristicSampler(Sampler):
     """DUS heuristic: n(m) = clip(round(M B softmax_m(-alpha d(m))), n_min, n_max).
 
     The modality ahead (d > 0) gets fewer samples, the one behind more; with d = 0 every modality
-    gets B. During the first ``warmup`` iterations every modality gets B (the CMD is still noise).
+    gets B. d(m) = c(m) - mean_k c(k): for two modalities d(a) = (c(a) - c(b)) / 2, so
+    n(a) = 2B / (1 + exp(alpha (c(a) - c(b)))): alpha acts on half the gap, and alpha = 10 here
+    is as sharp as 5 would be on the gap c(a) - c(b) itself. During the first ``warmup``
+    iterations every modality gets B; the default is 0 (the heuristic acts from the first
+    iteration, on a CMD that is then an average of few statuses).
 
     Args:
         batch_size: B.
@@ -34,7 +38,7 @@ class HeuristicSampler(Sampler):
         alpha: sharpness, bounded to [0, 100] (an aggressive alpha hurt at short budgets).
         n_min: smallest count (>= 1).
         n_max: largest count (>= n_min).
-        warmup: iterations at B each before the heuristic acts.
+        warmup: iterations at B each before the heuristic acts (default 0: none).
     """
 
     name = "heuristic"
