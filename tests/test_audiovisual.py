@@ -140,7 +140,8 @@ def test_audiovisual_envs_pass_both_checkers(prepared, env_id, folder):
 
     root, _, _ = prepared
     env = gym.make(env_id, task_kwargs={"root": str(root / folder), "image_size": 64},
-                   learner={"batch_size": 2, "device": "cpu", "eval_batch_size": 8, "count_sizes": [2, 4]},
+                   learner={"batch_size": 2, "device": "cpu", "eval_batch_size": 8, "count_sizes": [2, 4],
+                            "num_workers": 0},  # 8 loader processes per check on 2 cores: minutes for nothing
                    n_iterations=2, iterations_per_step=1, n_min=2, n_max=4)
     assert env.spec.nondeterministic  # registered for a GPU learner
     gym_check_env(env.unwrapped, skip_render_check=True)
