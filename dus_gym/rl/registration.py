@@ -27,7 +27,7 @@ from dus_gym.core.specs import deep_merge, specs_dir
 
 ENTRY_POINT = "dus_gym.rl.env:make_spec_env"
 """The entry point of every DUS env id."""
-ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs")
+ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs", "family")
 """DUSEnv's own run-config arguments; its other keyword arguments (but ``render_mode``) are EnvConfig fields."""
 
 
@@ -46,6 +46,8 @@ SHIPPED_ENVS: dict[str, ShippedEnv] = {
     "dus_gym/MFeat-v0": ShippedEnv("mfeat.yaml"),
     "dus_gym/CremaD-v0": ShippedEnv("cremad.yaml", nondeterministic=True),
     "dus_gym/KineticsSounds-v0": ShippedEnv("kinetics-sounds.yaml", nondeterministic=True),
+    "dus_gym/SyntheticFamily-v0": ShippedEnv("synthetic-family.yaml"),
+    "dus_gym/MFeatFamily-v0": ShippedEnv("mfeat-family.yaml"),
 }
 """The registered ids of the shipped specs (a test checks that this table matches the files)."""
 
@@ -65,6 +67,7 @@ def env_kwargs_of(config: RunConfig) -> dict[str, Any]:
         "cmd": dataclasses.asdict(config.cmd),
         "n_iterations": config.n_iterations,
         "epochs": config.epochs,
+        "family": dataclasses.asdict(config.family) if config.family is not None else None,
         **dataclasses.asdict(config.env),
     }
 
@@ -95,6 +98,11 @@ def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir
         return from_dict(RunConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def registry_spec(env_id: str) -> Path:
+    """The spec file a registered DUS env id was made from."""
+    return spec_path(_dus_spec(env_id))
 
 
 def _dus_spec(env_id: str) -> str:

@@ -62,7 +62,7 @@ def make_task(name: str, **kwargs: Any) -> Task:
     return builder(**kwargs)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _cached_task(name: str, frozen_kwargs: str) -> Task:
     return make_task(name, **json.loads(frozen_kwargs))
 
