@@ -2,13 +2,17 @@
 
 ``run`` trains one task with one sampler; ``compare`` runs samplers x seeds; ``bench`` runs
 tasks x methods x samplers x seeds; ``train-policy`` trains a sampling policy with PPO;
-``prepare`` preprocesses audio-visual data.
+``prepare`` preprocesses a raw data set release (audio-visual, image-text, gesture).
 
 Run configurations are resolved by :func:`dus_gym.core.specs.resolve_run_config`, later wins: the
 RunConfig defaults; the task spec ``envs/<task>.yaml``; a ``--config`` YAML file; the sampler
 settings ``agents/<sampler>.yml`` (key: the task name, else ``default``); command-line flags;
 ``--set key.sub=value`` overrides. Defaults and choices shown in ``--help`` come from the
 configuration dataclasses and the name tables (tasks, samplers, methods, vec-env kinds).
+
+A ``module:function`` task is imported when given on the command line; a file read from disk (a
+config, a run folder's config.yaml, a bench config, agents/ppo.yml, a resumed policy run's args.yml)
+may name one only with ``--allow-task-import`` (:func:`dus_gym.tasks.check_task_source`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, from_dict
-from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty
+import yaml
+
+from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, check_seeds, from_dict, to_dict
+from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty, write_text_atomic
 from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config
 from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
@@ -30,15 +36,20 @@ from dus_gym.experiments.compare import SamplerSpec, run_comparison
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
 from dus_gym.experiments.readme import check_readme_block, write_readme_block
 from dus_gym.experiments.run import CHECKPOINT_NAME, check_resumable, run_training
+from dus_gym.rl.policy_run import resumed_settings
 from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 from dus_gym.rl.vec_envs import VEC_ENVS
-from dus_gym.samplers import SAMPLERS
-from dus_gym.tasks import TASKS
-from dus_gym.tasks.audiovisual.prepare import DATASETS, prepare_dataset
+from dus_gym.samplers import SAMPLERS, overrides_per_sampler
+from dus_gym.tasks import OPT_IN, TASKS, check_spec_sources, check_task_source
+from dus_gym.tasks.prepare import PREPARERS, prepare
 
 
-def resolve_config(args: argparse.Namespace, sampler: str | None = None) -> dict[str, Any]:
-    """The run-config mapping of the command line: the config file, flags and ``--set`` overrides on the specs."""
+def resolve_config(args: argparse.Namespace, sampler: str | None = None,
+                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run-config mapping of the command line: the config file, flags and ``--set`` overrides on the specs.
+
+    ``overrides``: the ``--set`` overrides as this sampler takes them (default: all of them).
+    """
     flags: dict[str, Any] = {}
     if args.iterations is not None:
         flags["n_iterations"], flags["epochs"] = args.iterations, None
@@ -52,9 +63,18 @@ def resolve_config(args: argparse.Namespace, sampler: str | None = None) -> dict
         flags["seed"] = args.seed
     if args.run_dir is not None:
         flags["run_dir"] = args.run_dir
-    return resolve_run_config(args.task, config=read_yaml(Path(args.config)) if args.config else None,
-                              sampler=sampler or getattr(args, "sampler", None), flags=flags,
-                              overrides=parse_overrides(args.set))
+    config = read_yaml(Path(args.config)) if args.config else None
+    overrides = parse_overrides(args.set) if overrides is None else overrides
+    if config and args.task is None and "task" not in overrides:  # the task would come from the file
+        check_spec_sources(config, f"the config file {args.config}", args.allow_task_import)
+    return resolve_run_config(args.task, config=config, sampler=sampler or getattr(args, "sampler", None),
+                              flags=flags, overrides=overrides)
+
+
+def _allow_task_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(OPT_IN, action="store_true",
+                        help="let files read here (config, run folder, bench config, PPO YAML) name a task as "
+                             "module:function, which imports and runs that code: only for files you trust")
 
 
 def _names(table: Any) -> str:
@@ -74,6 +94,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override any config key, e.g. --set learner.lr=0.1 --set cmd.source=probe")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _allow_task_import(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--resume", metavar="RUN_FOLDER",
                      help="continue an interrupted run from its checkpoint.pt, with its own config.yaml")
+    run.add_argument("--lr", type=float, help="with --resume: continue from the last good checkpoint with this "
+                                              f"learning rate (after a divergence; recorded in RUN/{CHANGES_FILE})")
     compare = sub.add_parser("compare", help="run several samplers over several seeds and print a table")
     _common(compare)
     compare.add_argument("--samplers", nargs="+", help=f"among {_names(SAMPLERS)} (default uniform heuristic)")
@@ -140,14 +163,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a keyword of one method, e.g. --method-kwargs ogm-ge.alpha=0.5")
     bench.add_argument("--readme", help="also write the table into this file's bench block")
     bench.add_argument("--no-progress", action="store_true")
+    _allow_task_import(bench)
     train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
     add_train_policy_arguments(train)
-    prepare = sub.add_parser("prepare", help="preprocess raw CREMA-D or Kinetics-Sounds media (needs ffmpeg)")
-    prepare.add_argument("dataset", choices=list(DATASETS))
-    prepare.add_argument("src", help="raw data (CREMA-D: AudioWAV/, VideoFlash/; Kinetics-Sounds: videos/)")
-    prepare.add_argument("dst", help="output folder (clips already there are skipped)")
-    prepare.add_argument("--train-list", help="published train list, clip,label lines (default SRC/train.csv)")
-    prepare.add_argument("--test-list", help="published test list (default SRC/test.csv)")
+    prepare = sub.add_parser("prepare", help="preprocess a raw data set release (CREMA-D, Kinetics-Sounds, "
+                                             "Twitter2015, Sarcasm, NVGesture)")
+    prepare.add_argument("dataset", choices=PREPARERS.names())
+    prepare.add_argument("src", help="the raw release (see the README: CREMA-D AudioWAV/ and VideoFlash/; "
+                                     "Kinetics-Sounds videos/; Twitter2015 *.tsv and twitter2015_images/; Sarcasm "
+                                     "text/ and dataset_image/; NVGesture the .lst lists and Video_data/)")
+    prepare.add_argument("dst", help="output folder (what is already there is skipped)")
+    prepare.add_argument("--train-list", help="published train list, if not at its place in SRC")
+    prepare.add_argument("--val-list", help="published validation list (Twitter2015, Sarcasm)")
+    prepare.add_argument("--test-list", help="published test list")
+    prepare.add_argument("--tokenizer", help="BERT tokenizer: hub name, local folder or vocab.txt (Twitter2015, "
+                                             "Sarcasm; default bert-base-uncased)")
+    prepare.add_argument("--max-length", type=int, help="tokens per text (Twitter2015, Sarcasm; default 30)")
+    prepare.add_argument("--image-size", type=int, help="side of the stored images (default Twitter2015 384, "
+                                                        "Sarcasm 224)")
+    prepare.add_argument("--missing-images", choices=["error", "blank"],
+                         help="a listed image that is missing or unreadable: stop (default) or store a black image")
+    prepare.add_argument("--frame-size", type=int, help="side of the stored frames (NVGesture; default 256)")
+    prepare.add_argument("--frames", type=int, help="frames stored per clip (NVGesture; default 80)")
     prepare.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     prepare.add_argument("--no-progress", action="store_true")
     return parser
@@ -155,10 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare_command(args: argparse.Namespace) -> int:
     """``dus-gym prepare``."""
-    metadata = prepare_dataset(args.dataset, args.src, args.dst, args.train_list, args.test_list, args.workers,
-                               progress=not args.no_progress)
-    print(f"{args.dataset}: {metadata['counts']['train']} train / {metadata['counts']['test']} test clips, "
-          f"{len(metadata['classes'])} classes, in {args.dst}")
+    options = {key: getattr(args, key) for key in ("train_list", "val_list", "test_list", "tokenizer", "max_length",
+                                                  "image_size", "missing_images", "frame_size", "frames", "workers")}
+    metadata = prepare(args.dataset, args.src, args.dst, progress=not args.no_progress, **options)
+    counts = " / ".join(f"{n} {split}" for split, n in metadata["counts"].items())
+    print(f"{args.dataset}: {counts} samples, {len(metadata['classes'])} classes, in {args.dst}")
     return 0
 
 
@@ -179,7 +217,8 @@ def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-cpus-per-env", type=float, default=1.0)
     parser.add_argument("--ray-gpus-per-env", type=float, default=0.0)
     parser.add_argument("--run-dir", default=c.run_dir)
-    parser.add_argument("--resume", help="run folder to continue from its last checkpoint")
+    parser.add_argument("--resume", help="run folder to continue from its last checkpoint, with the run's own "
+                                         "settings (args.yml, config.yml); flags that would change them are refused")
     parser.add_argument("--env-kwargs", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="env kwargs overrides, e.g. n_iterations=400 iterations_per_step=10")
     parser.add_argument("--eval-freq", type=int, default=c.eval_freq, help="EvalCallback period in env steps (0: off)")
@@ -189,6 +228,16 @@ def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-controls", action="store_true", help="skip the policy's constant and replay controls")
     parser.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
     parser.add_argument("--no-progress", action="store_true")
+    _allow_task_import(parser)
+
+
+def given_flags(add_arguments: Any, argv: Sequence[str]) -> dict[str, Any]:
+    """The options typed in ``argv`` (destination -> value), defaults left out: what the user asked for."""
+    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    add_arguments(parser)
+    for action in parser._actions:  # defaults given per argument: drop them, so that only typed options remain
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(list(argv)))
 
 
 def train_policy_command(args: argparse.Namespace) -> int:
@@ -202,21 +251,39 @@ def train_policy_command(args: argparse.Namespace) -> int:
         run_dir=args.run_dir, resume=args.resume, env_kwargs=env_kwargs,
         eval_freq=args.eval_freq, checkpoint_freq=args.checkpoint_freq, eval_seeds=tuple(args.eval_seeds),
         evaluate=not args.no_evaluate, controls=not args.no_controls, grid=args.grid, progress=not args.no_progress,
+        allow_task_import=args.allow_task_import,
     )
     argv = list(args.argv or [])
-    if Path(sys.argv[0]).name == "train_policy.py" and argv[:1] == ["train-policy"]:
-        argv = argv[1:]  # train_policy.py passes the subcommand itself; command.txt records what was typed
-    train_policy(config, argv=[sys.argv[0], *argv])
+    if argv[:1] == ["train-policy"]:
+        argv = argv[1:]
+    if args.resume:  # the run's own settings; what was typed may only change where and how long it runs
+        typed = {_TRAIN_FIELDS.get(dest, dest) for dest in given_flags(add_train_policy_arguments, argv)}
+        values = {k: v for k, v in to_dict(config).items() if k in typed}
+        config = from_dict(TrainPolicyConfig, resumed_settings(Path(args.resume), values))
+    prefix = [] if Path(sys.argv[0]).name == "train_policy.py" else ["train-policy"]
+    train_policy(config, argv=[sys.argv[0], *prefix, *argv])  # command.txt records what was typed
     return 0
 
 
-RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", "policy", "seed")
+_TRAIN_FIELDS = {"env": "env_id", "no_evaluate": "evaluate", "no_controls": "controls", "no_progress": "progress",
+                 "ray_address": "ray", "ray_cpus_per_env": "ray", "ray_gpus_per_env": "ray"}
+"""train-policy flags whose TrainPolicyConfig field has another name (the ray ones fill the ``ray`` mapping)."""
+
+
+CHANGES_FILE = "changes.yaml"
+"""Changes made on resuming a run (``--lr``), appended in order; config.yaml stays as the run wrote it."""
+
+RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", "policy", "seed", "method", "run_dir")
 """Flags that would change a run, so they cannot go with ``--resume`` (which uses the run's config.yaml)."""
 
 
-def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
-    """The config of the run folder ``args.resume`` (only ``--device`` may change) and the folder."""
-    given = [f"--{name}" for name in RESUME_CONFLICTS if getattr(args, name, None)]
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
+    """The config of the run folder ``args.resume``, the folder, and whether its learning rate was changed.
+
+    Only ``--device`` may change, and the learning rate with ``--lr`` (recorded in ``changes.yaml``,
+    which every later resume applies: config.yaml stays as the run wrote it).
+    """
+    given = [f"--{name.replace('_', '-')}" for name in RESUME_CONFLICTS if getattr(args, name, None)]
     if given:
         raise ConfigError(f"--resume continues a run with its own config.yaml; drop {', '.join(given)}")
     folder = Path(args.resume)
@@ -224,15 +291,30 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
         raise FileNotFoundError(f"no run to resume in {folder}: expected a run folder with config.yaml")
     check_resumable(folder)
     data = read_yaml(folder / "config.yaml")
+    check_spec_sources(data, f"the run folder's {folder / 'config.yaml'}", args.allow_task_import)
+    changes_path = folder / CHANGES_FILE
+    changes = read_yaml(changes_path).get("changes", []) if changes_path.is_file() else []
+    if not isinstance(changes, list) or not all(isinstance(c, dict) and "learner.lr" in c for c in changes):
+        raise ConfigError(f"{changes_path} is malformed: expected 'changes:' with entries holding learner.lr")
+    if args.lr is not None:
+        changes.append({"learner.lr": args.lr, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    for change in changes:
+        data = deep_merge(data, {"learner": {"lr": change["learner.lr"]}})
     if args.device is not None:
         data = deep_merge(data, {"learner": {"device": args.device}})
-    return from_dict(RunConfig, data), folder
+    config = from_dict(RunConfig, data)
+    if args.lr is not None:
+        write_text_atomic(changes_path, yaml.safe_dump({"changes": changes}, sort_keys=False))
+    return config, folder, bool(changes)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``dus-gym run``."""
+    if args.lr is not None and not args.resume:
+        raise ConfigError("--lr changes the learning rate of a resumed run; a new run takes --set learner.lr=LR")
+    new_lr = False
     if args.resume:
-        config, folder = resume_config(args)
+        config, folder, new_lr = resume_config(args)
         checkpoint = folder / CHECKPOINT_NAME
         print(f"resuming {folder} from {checkpoint}" if checkpoint.is_file()
               else f"no checkpoint yet in {folder}: starting the run again", flush=True)
@@ -245,7 +327,8 @@ def run_command(args: argparse.Namespace) -> int:
         folder = new_run_folder(config.run_dir,
                                 f"{config.task.split(':')[-1]}-{method}{config.sampler}-seed{config.seed}")
     try:
-        result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume))
+        result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume),
+                              new_lr=new_lr)
     finally:
         remove_if_empty(folder)  # a run that failed before writing anything leaves no folder
     s = result.summary
@@ -304,8 +387,10 @@ def compare_command(args: argparse.Namespace) -> int:
     if "ppo" in policies and "ppo" not in samplers:
         samplers.append("ppo")
     specs, base = [], None
+    check_seeds(args.seeds)  # before any run
+    overrides = overrides_per_sampler(parse_overrides(args.set), samplers)
     for name in samplers:
-        config = from_dict(RunConfig, resolve_config(args, sampler=name))
+        config = from_dict(RunConfig, resolve_config(args, sampler=name, overrides=overrides[name]))
         base = base or config
         kwargs = dict(config.sampler_kwargs)
         if name == "ppo":
@@ -337,6 +422,11 @@ def compare_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     """``dus-gym bench``."""
     values = read_yaml(Path(args.config)) if args.config else {}
+    if args.tasks is None and isinstance(values.get("tasks"), list):  # the tasks would come from the file
+        for task in values["tasks"]:
+            check_task_source(task, f"the bench config {args.config}", args.allow_task_import)
+    if not isinstance(values.get("overrides") or {}, dict):
+        raise ConfigError(f"the bench config {args.config}: overrides must be a mapping of run-config keys")
     overrides = deep_merge(dict(values.get("overrides") or {}), parse_overrides(args.set))
     values.update({k: getattr(args, k) for k in ("tasks", "methods", "samplers", "seeds", "workers", "out_dir",
                                                   "policy") if getattr(args, k) is not None})
@@ -364,21 +454,38 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dus-gym`` console script; bad input gives one line and exit code 2."""
+    """Entry point of the ``dus-gym`` console script; bad input gives one line and exit code 2.
+
+    Nothing is added to ``sys.path`` here: a ``module:function`` task is imported with the working
+    folder searched after the installed packages, and only then (:mod:`dus_gym.tasks`).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # let "module:function" tasks live in the working folder
-
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     handlers = {"run": run_command, "compare": compare_command, "bench": bench_command,
                 "train-policy": train_policy_command, "prepare": prepare_command}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ValueError, OSError, RuntimeError) as err:
-        print(f"dus-gym: error: {err}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError, RuntimeError, OverflowError, ImportError) as err:
+        print(f"dus-gym: error: {error_line(err)}", file=sys.stderr)
+        return 2
+    except MemoryError as err:
+        print(f"dus-gym: error: out of memory{': ' + error_line(err) if str(err) else ''}; lower the sizes asked "
+              "for (budget, counts, batch sizes)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; `dus-gym run --resume RUN_FOLDER` continues from the last checkpoint" if args.command == "run" else ""
+        if args.command == "train-policy":
+            hint = "; `train_policy.py --resume RUN_FOLDER` continues from the last checkpoint"
         print(f"dus-gym: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+MAX_ERROR_LINE = 2000
+"""Characters of an error line (a message that repeats a huge value is cut)."""
+
+
+def error_line(err: BaseException) -> str:
+    """The message of ``err`` on one line, at most :data:`MAX_ERROR_LINE` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= MAX_ERROR_LINE else text[:MAX_ERROR_LINE] + " ..."

@@ -40,6 +40,9 @@ def test_prepare_writes_the_pinned_layout(prepared):
     fbank = fbank.astype(np.float32)
     assert np.abs(fbank[:298]).sum() > 0 and np.abs(fbank[300:]).sum() == 0  # 3 s = 298 frames, then padding
     assert not list((root / "cremad").rglob(".*tmp*"))
+    for folder in (root / "cremad" / "visual").iterdir():  # results are meant to be readable
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
+    assert (root / "cremad" / "train.csv").stat().st_mode & 0o777 == 0o644
 
 
 def test_prepare_is_resumable(prepared, tmp_path):

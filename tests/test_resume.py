@@ -104,6 +104,17 @@ def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
     state = load_run_checkpoint(folder / "checkpoint.pt", config)
     assert state["iteration"] == 20
     assert all(torch.isfinite(v).all() for v in state["learner"]["model"].values())
+    assert f"dus-gym run --resume {folder} --lr LR" in err
+
+    # the documented way on: the last good checkpoint, a new learning rate, config.yaml as the run wrote it
+    monkeypatch.undo()
+    written = (folder / "config.yaml").read_text()
+    assert main(["run", "--resume", str(folder), "--lr", "0.01", "--no-progress"]) == 0
+    assert (folder / "config.yaml").read_text() == written
+    assert yaml.safe_load((folder / "changes.yaml").read_text())["changes"][0]["learner.lr"] == 0.01
+    learner = torch.load(folder / "learner.pt", weights_only=True)["state"]
+    assert [g["lr"] for g in learner["optimizer"]["param_groups"]] == [0.01]
+    assert json.loads((folder / "results.json").read_text())["iterations"] == 40
 
 
 @pytest.mark.parametrize("change, message", [

@@ -23,7 +23,8 @@ TINY = ["--iterations", "4", "--no-progress", "--set", "eval_every=4", "--set", 
 
 def one_line(capsys, argv, tmp_path) -> str:
     """Run the CLI, expect exit 2 and exactly one 'dus-gym: error:' line; return it."""
-    code = main([*argv, "--run-dir", str(tmp_path / "runs")] if argv[0] in ("run", "train-policy") else argv)
+    own_dir = argv[0] in ("run", "train-policy") and "--resume" not in argv and "--run-dir" not in argv
+    code = main([*argv, "--run-dir", str(tmp_path / "runs")] if own_dir else argv)
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert code == 2, err
@@ -191,6 +192,8 @@ def test_nan_in_a_shipped_format_data_file(capsys, tmp_path):
     (np.array([np.nan, 0.0], np.float32), "NaN/inf"),
     (np.array([2.0, 0.0], np.float32), "outside \\[-1, 1\\]"),
     ([[0.0], [0.0, 1.0]], "not an array"),
+    (np.array([0.5 + 1j, 0.0]), "dtype complex128"),
+    (np.array([True, False]), "dtype bool"),
 ])
 def test_env_action_errors_name_the_expected_space(action, message):
     from dus_gym.rl.env import DUSEnv
@@ -305,3 +308,560 @@ def test_zoo_policy_kwargs_strings_are_parsed_not_evaluated(text, tmp_path):
     hp.write_text(yaml.safe_dump({"default": {"policy_kwargs": text}}))
     with pytest.raises(ConfigError):
         load_hyperparams(hp, "dus_gym/Synthetic-v0")
+
+
+# --- issue 15: nothing lost, nothing run that was not meant to run ---------------------------------
+
+def _dus_gym_process(argv, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", "import sys; from dus_gym.cli import main; sys.exit(main())",
+                             *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_parallel_sweep_of_8_runs_gives_8_folders_with_matching_config_and_results(tmp_path):
+    # same task, sampler and seed (so the same folder name and second), different --set: the issue's reproduction
+    procs = [_dus_gym_process(["run", "--task", "synthetic", "--sampler", "constant", "--seed", "0", "--iterations",
+                               "3", "--run-dir", "runs", "--no-progress", "--set", "tensorboard=false",
+                               "--set", "task_kwargs.hidden_dim=4", "--set", "eval_every=3",
+                               "--set", f"sampler_kwargs.counts=[{8 + k},16]"], tmp_path) for k in range(8)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 8
+    seen = set()
+    for folder in folders:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        results = json.loads((folder / "results.json").read_text())
+        dominant = config["sampler_kwargs"]["counts"][0]
+        assert results["mean_counts"]["dominant"] == dominant  # this folder's results are this config's run
+        seen.add(dominant)
+    assert seen == set(range(8, 16))
+
+
+def test_run_folders_made_at_once_by_many_threads_are_distinct(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dus_gym.core.files import new_run_folder
+
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: new_run_folder(tmp_path, "same-name"), range(16)))
+    assert len(set(folders)) == 16 and all(f.is_dir() for f in folders)
+
+
+def test_bench_overrides_win_over_the_sampler_file_and_reach_only_the_samplers_that_take_them():
+    from dus_gym.experiments.bench import bench_config_from_args, plan_cells
+
+    bench = bench_config_from_args({"tasks": ["synthetic"], "methods": ["joint"], "samplers": ["uniform", "heuristic"],
+                                    "seeds": [0], "overrides": {"sampler_kwargs": {"alpha": 5},
+                                                                "task_kwargs": {"hidden_dim": 4}}})
+    kwargs = {(c.sampler, c.alone): c.config["sampler_kwargs"] for c in plan_cells(bench)}
+    assert kwargs[("heuristic", None)]["alpha"] == 5  # agents/heuristic.yml says 10
+    assert kwargs[("uniform", None)] == {}
+    assert kwargs[("dominant", "dominant")] == {"counts": [64, 0]}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--samplers", "uniform", "--set", "sampler_kwargs.alpha=5"], "taken by none of the samplers"),
+    (["bench", "--seeds", "1", "1"], "seeds must be distinct"),
+    (["compare", "--seeds", "0", "0"], "seeds must be distinct"),
+    (["compare", "--samplers", "uniform", "--set", "sampler_kwargs.alpah=5"], "taken by none of the samplers"),
+    (["train-policy", "--eval-seeds", "5", "5", "--no-evaluate"], "eval_seeds must be distinct"),
+    (["run", "--lr", "0.01"], "--lr changes the learning rate of a resumed run"),
+    (["bench", "--samplers", "ppo", "--policy", "nowhere", "--tasks", "synthetic"], "no saved policy at"),
+    (["bench", "--samplers", "heuristic", "--set", "sampler_kwargs.alpha=500", "--tasks", "synthetic"],
+     "alpha must be in"),
+])
+def test_duplicate_seeds_and_bench_settings_fail_before_any_run(argv, message, capsys, tmp_path):
+    extra = {"bench": ["--no-progress", "--out", str(tmp_path / "bench")], "compare": ["--no-progress"]}
+    err = one_line(capsys, [*argv, *extra.get(argv[0], [])], tmp_path)
+    assert message in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("results.json"))
+
+
+@pytest.mark.parametrize("flag", ["--method", "--run-dir"])
+def test_run_resume_refuses_flags_it_would_ignore(flag, capsys, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("task: synthetic\nn_iterations: 5\n")
+    value = "joint" if flag == "--method" else str(tmp_path / "other")
+    err = one_line(capsys, ["run", "--resume", str(folder), flag, value], tmp_path)
+    assert f"drop {flag}" in err
+
+
+# finite floats: every reward weight, from the command line and from Python
+
+REWARD_WEIGHTS = ("reward_delta_weight", "reward_cmd_weight", "reward_terminal_weight", "divergence_penalty")
+
+
+@pytest.mark.parametrize("key", REWARD_WEIGHTS)
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_or_inf_reward_weights_are_refused_on_the_command_line(key, value, capsys, tmp_path):
+    err = one_line(capsys, ["run", "--task", "synthetic", "--set", f"env.{key}={value}"], tmp_path)
+    assert f"config key 'env.{key}'" in err and "finite" in err
+
+
+@pytest.mark.parametrize("key", REWARD_WEIGHTS)
+def test_nan_reward_weights_are_refused_in_python_and_by_the_env(key):
+    from dus_gym.core.config import EnvConfig
+    from dus_gym.rl.env import DUSEnv
+
+    with pytest.raises(ConfigError, match=f"'env.{key}' is nan"):
+        EnvConfig(**{key: float("nan")})
+    with pytest.raises(ConfigError, match="finite"):
+        DUSEnv(n_iterations=4, task_kwargs={"hidden_dim": 4}, **{key: float("inf")})
+
+
+# budgets and counts: bounded, whole numbers
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--epochs", "inf"], "'epochs' is inf"),
+    (["run", "--epochs", "nan"], "'epochs' is nan"),
+    (["run", "--set", "epochs=.inf", "--set", "n_iterations=null"], "'epochs' is inf"),
+    (["run", "--iterations", "100000000000"], "n_iterations must be >= 1 and <= 10_000_000"),
+    (["run", "--task", "synthetic", "--epochs", "1e9", "--set", "task_kwargs.hidden_dim=4"], "lower epochs"),
+    (["run", "--sampler", "constant", "--set", "sampler_kwargs.counts=[1000000000000,64]"], "counts up to"),
+    (["run", "--sampler", "constant", "--set", "sampler_kwargs.counts=[8.5,64]"], "whole numbers"),
+    (["run", "--sampler", "schedule", "--set", "sampler_kwargs.schedule=[[8,64],[8.5,64]]"], "whole numbers"),
+    (["run", "--set", "env.n_max=1000000000000"], "n_max <= 1_000_000"),
+    (["run", "--set", "learner.batch_size=1000000000"], "batch_size must be >= 1 and <= 1_000_000"),
+    (["run", "--set", "learner.count_sizes=[16,10000000]"], "count_sizes must hold non-negative counts up to"),
+    (["run", "--sampler", "heuristic", "--set", "sampler_kwargs.n_max=1000000000"], "n_max <= 1_000_000"),
+    (["run", "--set", "env.count_levels=[8.5,16]"], "must be an integer"),
+])
+def test_budgets_and_counts_are_bounded_whole_numbers(argv, message, capsys, tmp_path):
+    assert message in one_line(capsys, argv, tmp_path)
+
+
+def test_yaml_alias_bomb_gives_a_short_line(capsys, tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [*{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, "
+                     f"*{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}]")
+    lines.append("seed: *i")  # 9^9 leaves when expanded
+    bomb.write_text("\n".join(lines) + "\n")
+    assert len(bomb.read_bytes()) < 500
+    err = one_line(capsys, ["run", "--config", str(bomb)], tmp_path)
+    assert "unknown config key 'a'" in err and len(err) < 2500
+
+
+def test_values_in_messages_are_bounded():
+    from dus_gym.core.config import RunConfig, from_dict
+
+    nested = [[list(range(10_000))] * 10_000] * 3
+    with pytest.raises(ConfigError) as info:
+        from_dict(RunConfig, {"seed": nested})
+    assert len(str(info.value)) < 400
+
+
+# the trust boundary of task code
+
+EVIL = "os:system"
+
+
+def _marker_kwargs(tmp_path):
+    return {"command": f"touch {tmp_path / 'pwned'}"}
+
+
+@pytest.mark.parametrize("where", ["config", "run folder", "bench config", "ppo yaml", "policy args"])
+def test_files_naming_module_function_tasks_run_nothing(where, capsys, tmp_path):
+    config = {"task": EVIL, "task_kwargs": _marker_kwargs(tmp_path), "n_iterations": 2}
+    if where == "config":
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+        argv = ["run", "--config", str(tmp_path / "c.yaml")]
+    elif where == "run folder":
+        folder = tmp_path / "victim-run"
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        argv = ["run", "--resume", str(folder)]
+    elif where == "bench config":
+        (tmp_path / "b.yaml").write_text(yaml.safe_dump({"tasks": [EVIL], "overrides": {"task_kwargs": config[
+            "task_kwargs"]}}))
+        argv = ["bench", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "bench")]
+    elif where == "ppo yaml":
+        (tmp_path / "ppo.yml").write_text(yaml.safe_dump({"default": {"env_kwargs": {"task": EVIL,
+                                                                                    "task_kwargs": config[
+                                                                                        "task_kwargs"]}}}))
+        argv = ["train-policy", "-conf", str(tmp_path / "ppo.yml"), "--no-evaluate"]
+    else:
+        folder = tmp_path / "policy-run"
+        folder.mkdir()
+        (folder / "args.yml").write_text(yaml.safe_dump({"env_id": "dus_gym/Synthetic-v0", "env_kwargs": {
+            "task": EVIL, "task_kwargs": config["task_kwargs"]}}))
+        (folder / "config.yml").write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": {}}))
+        argv = ["train-policy", "--resume", str(folder)]
+    err = one_line(capsys, argv, tmp_path)
+    assert f"names the task '{EVIL}'" in err and "--allow-task-import" in err
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    lambda t: ["run", "--task", EVIL, "--set", f"task_kwargs.command=touch {t / 'pwned'}"],
+    lambda t: ["run", "--config", str(t / "c.yaml"), "--allow-task-import"],
+    lambda t: ["run", "--task", "builtins:eval", "--set", f"task_kwargs.source=open('{t / 'pwned'}', 'w')"],
+])
+def test_builtins_are_never_called_as_task_builders(argv, capsys, tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"task": EVIL, "task_kwargs": _marker_kwargs(tmp_path)}))
+    err = one_line(capsys, argv(tmp_path), tmp_path)
+    assert "not a function that returns a dus_gym.tasks.Task" in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_env_specs_naming_module_function_tasks_are_skipped_unless_trusted(tmp_path, recwarn):
+    import gymnasium as gym
+
+    from dus_gym import register_envs
+
+    (tmp_path / "evil.yaml").write_text(yaml.safe_dump({"env_id": "dus_gym/Evil15-v0", "task": EVIL,
+                                                        "task_kwargs": _marker_kwargs(tmp_path)}))
+    (tmp_path / "broken.yaml").write_text("env_id: [unclosed\n")
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump({"env_id": "dus_gym/Good15-v0", "task": "synthetic",
+                                                        "task_kwargs": {"hidden_dim": 4}, "n_iterations": 4}))
+    assert register_envs(tmp_path) == ["dus_gym/Good15-v0"]  # the others are reported and skipped
+    messages = " ".join(str(w.message) for w in recwarn)
+    assert "evil.yaml skipped" in messages and "broken.yaml skipped" in messages
+    assert "dus_gym/Evil15-v0" not in gym.registry
+    assert register_envs(tmp_path, allow_task_import=True) == ["dus_gym/Evil15-v0", "dus_gym/Good15-v0"]
+    with pytest.raises(ValueError, match="not a function that returns"):
+        gym.make("dus_gym/Evil15-v0")
+    assert not (tmp_path / "pwned").exists()
+    gym.make("dus_gym/Good15-v0").close()
+
+
+def _user_module(tmp_path, name, body):
+    (tmp_path / f"{name}.py").write_text(body)
+    return f"{name}:build"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def build():\n    return 42\n", "returned int, not a dus_gym.tasks.Task"),
+    ("def build():\n    return {}['root']\n", "failed: KeyError: 'root'"),
+    ("import torch\nfrom tests_helpers_missing import x\n", "cannot import task builder"),
+    ("import torch\nfrom dus_gym.tasks import MultimodalSplit, Task\n"
+     "def build():\n    s = MultimodalSplit({'a': torch.zeros(4, 2), 'b': torch.zeros(4, 2)}, torch.zeros(4).long())\n"
+     "    return Task('u', ('a', 'b'), 2, {'train': s, 'val': s, 'test': s},\n"
+     "                {'a': lambda: torch.nn.Linear(2, 3), 'b': lambda: torch.nn.Linear(2, 3)})\n",
+     "must be an nn.Module with a positive integer attribute out_dim"),
+])
+def test_a_users_builder_that_fails_is_one_line(body, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = f"user15_{abs(hash(body)) % 10**8}"
+    task = _user_module(tmp_path, name, body)
+    err = one_line(capsys, ["run", "--task", task, "--iterations", "2"], tmp_path)
+    assert message in err
+
+
+def test_working_folder_is_searched_after_the_installed_packages_and_only_for_the_task(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "json.py").write_text("raise SystemExit('a planted json.py ran')\n")
+    task = _user_module(tmp_path, "user15_ok", "from dus_gym.tasks.synthetic import make_synthetic\n"
+                                               "def build(**kw):\n    return make_synthetic(hidden_dim=4)\n")
+    before = list(sys.path)
+    assert main(["run", "--task", task, "--iterations", "2", "--no-progress", "--run-dir", str(tmp_path / "r"),
+                 "--set", "tensorboard=false"]) == 0
+    assert sys.path == before
+
+
+def test_the_console_script_does_not_import_from_the_working_folder(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("dus-gym") or str(Path(sys.executable).parent / "dus-gym")
+    if not Path(script).is_file():
+        pytest.skip("the dus-gym console script is not installed")
+    (tmp_path / "tqdm.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w')\n")
+    proc = subprocess.run([script, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_installed_entry_point_tasks_may_be_named_by_files(tmp_path, capsys, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import dus_gym.tasks as tasks
+
+    points = [EntryPoint("plugin15", "dus_gym.tasks.synthetic:make_synthetic", tasks.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(tasks.metadata, "entry_points", lambda group: points if group == tasks.ENTRY_POINT_GROUP
+                        else [])
+    tasks.entry_point_tasks.cache_clear()
+    try:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"task": "plugin15", "task_kwargs": {"hidden_dim": 4},
+                                                         "n_iterations": 2, "tensorboard": False}))
+        assert main(["run", "--config", str(tmp_path / "c.yaml"), "--no-progress", "--run-dir", str(tmp_path)]) == 0
+    finally:
+        tasks.entry_point_tasks.cache_clear()
+        tasks.TASKS._entries.pop("plugin15", None)
+
+
+# prepared data: clip names are file names, train and test are disjoint
+
+@pytest.mark.parametrize("clip", ["../../victim/evil", "/tmp/evil", "a/b", "..", ".hidden", "a\\b"])
+def test_prepare_refuses_clip_names_that_are_paths(clip, capsys, tmp_path):
+    src, dst = tmp_path / "raw", tmp_path / "out" / "cremad"
+    src.mkdir()
+    (src / "train.csv").write_text(f"{clip},NEU\nok,HAP\n")
+    (src / "test.csv").write_text("t0,NEU\n")
+    err = one_line(capsys, ["prepare", "cremad", str(src), str(dst), "--no-progress"], tmp_path)
+    assert "is not a plain file name" in err
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != src]
+    assert written == [] and not dst.exists()
+
+
+def test_prepare_refuses_a_clip_in_both_lists(capsys, tmp_path):
+    src = tmp_path / "raw"
+    src.mkdir()
+    (src / "train.csv").write_text("c0,NEU\nc1,HAP\n")
+    (src / "test.csv").write_text("c1,HAP\n")
+    assert "in both the train and the test list (c1)" in one_line(
+        capsys, ["prepare", "cremad", str(src), str(tmp_path / "out")], tmp_path)
+
+
+@pytest.mark.parametrize("train, message", [
+    ("clip,label\nc0\n", "expected 'clip,label'"),
+    ("clip,label\n../c0,NEU\n", "is not a plain file name"),
+    ("clip,label\nc0,NEU\n", "in both the train and the test list"),
+])
+def test_prepared_split_lists_are_checked_by_the_task(train, message, tmp_path):
+    root = _prepared_root(tmp_path, train, np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=message):
+        make_task("cremad", root=str(root))
+
+
+@pytest.mark.parametrize("metadata", [{}, {"classes": None}, {"classes": ["NEU"]}, {"classes": "NEU,HAP"}])
+def test_metadata_without_classes_is_one_line(metadata, capsys, tmp_path):
+    root = _prepared_root(tmp_path, "clip,label\nc0,NEU\n", np.zeros((4, 4), np.float32))
+    (root / "metadata.json").write_text(json.dumps({"format": "dus-gym-audiovisual", "dataset": "cremad",
+                                                    **metadata}))
+    err = one_line(capsys, ["run", "--task", "cremad", "--set", f"task_kwargs.root={root}"], tmp_path)
+    assert "lacks 'classes'" in err
+
+
+def test_temporary_files_do_not_follow_a_planted_symlink(tmp_path):
+    from dus_gym.tasks.audiovisual.prepare import save_npy_atomic
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "audio").mkdir()
+    for name in (".c0.tmp.npy", ".c0.npy.tmp", ".c0.npy.tmp.npy"):  # the fixed names of before
+        (tmp_path / "audio" / name).symlink_to(victim)
+    save_npy_atomic(tmp_path / "audio" / "c0.npy", np.ones(3, np.float16))
+    assert victim.read_text() == "precious"
+    assert np.load(tmp_path / "audio" / "c0.npy").tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_the_old_file(tmp_path):
+    import errno
+
+    from dus_gym.core.files import atomic_path
+
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    with pytest.raises(OSError, match="no space left on device.*free space and run again"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+# damaged files: run checkpoints, bench cells, policies
+
+@pytest.mark.parametrize("drop", ["history", "rng", "learner"])
+def test_run_checkpoint_lacking_keys_is_one_line(drop, capsys, tmp_path):
+    from dus_gym.core.checkpoint import save_run_checkpoint
+    from dus_gym.core.config import RunConfig, from_dict, to_dict
+
+    folder = tmp_path / "run"
+    data = {"task": "synthetic", "n_iterations": 6, "task_kwargs": {"hidden_dim": 4}, "tensorboard": False,
+            "checkpoint_every": 3, "run_dir": str(folder)}
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(data))
+    config = to_dict(from_dict(RunConfig, data))
+    state = {"iteration": 3, "train_seconds": 1.0, "learner": {}, "sampler": {}, "monitor": {},
+             "counts": torch.zeros(2), "history": torch.zeros(3, 2), "cmd_history": torch.zeros(3, 2),
+             "last_status": torch.zeros(2), "val_curve": [], "rng": {}}
+    state.pop(drop)
+    save_run_checkpoint(folder / "checkpoint.pt", state, config)
+    err = one_line(capsys, ["run", "--resume", str(folder)], tmp_path)
+    assert "checkpoint.pt is incomplete or damaged" in err
+
+
+@pytest.mark.parametrize("damage", ["truncated npz", "npz of garbage", "record without summary", "summary without test",
+                                    "record of a list"])
+def test_a_damaged_bench_cell_is_run_again(damage, tmp_path):
+    from dus_gym.experiments.bench import bench_config_from_args, run_bench
+
+    bench = bench_config_from_args({"tasks": ["synthetic"], "methods": ["joint"], "samplers": ["uniform"],
+                                    "seeds": [0], "n_iterations": 2, "alone": False, "workers": 1,
+                                    "out_dir": str(tmp_path), "overrides": {"task_kwargs": {"hidden_dim": 4}}})
+    assert run_bench(bench, progress=False)["ran"] == 1
+    cell = tmp_path / "cells" / "synthetic_joint_uniform_seed0"
+    npz, record = cell.with_suffix(".npz"), cell.with_suffix(".json")
+    if damage == "truncated npz":
+        npz.write_bytes(npz.read_bytes()[:40])
+    elif damage == "npz of garbage":
+        npz.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    elif damage == "record of a list":
+        record.write_text("[1, 2]")
+    else:
+        data = json.loads(record.read_text())
+        if damage == "record without summary":
+            del data["summary"]
+        else:
+            del data["summary"]["test"]
+        record.write_text(json.dumps(data))
+    summary = run_bench(bench, progress=False)
+    assert summary["ran"] == 1 and "joint" in summary["table"]
+    assert run_bench(bench, progress=False)["ran"] == 0  # repaired
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"modalities": None}, "lacks a valid 'modalities'"),
+    ({"batch_size": "64"}, "lacks a valid 'batch_size'"),
+    ({"env": None}, "lacks a valid 'env'"),
+    ({"env": {"n_min": 8, "n_max": 256, "action_type": "box", "count_levels": [8, 256]}},
+     "lacks a valid 'env.iterations_per_step'"),
+    ({"env": {"n_min": 8, "n_max": 256, "count_levels": [8, 256], "iterations_per_step": 10}},
+     "lacks a valid 'env.action_type'"),
+])
+def test_policy_json_lacking_keys_is_one_line(changes, message, capsys, tmp_path):
+    folder = _policy_folder(tmp_path, **changes)
+    err = one_line(capsys, ["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), *TINY], tmp_path)
+    assert message in err
+
+
+def test_corrupt_vecnormalize_of_a_policy_is_one_line(tiny_policy, capsys, tmp_path):
+    import shutil
+
+    _, trained = tiny_policy
+    folder = tmp_path / "policy"
+    shutil.copytree(trained, folder)
+    (folder / "vecnormalize.pkl").write_bytes(b"\x80\x04\x95 truncated")
+    err = one_line(capsys, ["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), *TINY,
+                            "--set", "env.iterations_per_step=10"], tmp_path)
+    assert "vecnormalize.pkl is not readable VecNormalize statistics" in err
+
+
+# policy training: resume with the run's own settings, never rewriting provenance
+
+def _policy_run(tmp_path, **args):
+    from dus_gym.core.config import to_dict
+    from dus_gym.rl.train_policy import TrainPolicyConfig
+
+    folder = tmp_path / "ppo-run"
+    folder.mkdir()
+    config = TrainPolicyConfig(vec_env="dummy", seed=3, env_kwargs={"iterations_per_step": 10}, **args)
+    (folder / "args.yml").write_text(yaml.safe_dump(to_dict(config)))
+    (folder / "config.yml").write_text(yaml.safe_dump({config.env_id: {"n_steps": 32}}))
+    return folder
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--seed", "0"], "seed 0 (the run has 3)"),
+    (["--env-kwargs", "iterations_per_step=5"], "env_kwargs"),
+    (["--env", "dus_gym/MFeat-v0"], "env_id"),
+    (["-conf", "other.yml"], "hyperparams"),
+    (["--checkpoint-freq", "64"], "checkpoint_freq"),
+    (["--eval-freq", "0"], "eval_freq"),
+    (["--run-dir", "elsewhere"], "run_dir"),
+])
+def test_policy_resume_refuses_flags_that_change_the_run(flags, field, capsys, tmp_path):
+    folder = _policy_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    err = one_line(capsys, ["train-policy", "--resume", str(folder), *flags], tmp_path)
+    assert "drop the flags that differ" in err and field in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_policy_resume_continues_with_the_runs_settings_and_keeps_its_provenance(tmp_path, recwarn):
+    from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+
+    hp = tmp_path / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"default": {"n_envs": 1, "n_timesteps": 16, "n_steps": 8, "batch_size": 8,
+                                              "n_epochs": 1, "normalize": True,
+                                              "policy_kwargs": "dict(net_arch=[8])"}}))
+    env_kwargs = {"n_iterations": 8, "iterations_per_step": 4, "task_kwargs": {"hidden_dim": 4, "dominant_dim": 8}}
+    folder = train_policy(TrainPolicyConfig(hyperparams=str(hp), vec_env="dummy", run_dir=str(tmp_path / "runs"),
+                                            env_kwargs=env_kwargs, eval_freq=0, checkpoint_freq=8, evaluate=False,
+                                            progress=False), argv=["train_policy.py"])
+    hp.write_text(yaml.safe_dump({"default": {"n_steps": 4}}))  # edited after the run started: not used by the resume
+    provenance = {name: (folder / name).read_bytes() for name in ("args.yml", "config.yml", "command.txt")}
+    (folder / "checkpoints" / "ppo_vecnormalize_16_steps.pkl").write_bytes(b"\x80\x04 damaged by a crash")
+    # only the total steps change; the run's env kwargs (K = 4) and hyper-parameters (n_steps 8) are its own
+    assert main(["train-policy", "--resume", str(folder), "-n", "24", "--no-progress"]) == 0
+    assert {name: (folder / name).read_bytes() for name in provenance} == provenance
+    assert "train-policy --resume" in (folder / "resumes.txt").read_text()
+    assert any("ppo_16_steps.zip could not be loaded" in str(w.message) for w in recwarn)  # fell back to step 8
+    policy = json.loads((folder / "policy.json").read_text())
+    assert policy["env"]["iterations_per_step"] == 4 and policy["timesteps"] == 24  # 8 + two rollouts of 8
+
+
+def test_ctrl_c_on_train_policy_with_subprocess_envs_is_one_line_and_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    hp = tmp_path / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"default": {"n_envs": 2, "n_timesteps": 100_000, "n_steps": 4, "batch_size": 8,
+                                              "n_epochs": 1, "policy_kwargs": "dict(net_arch=[8])"}}))
+    script = Path(__file__).resolve().parents[1] / "train_policy.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), "--vec-env", "subproc", "-conf", str(hp), "--no-progress",
+                             "--no-evaluate", "--eval-freq", "0", "--checkpoint-freq", "8", "--run-dir",
+                             str(tmp_path / "runs"), "--env-kwargs", "n_iterations=8", "iterations_per_step=4",
+                             "task_kwargs.hidden_dim=4", "task_kwargs.dominant_dim=8"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "runs").glob("*/checkpoints/ppo_*_steps.zip")):  # the workers are training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "dus-gym: interrupted; `train_policy.py --resume RUN_FOLDER` continues from the last checkpoint"]
+
+
+def test_devices_are_used_by_the_dummy_vec_env_too(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA (the device must be refused)")
+    err = one_line(capsys, ["train-policy", "--vec-env", "dummy", "--devices", "cuda:7", "--no-evaluate"], tmp_path)
+    assert "device 'cuda:7' asked for but CUDA is not available" in err
+
+
+def test_three_env_failures_in_a_row_stop_the_run_as_documented():
+    import gymnasium as gym
+
+    from dus_gym.rl.wrappers import ErrorRecoveryWrapper
+
+    class Broken(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (1,))
+        action_space = gym.spaces.Box(-1, 1, (1,))
+        steps = 0
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action):
+            Broken.steps += 1
+            raise RuntimeError("broken")
+
+    env = ErrorRecoveryWrapper(Broken())
+    env.reset()
+    for _ in range(2):  # absorbed: truncated transitions
+        assert env.step(np.zeros(1))[3] is True
+    with pytest.raises(RuntimeError, match="broken"):
+        env.step(np.zeros(1))
+    assert Broken.steps == 3

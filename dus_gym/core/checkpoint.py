@@ -133,8 +133,11 @@ def save_run_checkpoint(path: Path, state: dict[str, Any], config: dict[str, Any
                          "config": comparable_config(config), "state": state})
 
 
-def load_run_checkpoint(path: Path, config: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_run_checkpoint(path: Path, config: dict[str, Any], device: torch.device | str = "cpu",
+                        may_differ: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a run checkpoint (``weights_only=True``) and check that it belongs to ``config``.
+
+    ``may_differ``: dotted config keys a resume changes on purpose (``learner.lr``), not compared.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -144,6 +147,13 @@ def load_run_checkpoint(path: Path, config: dict[str, Any], device: torch.device
     payload = read_payload(path, device, RUN_CHECKPOINT_FORMAT, RUN_CHECKPOINT_VERSION, "run",
                            "it is written by 'dus-gym run' as checkpoint.pt", "start the run again")
     saved, wanted = payload.get("config"), comparable_config(config)
+    for key in may_differ:
+        for table in (saved, wanted):
+            *parents, leaf = key.split(".")
+            for parent in parents:
+                table = table.get(parent) if isinstance(table, dict) else None
+            if isinstance(table, dict):
+                table.pop(leaf, None)
     if saved != wanted:
         differ = _differences(saved if isinstance(saved, dict) else {}, wanted)
         raise ValueError(f"{path} was written for another run configuration (differs in {differ}); "

@@ -1,8 +1,11 @@
 """Explicit, frozen configuration objects, read from YAML mappings with strict key checking.
 
 Every rule about a setting lives here once: ranges in each dataclass's ``__post_init__``, the
-budget rule in :class:`Budget`, the count range in :func:`check_count_range`, and the finiteness
-of every float setting in :func:`from_dict` (a NaN or inf value is refused wherever it comes from).
+budget rule in :class:`Budget`, the count rules in :func:`check_count_range` and :func:`check_counts`,
+and the finiteness of every float setting in :func:`check_finite` (called by :func:`from_dict` for
+values read from files and by each dataclass's ``__post_init__`` for values given in Python, so a NaN
+or inf value is refused wherever it comes from). Error messages show at most :data:`MAX_SHOWN`
+characters of a value (a YAML alias bomb must not become a gigabyte error line).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Iterable
@@ -18,6 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
 T = TypeVar("T")
+
+MAX_ITERATIONS = 10_000_000
+"""Upper bound of a run's budget in learner iterations (the count history is allocated up front)."""
+MAX_COUNT = 1_000_000
+"""Upper bound of any per-modality count or batch size (a batch must fit in memory)."""
+MAX_SHOWN = 200
+"""Characters of a value shown in an error message."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,9 @@ class LearnerConfig:
     """Keyword arguments of the method (e.g. alpha for ogm-ge, gamma for mmpareto)."""
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"learner.batch_size must be >= 1, got {self.batch_size}")
+        check_finite(self, "learner")
+        _check(1 <= self.batch_size <= MAX_COUNT,
+               f"learner.batch_size must be >= 1 and <= {MAX_COUNT:_}, got {self.batch_size}")
         _check(self.optimizer in ("sgd", "adam"), f"learner.optimizer must be 'sgd' or 'adam', got '{self.optimizer}'")
         _check(self.lr > 0 and math.isfinite(self.lr), f"learner.lr must be a positive number, got {self.lr}")
         _check(0 <= self.momentum < 1, f"learner.momentum must be in [0, 1), got {self.momentum}")
@@ -81,7 +94,9 @@ class LearnerConfig:
         _check(self.precision in ("fp32", "bf16"),
                f"learner.precision must be 'fp32' or 'bf16', got '{self.precision}'")
         _check(self.count_sizes is None or (len(self.count_sizes) > 0 and min(self.count_sizes) >= 1),
-               f"learner.count_sizes must be positive sizes or null, got {self.count_sizes}")
+               f"learner.count_sizes must be positive sizes or null, got {shown(self.count_sizes)}")
+        if self.count_sizes is not None:
+            check_counts(self.count_sizes, "learner.count_sizes")
         _check(self.fusion == "concat", f"learner.fusion must be 'concat', got '{self.fusion}'")
 
 
@@ -177,6 +192,7 @@ class EnvConfig:
     """A learner checkpoint (learner.pt of a run) to start every episode from; None: fresh."""
 
     def __post_init__(self) -> None:
+        check_finite(self, "env")
         _check(self.iterations_per_step >= 1, f"env.iterations_per_step must be >= 1, got {self.iterations_per_step}")
         check_count_range(self.n_min, self.n_max, "env")
         _check(self.action_type in ACTION_TYPES,
@@ -232,6 +248,7 @@ class RunConfig:
     """A task family (the env draws a task instance at every reset); None: the one task."""
 
     def __post_init__(self) -> None:
+        check_finite(self, "")
         Budget(self.n_iterations, self.epochs)  # the budget rule
         _check(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
@@ -258,20 +275,82 @@ class Budget:
     def __post_init__(self) -> None:
         _check((self.n_iterations is None) != (self.epochs is None),
                "set exactly one of n_iterations and epochs (the other to null)")
-        _check(self.n_iterations is None or self.n_iterations >= 1,
-               f"n_iterations must be >= 1, got {self.n_iterations}")
+        check_finite(self, "")
+        _check(self.n_iterations is None or 1 <= self.n_iterations <= MAX_ITERATIONS,
+               f"n_iterations must be >= 1 and <= {MAX_ITERATIONS:_}, got {self.n_iterations}")
         _check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
 
     def iterations(self, n_train: int, batch_size: int) -> int:
         """Learner iterations of this budget for a training split of ``n_train`` samples."""
         if self.n_iterations is not None:
             return self.n_iterations
-        return max(1, math.ceil(self.epochs * n_train / batch_size))
+        iterations = max(1, math.ceil(self.epochs * n_train / batch_size))
+        _check(iterations <= MAX_ITERATIONS, f"{self.epochs} epochs of {n_train} samples at B = {batch_size} are "
+                                             f"{iterations:_} iterations, more than {MAX_ITERATIONS:_}; lower epochs")
+        return iterations
 
 
 def check_count_range(n_min: int, n_max: int, where: str) -> None:
-    """Raise a :class:`ConfigError` unless 1 <= n_min <= n_max (the bounds of per-modality counts)."""
-    _check(1 <= n_min <= n_max, f"{where} needs 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+    """Raise a :class:`ConfigError` unless 1 <= n_min <= n_max <= MAX_COUNT (the bounds of per-modality counts)."""
+    _check(1 <= n_min <= n_max <= MAX_COUNT,
+           f"{where} needs 1 <= n_min <= n_max <= {MAX_COUNT:_}, got n_min={n_min}, n_max={n_max}")
+
+
+def check_counts(values: Any, where: str) -> None:
+    """Raise a :class:`ConfigError` unless every entry of ``values`` is a whole number in [0, MAX_COUNT].
+
+    Counts are sample numbers: a fractional count (8.5) is refused rather than truncated, and a huge
+    one rather than left to exhaust memory.
+    """
+    flat = values.tolist() if hasattr(values, "tolist") else values
+    stack = [flat]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+            continue
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) \
+                or item != int(item):
+            raise ConfigError(f"{where} must hold whole numbers of samples, got {shown(values)}")
+        if not 0 <= item <= MAX_COUNT:
+            raise ConfigError(f"{where} must hold non-negative counts up to {MAX_COUNT:_}, got {shown(values)}")
+
+
+def check_seeds(seeds: Iterable[int], where: str = "seeds") -> None:
+    """Raise a :class:`ConfigError` unless ``seeds`` are distinct (a repeated seed repeats a run, not a sample)."""
+    seeds = list(seeds)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    _check(not repeated, f"{where} must be distinct, {repeated} given more than once: a repeated seed reruns the "
+                         "same run and would narrow the interval without new evidence")
+
+
+def check_finite(config: Any, where: str) -> None:
+    """Raise a :class:`ConfigError` when a float field of the dataclass ``config`` is NaN or inf.
+
+    The one finiteness rule of float settings (:func:`_coerce` applies it to values read from files).
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float):
+            _finite(value, f"{where}.{f.name}" if where else f.name)
+
+
+def _finite(value: float, path: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"float settings must be finite numbers: config key '{path}' is {value!r}")
+    return value
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = MAX_SHOWN
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 8
+_REPR.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` bounded for an error message (nested and long values are cut with '...')."""
+    text = _REPR.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 class ConfigError(ValueError):
@@ -300,7 +379,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
             hint = did_you_mean(str(key), names) or f" (valid keys: {names})"
-            raise ConfigError(f"unknown config key '{path}'{hint}")
+            raise ConfigError(f"unknown config key '{path[:MAX_SHOWN]}'{hint}")
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
 
@@ -329,7 +408,7 @@ def checked_kwargs(func: Any, kwargs: dict[str, Any], where: str, reserved: tupl
     for key, value in kwargs.items():
         if key not in names and not open_ended:
             hint = did_you_mean(str(key), names) or (f" (valid keys: {names})" if names else " (it takes none)")
-            raise ConfigError(f"unknown {where} key '{key}'{hint}")
+            raise ConfigError(f"unknown {where} key '{str(key)[:MAX_SHOWN]}'{hint}")
         checked[key] = _coerce(hints[key], value, f"{where}.{key}") if key in hints else value
     return checked
 
@@ -351,20 +430,20 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         raise ConfigError(errors[0])
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a list, got {shown(value)}")
         (item,) = typing.get_args(hint)[:1]
         return tuple(_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a mapping, got {shown(value)}")
         return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be an integer, got {shown(value)}")
         return int(value)
     if hint is float:
         if isinstance(value, str):
@@ -373,13 +452,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"float settings must be finite numbers: config key '{path}' is {value!r}")
-        return float(value)
+            raise ConfigError(f"config key '{path}' must be a number, got {shown(value)}")
+        return _finite(float(value), path)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a string, got {shown(value)}")
         return value
     return value
 

@@ -9,6 +9,7 @@ cannot redirect the write.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import tempfile
@@ -34,17 +35,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     (``np.save``, ``savefig``) write the right one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    except OSError as err:
+        _raise_write_error(path, err)
     os.close(fd)
     tmp = Path(name)
     try:
         os.chmod(tmp, FILE_MODE)  # mkstemp makes the file private
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        _raise_write_error(path, err)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _raise_write_error(path: Path, err: OSError) -> None:
+    """Raise ``err`` again, or, for a full disk or quota, an OSError that names the file and says what to do."""
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        raise OSError(err.errno, f"cannot write {path}: no space left on device; the previous file (if any) is "
+                                 "unchanged and no temporary file is left: free space and run again") from err
+    raise err
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

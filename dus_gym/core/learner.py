@@ -291,6 +291,17 @@ class Learner:
         except (KeyError, RuntimeError, ValueError) as err:
             raise ValueError(f"{path} does not fit this learner (encoders or sizes differ): {err}") from err
 
+    def set_base_lr(self, lr: float) -> None:
+        """Continue with base learning rate ``lr`` (a step decay keeps its position: lr x gamma^(decays done))."""
+        current = lr
+        if self.scheduler is not None:
+            self.scheduler.base_lrs = [lr for _ in self.scheduler.base_lrs]
+            current = lr * self.config.lr_decay_gamma ** (self.scheduler.last_epoch // self.config.lr_decay_every)
+        for group in self.optimizer.param_groups:
+            group["lr"] = current
+            if "initial_lr" in group:
+                group["initial_lr"] = lr
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state saved by :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])

@@ -47,8 +47,8 @@ class MultimodalNet(nn.Module):
     def __init__(self, task: Task, shared_head: bool = False) -> None:
         super().__init__()
         self.modalities = task.modalities
-        self.encoders = nn.ModuleDict({m: task.encoders[m]() for m in task.modalities})
-        dims = [int(self.encoders[m].out_dim) for m in task.modalities]
+        self.encoders = nn.ModuleDict({m: _encoder(task, m) for m in task.modalities})
+        dims = [self.encoders[m].out_dim for m in task.modalities]
         if shared_head:
             if len(set(dims)) != 1:
                 raise ValueError(f"a shared head needs encoders of one feature size, task '{task.name}' has "
@@ -66,3 +66,14 @@ class MultimodalNet(nn.Module):
         encoded = {m: self.encoders[m](features[m]) for m in self.modalities}
         logits = {m: self.heads[m](encoded[m]) for m in self.modalities}
         return logits, self.fusion(torch.cat([encoded[m] for m in self.modalities], dim=1))
+
+
+def _encoder(task: Task, modality: str) -> nn.Module:
+    """A fresh encoder of ``modality``: an ``nn.Module`` with a positive integer ``out_dim`` (else one clear error)."""
+    encoder = task.encoders[modality]()
+    out_dim = getattr(encoder, "out_dim", None)
+    if not isinstance(encoder, nn.Module) or isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
+        raise ValueError(f"task '{task.name}': the encoder of '{modality}' must be an nn.Module with a positive "
+                         f"integer attribute out_dim (the size of its feature vector), got "
+                         f"{type(encoder).__name__} with out_dim={out_dim!r}")
+    return encoder

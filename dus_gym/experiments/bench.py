@@ -27,13 +27,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dus_gym.core.config import ConfigError, RunConfig, from_dict, to_dict
+from dus_gym.core.config import MAX_SHOWN, ConfigError, RunConfig, check_seeds, from_dict, to_dict
 from dus_gym.core.files import atomic_path, write_bytes_atomic, write_text_atomic
 from dus_gym.core.methods import METHODS, make_method
 from dus_gym.core.specs import deep_merge, resolve_run_config
 from dus_gym.experiments import readme as readme_block
 from dus_gym.experiments.run import DivergedError, run_training
 from dus_gym.experiments.stats import format_mean_std, late_fusion_accuracy, mean_interval, paired_interval
+from dus_gym.samplers import make_sampler, overrides_per_sampler
 from dus_gym.tasks import cached_task
 
 DEFAULT_METHODS = tuple(METHODS.names())  # joint, unimodal-aux, ogm-ge, mmpareto, mla
@@ -92,6 +93,7 @@ class BenchConfig:
             raise ConfigError("the ppo sampler needs --policy PATH (a folder written by train_policy.py)")
         if not self.seeds or not self.tasks or not self.methods or not self.samplers:
             raise ConfigError("bench needs at least one task, method, sampler and seed")
+        check_seeds(self.seeds)
         if self.n_iterations is not None and self.n_iterations < 1:
             raise ConfigError(f"n_iterations must be >= 1, got {self.n_iterations}")
         if self.workers is not None and self.workers < 1:
@@ -119,10 +121,17 @@ class Cell:
 
 
 def cell_config(bench: BenchConfig, task: str, sampler: str, flags: dict[str, Any]) -> dict[str, Any]:
-    """The run-config mapping of a cell: the one resolver (spec, sampler settings, flags, overrides), no TensorBoard."""
+    """The run-config mapping of a cell: the one resolver (spec, sampler settings, flags, overrides), no TensorBoard.
+
+    The overrides win over the spec and the sampler settings; their ``sampler_kwargs`` reach the
+    samplers that take them (:func:`~dus_gym.samplers.overrides_per_sampler`), never the fixed
+    counts of the modalities trained alone.
+    """
     if bench.n_iterations is not None:
         flags = {"n_iterations": bench.n_iterations, "epochs": None, **flags}
-    data = resolve_run_config(task, sampler=sampler, flags=flags, overrides=bench.overrides)
+    overrides = overrides_per_sampler(bench.overrides, bench.samplers)[sampler] if sampler in bench.samplers else \
+        {k: v for k, v in bench.overrides.items() if k != "sampler_kwargs"}
+    data = resolve_run_config(task, sampler=sampler, flags=flags, overrides=overrides)
     return deep_merge(data, {"tensorboard": False})
 
 
@@ -141,22 +150,32 @@ def plan_cells(bench: BenchConfig) -> list[Cell]:
                 for seed in bench.seeds:
                     data = cell_config(bench, task, sampler, {"learner": learner, "seed": seed, **policy})
                     cells.append(Cell(f"{task}/{method}/{sampler}/seed{seed}", task, method, sampler, seed,
-                                      _validated(data)))
+                                      _validated(data, len(modalities))))
         if bench.alone:
             B = base.learner.batch_size
             for k, m in enumerate(modalities):
                 counts = [B if j == k else 0 for j in range(len(modalities))]
                 for seed in bench.seeds:
                     data = cell_config(bench, task, "constant", {"sampler_kwargs": {"counts": counts}, "seed": seed})
-                    cells.append(Cell(f"{task}/alone-{m}/seed{seed}", task, "alone", m, seed, _validated(data),
-                                      alone=m))
+                    cells.append(Cell(f"{task}/alone-{m}/seed{seed}", task, "alone", m, seed,
+                                      _validated(data, len(modalities)), alone=m))
     return cells
 
 
-def _validated(data: dict[str, Any]) -> dict[str, Any]:
+def _validated(data: dict[str, Any], n_modalities: int) -> dict[str, Any]:
+    """The cell's config, with its method and sampler built once: a bad setting or policy fails before any run."""
     config = from_dict(RunConfig, data)
-    make_method(config.learner.method, **config.learner.method_kwargs)  # a bad method setting fails before any run
+    make_method(config.learner.method, **config.learner.method_kwargs)
+    key = json.dumps([config.sampler, config.learner.batch_size, n_modalities, config.sampler_kwargs], sort_keys=True,
+                     default=str)
+    if key not in _CHECKED_SAMPLERS:
+        make_sampler(config.sampler, config.learner.batch_size, n_modalities, **config.sampler_kwargs)
+        _CHECKED_SAMPLERS.add(key)
     return to_dict(config)
+
+
+_CHECKED_SAMPLERS: set[str] = set()
+"""Sampler settings already built once in this process (a policy is loaded once, not once per cell)."""
 
 
 def _init_worker() -> None:
@@ -190,16 +209,43 @@ def run_cell(cell: Cell, cells_dir: str) -> dict[str, Any]:
     return record
 
 
+RECORD_FIELDS = ("key", "task", "method", "sampler", "seed", "alone", "config", "summary", "diverged")
+SUMMARY_FIELDS = ("modalities", "test", "iterations", "epochs", "samples_seen", "mean_counts", "final_cmd",
+                  "final_gap", "train_seconds")
+"""What a finished cell's record holds (a diverged cell's summary holds only the modalities)."""
+
+
 def load_cell(cell: Cell, cells_dir: Path) -> dict[str, Any] | None:
-    """The finished record of ``cell`` when one with the same config exists (else None: run it)."""
-    path = cells_dir / f"{cell.file_stem}.json"
-    if not path.is_file() or not (cells_dir / f"{cell.file_stem}.npz").is_file():
+    """The finished record of ``cell`` when a complete one with the same config exists (else None: run it).
+
+    A record or history file that is unreadable, truncated or lacks fields is treated as missing,
+    so the cell runs again (and its files are replaced atomically).
+    """
+    path, arrays = cells_dir / f"{cell.file_stem}.json", cells_dir / f"{cell.file_stem}.npz"
+    if not path.is_file() or not arrays.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        with np.load(arrays, allow_pickle=False) as histories:
+            needed = ["counts", "cmd"] + (["probabilities", "labels"] if cell.alone and not record.get("diverged")
+                                          else [])
+            for name in needed:
+                histories[name]  # reads (and CRC-checks) every array
+    except Exception as err:  # a truncated .npz or .json raises several types
+        _warn_rerun(path, err)
+        return None
+    summary = record.get("summary") if isinstance(record, dict) else None
+    complete = (isinstance(summary, dict) and all(k in record for k in RECORD_FIELDS)
+                and (record["diverged"] or all(k in summary for k in SUMMARY_FIELDS)) and "modalities" in summary)
+    if not complete:
+        _warn_rerun(path, ValueError("fields are missing"))
         return None
     return record if record.get("config") == json.loads(json.dumps(cell.config)) else None
+
+
+def _warn_rerun(path: Path, err: BaseException) -> None:
+    tqdm.write(f"bench: {path.name} is incomplete or damaged ({type(err).__name__}: {str(err)[:MAX_SHOWN]}); "
+               "running the cell again")
 
 
 def execute_cells(cells: list[Cell], cells_dir: Path, workers: int | None = None, progress: bool = True,

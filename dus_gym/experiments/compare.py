@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dus_gym.core.config import RunConfig
+from dus_gym.core.config import RunConfig, check_seeds
 from dus_gym.core.files import write_text_atomic
 from dus_gym.experiments.run import RunResult, run_training
 from dus_gym.experiments.stats import format_mean_std, late_fusion_accuracy, paired_interval
@@ -50,6 +50,7 @@ def run_comparison(
 
     Returns the JSON-serialisable record that is also written to ``out_dir/compare.json``.
     """
+    check_seeds(seeds)
     task = make_task(base.task, **base.task_kwargs)
     M, B = len(task.modalities), base.learner.batch_size
     runs: dict[str, list[dict[str, Any]]] = {}

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from dus_gym.core.checkpoint import load_run_checkpoint
-from dus_gym.core.config import RunConfig
+from dus_gym.core.config import MAX_SHOWN, RunConfig
 from dus_gym.core.files import write_bytes_atomic, write_text_atomic
 from dus_gym.core.learner import Evaluation
 from dus_gym.experiments.callbacks import (
@@ -74,6 +74,7 @@ def run_training(
     probe: bool = True,
     resume: bool = False,
     callbacks: Sequence[RunCallback] = (),
+    new_lr: bool = False,
 ) -> RunResult:
     """Train ``config.task`` with ``config.sampler`` for the budget; log, checkpoint and write results.
 
@@ -90,6 +91,8 @@ def run_training(
         probe: fit the linear probe of every encoder at the end (``probe_acc``; several seconds on CPU).
         resume: continue from ``run_dir/checkpoint.pt`` (start afresh when there is none yet).
         callbacks: more hooks, called after the built-in ones (:class:`~dus_gym.experiments.callbacks.RunCallback`).
+        new_lr: with ``resume``, the checkpoint may hold another learning rate: continue with ``config.learner.lr``
+            (after a divergence: ``dus-gym run --resume RUN --lr LR``).
 
     Raises:
         DivergedError: the loss became NaN/inf; results are not written, the last checkpoint is kept.
@@ -105,7 +108,15 @@ def run_training(
     run = TrainingRun(config, task, sampler, run_dir)
     checkpoint = run.checkpoint_path
     if resume and checkpoint.is_file():
-        run.load_state_dict(load_run_checkpoint(checkpoint, run.config_dict, run.learner.device))
+        state = load_run_checkpoint(checkpoint, run.config_dict, run.learner.device,
+                                    may_differ=("learner.lr",) if new_lr else ())
+        try:
+            run.load_state_dict(state)
+            if new_lr:
+                run.learner.set_base_lr(config.learner.lr)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{checkpoint} is incomplete or damaged ({type(err).__name__}: {str(err)[:MAX_SHOWN]}); "
+                             "delete it to start the run again") from err
 
     hooks: list[RunCallback] = [ProgressBarCallback()] if progress else []
     if run_dir is not None:

@@ -126,9 +126,11 @@ class TrainingRun:
             path = self.checkpoint_path
             kept = (f"; the last good checkpoint ({_checkpoint_iteration(path)}) is kept in {path}"
                     if path is not None and path.is_file() else "")
+            resume = (f": `dus-gym run --resume {self.run_dir} --lr LR` continues from it with learning rate LR"
+                      if kept else "")
             raise DivergedError(f"the loss became {stats.loss[0]} at iteration {t + 1} ({self.task.name}, "
                                 f"{self.sampler.name}, seed {self.config.seed}); lower learner.lr or check the data"
-                                f"{kept}")
+                                f"{kept}{resume}")
         self.stats = stats
         self.history[t] = stats.counts[0]  # what the learner used (after quantisation)
         self.cmd_history[t] = self.monitor.discrepancy

@@ -209,13 +209,15 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         return self.episodes.info_keywords()
 
 
-def make_spec_env(spec: str | Path, render_mode: str | None = None, **overrides: Any) -> DUSEnv:
+def make_spec_env(spec: str | Path, render_mode: str | None = None, allow_task_import: bool = False,
+                  **overrides: Any) -> DUSEnv:
     """The entry point of every registered DUS id: the env of a spec file with ``overrides`` merged in key by key.
 
     Args:
         spec: a spec file (a path, or the name of a shipped spec in envs/).
         render_mode: Gymnasium's render mode.
+        allow_task_import: the spec may name a ``module:function`` task (set by ``register_envs``).
         **overrides: any ``DUSEnv`` argument, e.g. ``n_iterations=400`` or ``learner={"lr": 0.1}``.
     """
-    config = spec_config(spec, overrides, str(spec))
+    config = spec_config(spec, overrides, str(spec), allow_task_import=allow_task_import)
     return DUSEnv(render_mode=render_mode, **env_kwargs_of(config))

@@ -8,13 +8,16 @@ is read and checked when the env is made. The overrides given to ``gymnasium.mak
 the learning rate and keeps the spec's other learner settings.
 
 The shipped specs are registered on ``import dus_gym`` from :data:`SHIPPED_ENVS`; a folder of a
-user's specs with :func:`register_envs` (which does read and check them, so that a bad spec fails
-at once).
+user's specs with :func:`register_envs`, which reads and checks them: a malformed spec is reported
+(a warning) and skipped, the others are registered. A user's spec is a file read from disk: it may
+name a ``module:function`` task only when registered with ``allow_task_import=True``
+(:func:`dus_gym.tasks.check_task_source`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,9 @@ SHIPPED_ENVS: dict[str, ShippedEnv] = {
     "dus_gym/MFeat-v0": ShippedEnv("mfeat.yaml"),
     "dus_gym/CremaD-v0": ShippedEnv("cremad.yaml", nondeterministic=True),
     "dus_gym/KineticsSounds-v0": ShippedEnv("kinetics-sounds.yaml", nondeterministic=True),
+    "dus_gym/Twitter2015-v0": ShippedEnv("twitter2015.yaml", nondeterministic=True),
+    "dus_gym/Sarcasm-v0": ShippedEnv("sarcasm.yaml", nondeterministic=True),
+    "dus_gym/NVGesture-v0": ShippedEnv("nvgesture.yaml", nondeterministic=True),
     "dus_gym/SyntheticFamily-v0": ShippedEnv("synthetic-family.yaml"),
     "dus_gym/MFeatFamily-v0": ShippedEnv("mfeat-family.yaml"),
 }
@@ -87,10 +93,29 @@ def run_mapping(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
     return mapping
 
 
-def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir: str | None = None) -> RunConfig:
-    """The run config of a spec file with DUSEnv-style ``overrides`` merged in key by key (types checked)."""
+def _check_task_source(task: Any, source: str, allow_task_import: bool) -> None:
+    """:func:`dus_gym.tasks.check_task_source`, imported when a spec is read (``import dus_gym`` needs no torch)."""
+    from dus_gym.tasks import check_spec_sources
+
+    check_spec_sources(task, source, allow_task_import)
+
+
+def is_shipped(path: Path) -> bool:
+    """True for a spec shipped with dus-gym (trusted like its code)."""
+    return Path(path).resolve().parent == specs_dir("envs").resolve()
+
+
+def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir: str | None = None,
+                allow_task_import: bool = False) -> RunConfig:
+    """The run config of a spec file with DUSEnv-style ``overrides`` merged in key by key (types checked).
+
+    A user's spec may name a ``module:function`` task only with ``allow_task_import`` (the overrides,
+    given in Python or on the command line, may).
+    """
     path = spec_path(spec)
     data = read_yaml(path)
+    if "task" not in overrides and not is_shipped(path):
+        _check_task_source(data, f"the env spec {path}", allow_task_import)
     data = deep_merge(data, run_mapping(overrides, where))
     if run_dir is not None:
         data["run_dir"] = str(run_dir)
@@ -102,48 +127,57 @@ def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir
 
 def registry_spec(env_id: str) -> Path:
     """The spec file a registered DUS env id was made from."""
-    return spec_path(_dus_spec(env_id))
+    return spec_path(_dus_spec(env_id)[0])
 
 
-def _dus_spec(env_id: str) -> str:
+def _dus_spec(env_id: str) -> tuple[str, bool]:
+    """The spec file of a registered DUS id and whether it may import its task."""
     if env_id not in gym.registry:
         ours = sorted(i for i in gym.registry if i.startswith("dus_gym/"))
         raise ConfigError(f"unknown env id '{env_id}'{did_you_mean(env_id, ours)}; registered: {ours}")
     spec = gym.registry[env_id]
     if spec.entry_point != ENTRY_POINT or "spec" not in spec.kwargs:
         raise ConfigError(f"env '{env_id}' is not a DUS env (entry point {spec.entry_point})")
-    return spec.kwargs["spec"]
+    return spec.kwargs["spec"], bool(spec.kwargs.get("allow_task_import", False))
 
 
 def spec_kwargs(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The DUSEnv kwargs of a registered id with ``overrides`` on top (nested mappings merged key by key)."""
-    return env_kwargs_of(spec_config(_dus_spec(env_id), overrides, env_id))
+    spec, allow = _dus_spec(env_id)
+    return env_kwargs_of(spec_config(spec, overrides, env_id, allow_task_import=allow))
 
 
 def env_run_config(env_id: str, overrides: dict[str, Any], run_dir: str | Path) -> RunConfig:
     """The run config of a registered DUS env with ``overrides`` (for ``dus-gym run``-style runs of its task)."""
-    return spec_config(_dus_spec(env_id), overrides, env_id, run_dir=str(run_dir))
+    spec, allow = _dus_spec(env_id)
+    return spec_config(spec, overrides, env_id, run_dir=str(run_dir), allow_task_import=allow)
 
 
-def _register(env_id: str, spec: str, nondeterministic: bool) -> None:
+def _register(env_id: str, spec: str, nondeterministic: bool, allow_task_import: bool = False) -> None:
     existing = gym.registry.get(env_id)
-    kwargs = {"spec": spec}
+    kwargs: dict[str, Any] = {"spec": spec, **({"allow_task_import": True} if allow_task_import else {})}
     if existing is not None and existing.entry_point == ENTRY_POINT and existing.kwargs == kwargs:
         return
     gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs, nondeterministic=nondeterministic,
                  disable_env_checker=False)
 
 
-def register_spec(path: str | Path) -> str | None:
+def register_spec(path: str | Path, allow_task_import: bool = False) -> str | None:
     """Read, check and register the env of one spec file; return its id (None when it has no ``env_id``).
 
+    Args:
+        path: the spec file.
+        allow_task_import: let the spec name a ``module:function`` task (it is then imported when the env is made).
+
     Raises:
-        ConfigError: the spec is malformed or its id is not of the form ``[namespace/]Name-vN``.
+        ConfigError: the spec is malformed, names a ``module:function`` task without ``allow_task_import``,
+            or its id is not of the form ``[namespace/]Name-vN``.
     """
     path = Path(path).resolve()
     data = read_yaml(path)
     if not data.get("env_id"):
         return None
+    _check_task_source(data, f"the env spec {path}", allow_task_import)
     try:
         config = from_dict(RunConfig, data)
     except ConfigError as err:
@@ -155,14 +189,22 @@ def register_spec(path: str | Path) -> str | None:
         raise ConfigError(f"env spec {path}: env_id '{env_id}' is malformed ({err}); use e.g. dus_gym/Name-v0") from err
     if "-v" not in env_id:
         raise ConfigError(f"env spec {path}: env_id '{env_id}' needs a version suffix such as -v0")
-    _register(env_id, str(path), nondeterministic=config.learner.device != "cpu")
+    _register(env_id, str(path), nondeterministic=config.learner.device != "cpu", allow_task_import=allow_task_import)
     return env_id
 
 
-def register_envs(folder: str | Path | None = None) -> list[str]:
+def register_envs(folder: str | Path | None = None, allow_task_import: bool = False) -> list[str]:
     """Register the specs ``*.yaml`` of ``folder`` (read and checked now); None: the shipped ones (nothing read).
 
-    Returns the registered ids.
+    A spec that cannot be registered (malformed, a bad id, a ``module:function`` task without
+    ``allow_task_import``) is reported with a warning and skipped; the others are registered.
+
+    Args:
+        folder: a folder of the user's specs (keep them outside the installed package).
+        allow_task_import: let these specs name ``module:function`` tasks (trust their folder).
+
+    Returns:
+        The registered ids.
     """
     if folder is None:
         for env_id, shipped in SHIPPED_ENVS.items():
@@ -171,5 +213,13 @@ def register_envs(folder: str | Path | None = None) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"env spec folder not found: {folder}")
-    ids = [register_spec(path) for path in sorted(folder.glob("*.yaml"))]
-    return [i for i in ids if i is not None]
+    ids = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            env_id = register_spec(path, allow_task_import)
+        except (ConfigError, OSError) as err:
+            warnings.warn(f"env spec {path} skipped: {err}", stacklevel=2)
+            continue
+        if env_id is not None:
+            ids.append(env_id)
+    return ids

@@ -9,7 +9,6 @@ written), ``args.yml``, ``command.txt``, ``checkpoints/``, ``eval/`` (EvalCallba
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList, EvalCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
-from dus_gym.core.config import ConfigError, to_dict
+from dus_gym.core.config import ConfigError, check_seeds, to_dict
 from dus_gym.core.files import new_run_folder, write_text_atomic
 from dus_gym.core.specs import sampler_settings, specs_dir
 from dus_gym.experiments.compare import SamplerSpec, run_comparison
@@ -28,8 +27,9 @@ from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evalua
 from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
 from dus_gym.rl.hyperparams import AgentHyperparams, load_hyperparams
 from dus_gym.rl.policies import POLICIES
+from dus_gym.rl.policy_run import check_hyperparams_task, load_last_checkpoint, record_resume
 from dus_gym.rl.registration import env_run_config, registry_spec, run_mapping
-from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env
+from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env, stop_vec_env
 from dus_gym.samplers.ppo import POLICY_FORMAT, POLICY_VERSION
 
 EVAL_SEED_OFFSET = 10_000
@@ -80,8 +80,11 @@ class TrainPolicyConfig:
     """Add the best constant counts of a small grid (6 more rows; slower)."""
     progress: bool = True
     """Show progress bars."""
+    allow_task_import: bool = False
+    """Let the hyper-parameter file (or a resumed run's args.yml) name a ``module:function`` task."""
 
     def __post_init__(self) -> None:
+        check_seeds(self.eval_seeds, "eval_seeds")
         if self.vec_env not in VEC_ENVS:
             raise ConfigError(f"vec_env must be one of {VEC_ENVS.names()}, got '{self.vec_env}'")
         if self.n_timesteps is not None and self.n_timesteps < 1:
@@ -91,20 +94,12 @@ class TrainPolicyConfig:
                               f"{self.checkpoint_freq}")
 
 
-def _latest_checkpoint(folder: Path) -> tuple[Path, Path | None]:
-    zips = sorted((folder / "checkpoints").glob("ppo_*_steps.zip"),
-                  key=lambda p: int(re.findall(r"_(\d+)_steps", p.name)[0]))
-    if not zips:
-        raise FileNotFoundError(f"nothing to resume in {folder}: no checkpoints/ppo_<n>_steps.zip")
-    steps = re.findall(r"_(\d+)_steps", zips[-1].name)[0]
-    stats = folder / "checkpoints" / f"ppo_vecnormalize_{steps}_steps.pkl"
-    return zips[-1], stats if stats.is_file() else None
-
-
 def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Path:
     """Train, save and (optionally) evaluate a policy; return the run folder."""
     hp_path = Path(config.hyperparams) if config.hyperparams else specs_dir("agents") / "ppo.yml"
     hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id)
+    if "task" not in config.env_kwargs:
+        check_hyperparams_task(hp.env_kwargs, hp_path, config.allow_task_import)
     env_kwargs = {**hp.env_kwargs, **config.env_kwargs}
     n_timesteps = config.n_timesteps or hp.n_timesteps
     if config.resume:
@@ -115,26 +110,27 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
     else:
         env_run_config(config.env_id, env_kwargs, config.run_dir)  # fail early, before a folder is made
         folder = new_run_folder(config.run_dir, f"ppo-{config.env_id.split('/')[-1]}-seed{config.seed}")
-    write_text_atomic(folder / "config.yml", yaml.safe_dump({config.env_id: hp.raw}, sort_keys=False))
-    write_text_atomic(folder / "args.yml", yaml.safe_dump(to_dict(config), sort_keys=False))
-    write_text_atomic(folder / "command.txt", " ".join(argv if argv is not None else sys.argv) + "\n")
+    command = list(argv if argv is not None else sys.argv)
+    if config.resume:  # the provenance files stay as the run wrote them
+        record_resume(folder, command)
+    else:
+        write_text_atomic(folder / "config.yml", yaml.safe_dump({config.env_id: hp.raw}, sort_keys=False))
+        write_text_atomic(folder / "args.yml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        write_text_atomic(folder / "command.txt", " ".join(command) + "\n")
 
     venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env, config.devices,
                          config.ray)
     eval_venv = build_vec_env(config.env_id, 1, config.seed + EVAL_SEED_OFFSET, env_kwargs, "dummy")
     try:
-        stats_path = None
-        if config.resume:
-            model_path, stats_path = _latest_checkpoint(folder)
-        if hp.normalize:
-            if stats_path is not None:
-                venv = VecNormalize.load(str(stats_path), venv)
-            else:
-                venv = VecNormalize(venv, **hp.normalize)
-            eval_venv = VecNormalize(eval_venv, training=False, norm_obs=venv.norm_obs, norm_reward=False)
         if config.resume:
             # trusted input: an SB3 zip is unpickled (the run folder is this user's own)
-            model = PPO.load(model_path, env=venv, device="cpu", tensorboard_log=str(folder / "tb"))
+            model, venv, model_path = load_last_checkpoint(folder, venv, bool(hp.normalize), device="cpu",
+                                                           tensorboard_log=str(folder / "tb"))
+        elif hp.normalize:
+            venv = VecNormalize(venv, **hp.normalize)
+        if hp.normalize:
+            eval_venv = VecNormalize(eval_venv, training=False, norm_obs=venv.norm_obs, norm_reward=False)
+        if config.resume:
             model._last_obs = None  # the envs are fresh: learn() resets them instead of using a stale observation
             model.set_random_seed(config.seed + model.num_timesteps)  # a resumed run is reproducible too
             print(f"resuming from {model_path} at {model.num_timesteps} steps")
@@ -160,6 +156,9 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
         description = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "env_id": config.env_id,
                        "timesteps": int(model.num_timesteps), **settings}
         write_text_atomic(folder / "policy.json", json.dumps(description, indent=2))
+    except KeyboardInterrupt:
+        stop_vec_env(venv)  # a worker may be mid-reply: stop it rather than wait for it
+        raise
     finally:
         venv.close()
         eval_venv.close()

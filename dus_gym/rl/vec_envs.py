@@ -17,6 +17,8 @@ are merged into the spec key by key (:func:`dus_gym.rl.registration.spec_kwargs`
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -68,11 +70,14 @@ def make_env(env_id: str, rank: int, seed: int, env_kwargs: dict[str, Any], sing
         rank: the env's index; its first episode is seeded with ``seed + rank``.
         seed: the base seed.
         env_kwargs: overrides of the spec (merged key by key).
-        single_thread: one torch thread (for envs that share the cores with others).
+        single_thread: one torch thread, and Ctrl-C left to the parent process (for envs in worker processes).
         device: the learner's device (and CUDA's current device); None: the spec's.
     """
     if single_thread:
         torch.set_num_threads(1)
+        if threading.current_thread() is threading.main_thread():
+            # a worker must not die of the terminal's Ctrl-C: the parent stops training and closes it cleanly
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     if device is not None and device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(torch.device(device))
     if device is not None:
@@ -121,6 +126,22 @@ def build_ray(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
     pinned = assign_devices(n_envs, devices) if devices is not None else [None] * n_envs
     factories = [partial(make_env, env_id, i, seed, env_kwargs, True, pinned[i]) for i in range(n_envs)]
     return RayVecEnv(factories, config)
+
+
+def stop_vec_env(venv: VecEnv) -> None:
+    """Stop the worker processes of ``venv`` at once (after Ctrl-C), instead of a graceful close.
+
+    An interrupt can land while the parent is reading a worker's reply; a graceful close would
+    then wait forever for a reply already half-read. The workers ignore Ctrl-C themselves
+    (:func:`make_env`), so the parent decides when they stop.
+    """
+    inner = venv.unwrapped
+    for process in getattr(inner, "processes", None) or []:
+        process.terminate()
+    for process in getattr(inner, "processes", None) or []:
+        process.join(timeout=10)
+    if isinstance(inner, SubprocVecEnv):
+        inner.closed = True
 
 
 VEC_ENVS: Registry[VecEnvBuilder] = Registry("vec_env", {

@@ -22,11 +22,12 @@ class ErrorRecoveryWrapper(gym.Wrapper):
     reward ``-penalty``, ``truncated=True`` and ``info["env_error"]`` (the exception), and the vec
     env then resets the env as after any episode end. A failing ``reset`` is retried. An invalid
     action (:class:`dus_gym.samplers.action.ActionError`) is the agent's fault and is raised, as is the
-    exception after ``max_errors`` failures in a row (a broken env must still stop the run).
+    exception of the ``max_errors``-th failure in a row (a broken env must still stop the run): with
+    the default 3, two failures in a row are absorbed and the third is raised.
 
     Args:
         env: the env to protect.
-        max_errors: failures in a row (steps or resets without a good step between) that are re-raised.
+        max_errors: the failure in a row (steps or resets without a good step between) that is re-raised.
         penalty: subtracted from the reward of the failed step (0: an env failure is not the agent's doing).
     """
 
@@ -76,7 +77,7 @@ class ErrorRecoveryWrapper(gym.Wrapper):
     def _failed(self, where: str, err: Exception) -> None:
         self.n_errors += 1
         self._in_a_row += 1
-        if self._in_a_row > self.max_errors:
+        if self._in_a_row >= self.max_errors:
             raise err
         spec = self.env.spec.id if self.env.spec is not None else type(self.env.unwrapped).__name__
         logger.warning("env %s raised in %s (%s: %s); the episode is truncated and the env reset "

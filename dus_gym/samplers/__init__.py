@@ -7,6 +7,8 @@ subclasses :class:`Sampler` and joins with :func:`register_sampler`.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from typing import Any
 
 from dus_gym.core.config import ConfigError, checked_kwargs
@@ -40,4 +42,28 @@ def make_sampler(name: str, batch_size: int, n_modalities: int, **kwargs: Any) -
         raise ValueError(f"bad arguments for sampler '{name}': {err}") from err
 
 
-__all__ = ["SAMPLERS", "Sampler", "SamplerState", "make_sampler", "register_sampler"]
+def overrides_per_sampler(overrides: dict[str, Any], samplers: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The run-config overrides of each of ``samplers``: ``sampler_kwargs`` keys go to the samplers that take them.
+
+    Commands that run several samplers (``compare``, ``bench``) take one ``--set sampler_kwargs.k=v``
+    for all of them: ``alpha`` reaches the heuristic and not the uniform sampler. A key that none of
+    ``samplers`` takes is an error (a typo must not be dropped silently).
+    """
+    given = overrides.get("sampler_kwargs")
+    if not isinstance(given, dict):
+        return {name: overrides for name in samplers}
+    per_sampler, taken = {}, set()
+    for name in samplers:
+        if name not in SAMPLERS:
+            raise SAMPLERS.unknown(name)
+        parameters = inspect.signature(SAMPLERS.get(name)).parameters
+        keys = {k for k in given if k in parameters and k not in ("batch_size", "n_modalities")}
+        taken |= keys
+        per_sampler[name] = {**overrides, "sampler_kwargs": {k: v for k, v in given.items() if k in keys}}
+    unused = sorted(set(given) - taken)
+    if unused:
+        raise ConfigError(f"sampler_kwargs {unused} are taken by none of the samplers {list(samplers)}")
+    return per_sampler
+
+
+__all__ = ["SAMPLERS", "Sampler", "SamplerState", "make_sampler", "overrides_per_sampler", "register_sampler"]

@@ -132,7 +132,7 @@ class CountsAction:
             raise ActionError(f"action {action!r} is not an array ({err}); {expected}") from err
         if a.shape != (self.slots,):
             raise ActionError(f"action has shape {a.shape}; {expected}")
-        if not np.issubdtype(a.dtype, np.number):
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):  # no complex, no text
             raise ActionError(f"action has dtype {a.dtype}; {expected}")
         a = a.astype(np.float64)
         if not np.isfinite(a).all():

@@ -37,17 +37,30 @@ def resolve_policy_dir(path: str | Path) -> Path:
     return folder
 
 
+REQUIRED_SETTINGS = {"modalities": list, "batch_size": int, "env": dict}
+REQUIRED_ENV_SETTINGS = {"n_min": int, "n_max": int, "action_type": str, "count_levels": list,
+                         "iterations_per_step": int}
+"""The entries of policy.json the sampler acts with, and their JSON types."""
+
+
 def read_policy_settings(folder: Path) -> dict[str, Any]:
-    """Read and check ``policy.json``."""
+    """Read and check ``policy.json`` (format, version, and every entry the sampler needs)."""
     try:
         settings = json.loads((folder / "policy.json").read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{folder / 'policy.json'} is not valid JSON ({err})") from err
-    if settings.get("format") != POLICY_FORMAT:
+    if not isinstance(settings, dict) or settings.get("format") != POLICY_FORMAT:
         raise ValueError(f"{folder / 'policy.json'} is not a dus-gym policy description")
     if settings.get("version") != POLICY_VERSION:
         raise ValueError(f"policy at {folder} has format version {settings.get('version')}, this dus-gym reads "
                          f"version {POLICY_VERSION}; retrain it with train_policy.py")
+    for where, table, required in (("", settings, REQUIRED_SETTINGS),
+                                   ("env.", settings.get("env"), REQUIRED_ENV_SETTINGS)):
+        for key, kind in required.items():
+            value = table.get(key) if isinstance(table, dict) else None
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{folder / 'policy.json'} lacks a valid '{where}{key}' ({kind.__name__}); it is "
+                                 "written by train_policy.py: retrain the policy or restore the file")
     return settings
 
 
@@ -107,8 +120,15 @@ class PolicySampler(Sampler):
                              f"{self.model.observation_space.shape}, this task gives {(self.layout.size,)}")
         self.obs_rms = None
         if (folder / "vecnormalize.pkl").is_file():
-            with open(folder / "vecnormalize.pkl", "rb") as f:
-                vec_normalize = pickle.load(f)  # noqa: S301 (trusted input, documented)
+            path = folder / "vecnormalize.pkl"
+            try:
+                with open(path, "rb") as f:
+                    vec_normalize = pickle.load(f)  # noqa: S301 (trusted input, documented)
+            except Exception as err:  # a truncated or foreign pickle raises many types
+                raise ValueError(f"{path} is not readable VecNormalize statistics ({type(err).__name__}); "
+                                 "restore it from the run's checkpoints/ or retrain the policy") from err
+            if not hasattr(vec_normalize, "norm_obs") or not hasattr(vec_normalize, "normalize_obs"):
+                raise ValueError(f"{path} holds a {type(vec_normalize).__name__}, not VecNormalize statistics")
             if vec_normalize.norm_obs:
                 self.obs_rms = vec_normalize
         self._held: np.ndarray | None = None

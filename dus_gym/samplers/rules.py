@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from dus_gym.core.config import check_count_range
+from dus_gym.core.config import check_count_range, check_counts, shown
 from dus_gym.samplers.action import allocate
 from dus_gym.samplers.base import Sampler, SamplerState
 
@@ -96,10 +96,11 @@ class ConstantSampler(Sampler):
 
     def __init__(self, batch_size: int, n_modalities: int, counts: Sequence[int] = ()) -> None:
         super().__init__(batch_size, n_modalities)
+        check_counts(counts, "constant sampler counts")
         fixed = np.asarray(counts, dtype=np.int64)
         if fixed.shape != (n_modalities,) or fixed.min() < 0 or fixed.max() < 1:
             raise ValueError(f"constant sampler needs {n_modalities} non-negative counts with one positive, "
-                             f"got {list(counts)}")
+                             f"got {shown(counts)}")
         self.fixed = fixed
 
     def counts(self, state: SamplerState) -> np.ndarray:
@@ -125,8 +126,15 @@ class ScheduleSampler(Sampler):
             path = Path(schedule)
             if not path.is_file():
                 raise FileNotFoundError(f"count schedule not found: {path}")
-            schedule = np.load(path, allow_pickle=False)
-        table = np.asarray(schedule, dtype=np.int64)
+            try:
+                schedule = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as err:
+                raise ValueError(f"count schedule {path} is not a readable .npy array ({err})") from err
+        check_counts(schedule, "schedule")
+        try:
+            table = np.asarray(schedule, dtype=np.int64)
+        except ValueError as err:  # ragged rows
+            raise ValueError(f"schedule must be a non-empty (L, {n_modalities}) table of counts ({err})") from err
         if table.ndim != 2 or table.shape[1] != n_modalities or len(table) == 0:
             raise ValueError(f"schedule must be a non-empty (L, {n_modalities}) table of counts, "
                              f"got shape {table.shape}")

@@ -1,8 +1,20 @@
 """Tasks: the data and encoders a learner trains on, found by name through one table.
 
-Built in: ``synthetic`` and ``mfeat`` (no download), ``cremad`` and ``kinetics-sounds`` (data
-prepared with ``dus-gym prepare``). A user's own task is a function returning a :class:`Task`,
-given as ``"package.module:function"`` or registered under a short name with :func:`register_task`.
+Built in: ``synthetic`` and ``mfeat`` (no download); ``cremad``, ``kinetics-sounds``, ``twitter2015``,
+``sarcasm`` and ``nvgesture`` (data prepared with ``dus-gym prepare``). A user's own task is a
+function returning a :class:`Task`, found in one of three ways, the trust boundary of task code:
+
+1. registered under a short name from Python with :func:`register_task`;
+2. an installed package's entry point in the ``dus_gym.tasks`` group (the standard plug-in
+   mechanism: installing the package is the act of trust), e.g. in its pyproject.toml
+   ``[project.entry-points."dus_gym.tasks"] mytask = "mytasks:make_mytask"``;
+3. a ``"package.module:function"`` path, which imports that module and calls that function:
+   accepted when it comes from the command line or from Python, and from a file read from disk
+   (a config, a run folder, an env spec, a bench config, agents/ppo.yml) only when the user opts
+   in (``--allow-task-import``; :func:`check_task_source`).
+
+Whatever the source, a builder must be a Python callable (a built-in such as ``os:system`` is
+refused before it is called) and must return a :class:`Task`.
 """
 
 from __future__ import annotations
@@ -10,12 +22,23 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from dus_gym.core.config import ConfigError, checked_kwargs
+from dus_gym.core.config import MAX_SHOWN, ConfigError, checked_kwargs, shown
 from dus_gym.core.registry import Registry, load_entry_point
 from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
+
+logger = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "dus_gym.tasks"
+"""The entry-point group through which installed packages provide tasks."""
+OPT_IN = "--allow-task-import"
+"""The command-line flag that lets a file name a task as "module:function"."""
 
 TaskBuilder = Callable[..., Task]
 
@@ -24,6 +47,9 @@ TASKS: Registry[TaskBuilder] = Registry("task", {
     "synthetic": "dus_gym.tasks.synthetic:make_synthetic",
     "cremad": "dus_gym.tasks.audiovisual.clips:make_cremad",
     "kinetics-sounds": "dus_gym.tasks.audiovisual.clips:make_kinetics_sounds",
+    "twitter2015": "dus_gym.tasks.imagetext.data:make_twitter2015",
+    "sarcasm": "dus_gym.tasks.imagetext.data:make_sarcasm",
+    "nvgesture": "dus_gym.tasks.gesture.clips:make_nvgesture",
 })
 """Task name -> builder (a function of keyword arguments that returns a :class:`Task`), or "module:function"."""
 
@@ -33,23 +59,108 @@ def register_task(name: str, builder: TaskBuilder | str) -> None:
     TASKS.register(name, builder)
 
 
+@functools.lru_cache(maxsize=1)
+def entry_point_tasks() -> dict[str, str]:
+    """Tasks of installed packages: name -> ``"module:attr"`` of the ``dus_gym.tasks`` entry points.
+
+    A name that is already a built-in task is not replaced (a warning says so).
+    """
+    found = {}
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in TASKS:
+            logger.warning("entry point '%s = %s' of group %s is ignored: '%s' is a registered task",
+                           entry.name, entry.value, ENTRY_POINT_GROUP, entry.name)
+            continue
+        found[entry.name] = entry.value
+    return found
+
+
+def is_import_path(name: str) -> bool:
+    """True when ``name`` is a ``"module:function"`` path, not a registered or installed task."""
+    return ":" in name and name not in TASKS and name not in entry_point_tasks()
+
+
+def check_task_source(name: Any, source: str, allow_import: bool = False) -> None:
+    """Refuse a ``"module:function"`` task named by a file read from disk, unless the user opted in.
+
+    Args:
+        name: the task named by the file.
+        source: what the file is and where (e.g. "the config file runs/x/config.yaml"), for the message.
+        allow_import: the user's opt-in (:data:`OPT_IN`).
+
+    Raises:
+        ConfigError: ``name`` is a ``module:function`` path and ``allow_import`` is False.
+    """
+    if isinstance(name, str) and is_import_path(name) and not allow_import:
+        raise ConfigError(
+            f"{source} names the task '{name[:MAX_SHOWN]}', which would import and run that code; a file may name "
+            f"only registered or installed tasks ({', '.join(sorted([*TASKS.names(), *entry_point_tasks()]))}). "
+            f"Give it on the command line (--task {name[:MAX_SHOWN]}) or pass {OPT_IN} if you trust the file")
+
+
+def check_spec_sources(data: Any, source: str, allow_import: bool = False) -> None:
+    """:func:`check_task_source` for every code path a run mapping can name: its ``task`` and its family's generator."""
+    if not isinstance(data, dict):
+        return
+    check_task_source(data.get("task"), source, allow_import)
+    family = data.get("family")
+    if isinstance(family, dict):
+        check_task_source(family.get("generator"), f"{source} (family.generator)", allow_import)
+
+
+@contextmanager
+def _working_folder_importable() -> Iterator[None]:
+    """While importing a user's module: the working folder at the end of sys.path (after installed packages)."""
+    cwd = str(Path.cwd())
+    added = "" not in sys.path and cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def resolve_task_builder(name: str) -> TaskBuilder:
-    """Find a builder by registered name, or by a ``"package.module:function"`` path."""
+    """Find a builder: a registered name, an installed package's entry point, or ``"package.module:function"``.
+
+    A ``module:function`` path is imported with the working folder searched last (after the
+    installed packages), so a user's ``mytasks.py`` beside them is found and cannot shadow a library.
+    """
     if name in TASKS:
-        return TASKS.get(name)
+        return _checked_builder(name, TASKS.get(name))
+    installed = entry_point_tasks()
+    if name in installed:
+        TASKS.register(name, installed[name])
+        return _checked_builder(name, TASKS.get(name))
     if ":" in name:
-        try:
-            builder = load_entry_point(name)
-        except ConfigError as err:
-            raise ValueError(f"cannot import task builder '{name}': {err}") from err
-        if not callable(builder):
-            raise ValueError(f"task builder '{name}' is not callable")
-        return builder
+        with _working_folder_importable():
+            try:
+                builder = load_entry_point(name)
+            except ConfigError as err:
+                raise ValueError(f"cannot import task builder '{name}': {err}") from err
+        return _checked_builder(name, builder)
     raise TASKS.unknown(name, ", or give 'package.module:function'")
 
 
+def _checked_builder(name: str, builder: Any) -> TaskBuilder:
+    """``builder`` if it can be a task builder: a Python callable, not a built-in (``os:system``)."""
+    if not callable(builder):
+        raise ValueError(f"task builder '{name}' is not callable")
+    if inspect.isbuiltin(builder) or isinstance(builder, type) and not issubclass(builder, Task):
+        raise ValueError(f"task builder '{name}' is {shown(builder)}, not a function that returns a "
+                         "dus_gym.tasks.Task")
+    return builder
+
+
 def make_task(name: str, **kwargs: Any) -> Task:
-    """Build the task ``name`` with keyword arguments ``kwargs``."""
+    """Build the task ``name`` with keyword arguments ``kwargs``.
+
+    Raises:
+        ValueError: an unknown task, bad arguments, a builder that fails (its exception is chained)
+            or that returns something other than a :class:`Task`.
+    """
     builder = resolve_task_builder(name)
     try:
         kwargs = checked_kwargs(builder, kwargs, "task_kwargs")
@@ -59,7 +170,17 @@ def make_task(name: str, **kwargs: Any) -> Task:
         inspect.signature(builder).bind(**kwargs)
     except TypeError as err:
         raise ValueError(f"bad arguments for task '{name}': {err}") from err
-    return builder(**kwargs)
+    except ValueError:  # no signature to check (a C callable): the call below tells
+        pass
+    try:
+        task = builder(**kwargs)
+    except (ValueError, OSError):  # the built-in builders' own one-line errors
+        raise
+    except Exception as err:  # a user's builder: name the task, keep the cause chained
+        raise ValueError(f"task builder '{name}' failed: {type(err).__name__}: {str(err)[:MAX_SHOWN]}") from err
+    if not isinstance(task, Task):
+        raise ValueError(f"task builder '{name}' returned {type(task).__name__}, not a dus_gym.tasks.Task")
+    return task
 
 
 @functools.lru_cache(maxsize=64)
@@ -80,6 +201,7 @@ def cached_task(name: str, **kwargs: Any) -> Task:
 
 
 __all__ = [
-    "TASKS", "MLPEncoder", "MultimodalSplit", "SmallCNNEncoder", "Task", "TaskBuilder", "cached_task", "make_task",
-    "register_task", "resolve_task_builder",
+    "ENTRY_POINT_GROUP", "OPT_IN", "TASKS", "MLPEncoder", "MultimodalSplit", "SmallCNNEncoder", "Task", "TaskBuilder",
+    "cached_task", "check_task_source", "entry_point_tasks", "is_import_path", "make_task", "register_task",
+    "resolve_task_builder",
 ]

@@ -18,7 +18,7 @@ class MultimodalSplit:
     Args:
         features: modality name -> tensor whose first dimension indexes samples, or a lazy source
             (``__len__``, ``__getitem__`` with an index tensor or a slice returning a tensor, ``subset``
-            and ``to``; see ``dus_gym.tasks.audiovisual.clips.ClipSource``).
+            and ``to``; see :class:`dus_gym.tasks.sources.ClipSource`).
         labels: int64 tensor of class indices, one per sample.
     """
 

@@ -6,65 +6,19 @@ The clips stay on disk: each modality is a lazy source that loads the clips a ba
 
 from __future__ import annotations
 
-import copy
-import csv
-import json
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from dus_gym.tasks.base import MultimodalSplit, Task
+from dus_gym.tasks.layout import check_clip_name, check_disjoint, holdout, read_metadata, read_split_csv
 from dus_gym.tasks.resnet import AudioResNetEncoder, VisualResNetEncoder
+from dus_gym.tasks.sources import ClipSource, imagenet_normalize, load_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LAYOUT = ("metadata.json, train.csv, test.csv, audio/<clip>.npy and visual/<clip>/frame_*.jpg "
           "(run 'dus-gym prepare {dataset} SRC DST')")
-
-
-def _as_index(index: torch.Tensor | np.ndarray | slice | Sequence[int] | int, n: int) -> np.ndarray:
-    if isinstance(index, slice):
-        return np.arange(n)[index]
-    if isinstance(index, torch.Tensor):
-        index = index.cpu().numpy()
-    return np.atleast_1d(np.asarray(index, dtype=np.int64))
-
-
-class ClipSource(ABC):
-    """A lazy modality: indexing with integers, an index tensor or a slice loads those clips.
-
-    Args:
-        root: the prepared data folder.
-        clips: clip names, in sample order.
-    """
-
-    def __init__(self, root: Path, clips: Sequence[str]) -> None:
-        self.root = Path(root)
-        self.clips = list(clips)
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def subset(self, index: torch.Tensor | np.ndarray) -> ClipSource:
-        """The same source over the clips at ``index`` (nothing is loaded)."""
-        clone = copy.copy(self)
-        clone.clips = [self.clips[i] for i in _as_index(index, len(self))]
-        return clone
-
-    def to(self, device: torch.device | str) -> ClipSource:
-        """Clips are moved batch by batch, so the source itself stays where it is."""
-        return self
-
-    @abstractmethod
-    def load(self, clip: str) -> torch.Tensor:
-        """One clip's tensor."""
-
-    def __getitem__(self, index: torch.Tensor | np.ndarray | slice | Sequence[int]) -> torch.Tensor:
-        return torch.stack([self.load(self.clips[i]) for i in _as_index(index, len(self))])
 
 
 class AudioClips(ClipSource):
@@ -96,59 +50,37 @@ class VisualClips(ClipSource):
         super().__init__(root, clips)
         self.n_frames = n_frames
         self.image_size = image_size
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def load(self, clip: str) -> torch.Tensor:
         """Read, resize and normalise the clip's frames."""
-        from PIL import Image
-
         frames = sorted((self.root / "visual" / clip).glob("frame_*.jpg"))
         if not frames:
             raise FileNotFoundError(f"no frames in {self.root / 'visual' / clip}")
         picks = np.linspace(0, len(frames) - 1, self.n_frames).round().astype(int)
-        images = []
-        for i in picks:
-            with Image.open(frames[i]) as image:
-                image = image.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
-                array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-            images.append((array.float() / 255.0 - self.mean) / self.std)
-        return torch.stack(images)
+        return imagenet_normalize(torch.stack([load_image(frames[i], self.image_size) for i in picks]))
 
 
 def check_layout(root: Path, dataset: str) -> dict:
-    """Read ``metadata.json`` and check that every listed clip is there; one clear error otherwise."""
-    layout = LAYOUT.format(dataset=dataset)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{dataset} data root not found: {root}; expected {layout}")
-    try:
-        metadata = json.loads((root / "metadata.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise FileNotFoundError(f"{root / 'metadata.json'} is missing or unreadable; expected {layout}") from err
-    if metadata.get("format") != "dus-gym-audiovisual" or metadata.get("dataset") != dataset:
-        raise ValueError(f"{root} holds '{metadata.get('dataset')}' data, not '{dataset}'; expected {layout}")
-    for split in ("train", "test"):
-        if not (root / f"{split}.csv").is_file():
-            raise FileNotFoundError(f"{root / f'{split}.csv'} is missing; expected {layout}")
-    return metadata
+    """Read ``metadata.json`` and check the split lists are there; one clear error otherwise."""
+    return read_metadata(root, dataset, "dus-gym-audiovisual", LAYOUT.format(dataset=dataset), ("train", "test"))
 
 
 def read_list(root: Path, split: str, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """Clip names and class indices of a prepared split list, checking every clip's files."""
     index = {c: i for i, c in enumerate(classes)}
     clips, labels = [], []
-    with open(root / f"{split}.csv", newline="") as f:
-        for row in list(csv.reader(f))[1:]:
-            clip, label = row[0], row[1]
-            if label not in index:
-                raise ValueError(f"{root / f'{split}.csv'}: label '{label}' is not among {list(classes)}")
-            if not (root / "audio" / f"{clip}.npy").is_file() or not (root / "visual" / clip).is_dir():
-                raise FileNotFoundError(f"clip '{clip}' of {split}.csv is incomplete under {root} (audio/{clip}.npy "
-                                        f"or visual/{clip}/ missing): rerun 'dus-gym prepare' to finish it")
-            clips.append(clip)
-            labels.append(index[label])
-    if not clips:
-        raise ValueError(f"{root / f'{split}.csv'} lists no clips; rerun 'dus-gym prepare'")
+    for line, row in enumerate(read_split_csv(root, split), start=2):
+        if len(row) < 2:
+            raise ValueError(f"{root / f'{split}.csv'}, line {line}: expected 'clip,label', got {row[:3]!r}; "
+                             "rerun 'dus-gym prepare'")
+        clip, label = check_clip_name(row[0], f"{root / f'{split}.csv'}, line {line}"), row[1]
+        if label not in index:
+            raise ValueError(f"{root / f'{split}.csv'}: label '{label}' is not among {list(classes)}")
+        if not (root / "audio" / f"{clip}.npy").is_file() or not (root / "visual" / clip).is_dir():
+            raise FileNotFoundError(f"clip '{clip}' of {split}.csv is incomplete under {root} (audio/{clip}.npy "
+                                    f"or visual/{clip}/ missing): rerun 'dus-gym prepare' to finish it")
+        clips.append(clip)
+        labels.append(index[label])
     return clips, np.asarray(labels, dtype=np.int64)
 
 
@@ -175,11 +107,8 @@ def make_audiovisual(
     classes = metadata["classes"]
     train_clips, train_labels = read_list(root_path, "train", classes)
     test_clips, test_labels = read_list(root_path, "test", classes)
-    positions = np.arange(len(train_clips))
-    try:
-        fit, val = train_test_split(positions, test_size=val_fraction, stratify=train_labels, random_state=split_seed)
-    except ValueError:  # too few clips of a class to stratify (tiny data sets): plain seeded split
-        fit, val = train_test_split(positions, test_size=val_fraction, random_state=split_seed)
+    check_disjoint({"train": train_clips, "test": test_clips}, f"{root_path} (train.csv, test.csv)")
+    fit, val = holdout(train_labels, val_fraction, split_seed)
 
     def split(clips: list[str], labels: np.ndarray) -> MultimodalSplit:
         return MultimodalSplit({"audio": AudioClips(root_path, clips),
@@ -187,8 +116,8 @@ def make_audiovisual(
                                torch.from_numpy(labels))
 
     splits = {
-        "train": split([train_clips[i] for i in np.sort(fit)], train_labels[np.sort(fit)]),
-        "val": split([train_clips[i] for i in np.sort(val)], train_labels[np.sort(val)]),
+        "train": split([train_clips[i] for i in fit], train_labels[fit]),
+        "val": split([train_clips[i] for i in val], train_labels[val]),
         "test": split(test_clips, test_labels),
     }
     return Task(name=dataset, modalities=("audio", "visual"), n_classes=len(classes), splits=splits,

@@ -7,28 +7,25 @@ Layout written under DST::
     audio/<clip>.npy       float16 features: CREMA-D 257 x 188 log spectrogram, Kinetics-Sounds 1024 x 128 fbank
     visual/<clip>/frame_0001.jpg ...   frames at 1 fps (ffmpeg)
 
-Every file is written under a temporary name and renamed, so an interrupted run leaves no partial
-file; a second run skips the clips already done.
+Every file is written under a unique temporary name and renamed (:func:`dus_gym.core.files.atomic_path`),
+so an interrupted run leaves no partial file and a planted file cannot redirect a write; a second run
+skips the clips already done. Clip names come from the split lists, which are read from disk: a name
+is a file name, never a path (:func:`check_clip_name`), so no list can make ``prepare`` write outside
+DST; a clip in both lists is refused.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import multiprocessing
-import os
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dus_gym.tasks.audiovisual.features import CREMAD_AUDIO, KINETICS_AUDIO, cremad_log_spectrogram, kinetics_fbank
+from dus_gym.tasks.layout import check_clip_name, check_disjoint, write_metadata, write_split_csv
+from dus_gym.tasks.media import atomic_folder, require_ffmpeg, run_ffmpeg, run_parallel, save_npy_atomic
 
 LAYOUT_VERSION = 1
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -54,17 +51,8 @@ DATASETS = {
 }
 
 
-def require_ffmpeg() -> str:
-    """Path of ffmpeg, or one clear error saying how to install it."""
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise FileNotFoundError("ffmpeg not found on PATH: install it (Debian/Ubuntu: apt-get install ffmpeg; "
-                                "conda: conda install ffmpeg) and run again")
-    return path
-
-
 def read_split_list(path: Path) -> list[tuple[str, str]]:
-    """Read a split list of ``clip,label`` lines (a header line ``clip,label`` is allowed)."""
+    """Read a split list of ``clip,label`` lines (a header line ``clip,label`` is allowed); clip names are checked."""
     if not path.is_file():
         raise FileNotFoundError(f"split list not found: {path} (expected lines 'clip,label', the published list)")
     rows = []
@@ -73,8 +61,8 @@ def read_split_list(path: Path) -> list[tuple[str, str]]:
             if not row or (i == 0 and [c.strip().lower() for c in row[:2]] in (["clip", "label"], ["name", "label"])):
                 continue
             if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise ValueError(f"{path}, line {i + 1}: expected 'clip,label', got {row!r}")
-            rows.append((row[0].strip(), row[1].strip()))
+                raise ValueError(f"{path}, line {i + 1}: expected 'clip,label', got {row[:3]!r}")
+            rows.append((check_clip_name(row[0].strip(), f"{path}, line {i + 1}"), row[1].strip()))
     if not rows:
         raise ValueError(f"split list {path} is empty")
     return rows
@@ -82,34 +70,18 @@ def read_split_list(path: Path) -> list[tuple[str, str]]:
 
 def decode_audio(ffmpeg: str, source: Path, sample_rate: int) -> np.ndarray:
     """Mono float32 samples of ``source`` at ``sample_rate`` (ffmpeg decodes and resamples)."""
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(source), "-vn", "-ac", "1", "-ar", str(sample_rate),
-           "-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not decode the audio of {source}: {proc.stderr.decode()[-300:].strip()}")
-    return np.frombuffer(proc.stdout, dtype=np.float32)
+    raw = run_ffmpeg([ffmpeg, "-nostdin", "-v", "error", "-i", str(source), "-vn", "-ac", "1", "-ar", str(sample_rate),
+                      "-f", "f32le", "-"], f"decode the audio of {source}")
+    return np.frombuffer(raw, dtype=np.float32)
 
 
 def extract_frames(ffmpeg: str, video: Path, folder: Path) -> None:
-    """Frames at 1 fps as JPEG into ``folder``, through a temporary folder renamed at the end."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(video), "-vf", f"fps={FPS}", "-q:v", "2",
-               str(tmp / "frame_%04d.jpg")]
-        proc = subprocess.run(cmd, capture_output=True, check=False)
-        if proc.returncode != 0 or not any(tmp.iterdir()):
-            raise RuntimeError(f"ffmpeg could not extract frames of {video}: {proc.stderr.decode()[-300:].strip()}")
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """Frames at 1 fps as JPEG into ``folder`` (ffmpeg decodes, the folder appears complete or not at all)."""
+    with atomic_folder(folder) as tmp:
+        run_ffmpeg([ffmpeg, "-nostdin", "-v", "error", "-i", str(video), "-vf", f"fps={FPS}", "-q:v", "2",
+                    str(tmp / "frame_%04d.jpg")], f"extract frames of {video}")
+        if not any(tmp.iterdir()):
+            raise RuntimeError(f"ffmpeg extracted no frame of {video}: the file is empty or corrupt")
 
 
 def clip_done(dst: Path, clip: str) -> bool:
@@ -129,6 +101,7 @@ def find_video(spec: DatasetSpec, src: Path, clip: str) -> Path:
 def prepare_clip(dataset: str, src: str, dst: str, clip: str, ffmpeg: str) -> str:
     """Preprocess one clip (both modalities); return the clip name. Runs in a worker process."""
     spec, src_path, dst_path = DATASETS[dataset], Path(src), Path(dst)
+    check_clip_name(clip, "prepare")
     video = find_video(spec, src_path, clip)
     audio_path = dst_path / "audio" / f"{clip}.npy"
     if not audio_path.is_file():
@@ -141,13 +114,6 @@ def prepare_clip(dataset: str, src: str, dst: str, clip: str, ffmpeg: str) -> st
     if not (dst_path / "visual" / clip).is_dir():
         extract_frames(ffmpeg, video, dst_path / "visual" / clip)
     return clip
-
-
-def _single_thread_worker() -> None:
-    """Worker processes share the cores: one torch thread each."""
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: str | Path | None = None,
@@ -166,12 +132,13 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown data set '{dataset}'; choose among {sorted(DATASETS)}")
-    ffmpeg = require_ffmpeg()
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"raw data folder not found: {src}")
     lists = {"train": read_split_list(Path(train_list) if train_list else src / "train.csv"),
              "test": read_split_list(Path(test_list) if test_list else src / "test.csv")}
+    ffmpeg = require_ffmpeg()  # after the lists: a bad list is reported whatever the machine
+    check_disjoint({split: [clip for clip, _ in rows] for split, rows in lists.items()}, f"{dataset} split lists")
     labels = sorted({label for rows in lists.values() for _, label in rows})
     if dataset == "cremad":
         unknown = sorted(set(labels) - set(CREMAD_CLASSES))
@@ -181,19 +148,10 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
     (dst / "audio").mkdir(parents=True, exist_ok=True)
     (dst / "visual").mkdir(parents=True, exist_ok=True)
     clips = sorted({clip for rows in lists.values() for clip, _ in rows})
-    todo = [c for c in clips if not clip_done(dst, c)]
-    # spawn, not fork: a forked child of a process whose torch thread pool already ran can deadlock
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context,
-                             initializer=_single_thread_worker) as pool:
-        futures = [pool.submit(prepare_clip, dataset, str(src), str(dst), c, ffmpeg) for c in todo]
-        for future in tqdm(futures, total=len(todo), desc=f"prepare {dataset}", disable=not progress):
-            future.result()
+    todo = [(dataset, str(src), str(dst), c, ffmpeg) for c in clips if not clip_done(dst, c)]
+    run_parallel(prepare_clip, todo, workers, f"prepare {dataset}", progress)
     for split, rows in lists.items():
-        text = "clip,label\n" + "".join(f"{clip},{label}\n" for clip, label in rows)
-        tmp = dst / f".{split}.csv.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, dst / f"{split}.csv")
+        write_split_csv(dst, split, ("clip", "label"), rows)
     shape = [257, 188] if dataset == "cremad" else [KINETICS_AUDIO["n_frames"], KINETICS_AUDIO["n_mels"]]
     metadata = {
         "format": "dus-gym-audiovisual", "version": LAYOUT_VERSION, "dataset": dataset, "classes": labels,
@@ -201,7 +159,19 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
         "visual": {"fps": FPS, "format": "jpg", "tool": "ffmpeg"},
         "audio": {**DATASETS[dataset].audio, "dtype": "float16", "shape": shape},
     }
-    tmp = dst / ".metadata.json.tmp"
-    tmp.write_text(json.dumps(metadata, indent=2))
-    os.replace(tmp, dst / "metadata.json")
+    write_metadata(dst, metadata)
     return metadata
+
+
+def prepare_cremad(src: str | Path, dst: str | Path, train_list: str | Path | None = None,
+                   test_list: str | Path | None = None, workers: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """``dus-gym prepare cremad``: see :func:`prepare_dataset`."""
+    return prepare_dataset("cremad", src, dst, train_list, test_list, workers, progress)
+
+
+def prepare_kinetics_sounds(src: str | Path, dst: str | Path, train_list: str | Path | None = None,
+                            test_list: str | Path | None = None, workers: int | None = None,
+                            progress: bool = True) -> dict[str, Any]:
+    """``dus-gym prepare kinetics-sounds``: see :func:`prepare_dataset`."""
+    return prepare_dataset("kinetics-sounds", src, dst, train_list, test_list, workers, progress)
