@@ -216,3 +216,23 @@ def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy,
     assert "ppo − row" in capsys.readouterr().out
     assert main(argv) == 0  # a rerun resumes: nothing runs again
     assert json.loads((tmp_path / "fam" / "family.json").read_text())["ran"] == 0
+
+
+@pytest.mark.parametrize("where", ["config", "env spec"])
+def test_a_family_generator_named_by_a_file_runs_nothing_without_the_opt_in(where, capsys, tmp_path):
+    from dus_gym.cli import main
+
+    marker = tmp_path / "pwned"
+    data = {"task": "synthetic", "n_iterations": 2,
+            "family": {"generator": "os:system", "generator_kwargs": {"command": f"touch {marker}"}}}
+    if where == "config":
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+        code = main(["run", "--config", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "runs")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "family.generator" in err and "--allow-task-import" in err
+    else:
+        (tmp_path / "fam.yaml").write_text(yaml.safe_dump({**data, "env_id": "dus_gym/EvilFamily12-v0"}))
+        with pytest.warns(UserWarning, match="fam.yaml skipped"):
+            assert register_envs(tmp_path) == []
+    assert not marker.exists()
