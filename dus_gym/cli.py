@@ -211,7 +211,8 @@ def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
                         help="env steps (overrides the YAML; PPO rounds up to whole rollouts of n_envs x n_steps)")
     parser.add_argument("--vec-env", choices=VEC_ENVS.names(), default=c.vec_env,
                         help="dummy: one process; subproc: one process per env; vectorized: the envs' learners "
-                             f"batched in one process; ray: one Ray actor per env (default {c.vec_env})")
+                             "batched in one process; ray: one Ray actor per env; auto: vectorized where the "
+                             f"learners can be batched, else subproc (default {c.vec_env})")
     parser.add_argument("--devices", nargs="+", help="learner devices, round robin over the envs (default: every "
                                                      "visible GPU when the learner is on cuda/auto)")
     parser.add_argument("--ray-address", help="Ray cluster for --vec-env ray (auto, ray://head:10001; default local)")

@@ -40,7 +40,7 @@ EVAL_SEED_OFFSET = 10_000
 class TrainPolicyConfig:
     """A policy-training run (what ``train_policy.py`` parses)."""
 
-    env_id: str = "dus_gym/Synthetic-v0"
+    env_id: str = "dus_gym/SyntheticFamily-v0"
     """A registered DUS env id."""
     hyperparams: str | None = None
     """RL Zoo style YAML of PPO hyper-parameters (default: the shipped agents/ppo.yml)."""
@@ -48,9 +48,10 @@ class TrainPolicyConfig:
     """Seed of PPO and of the training envs (env i gets seed + i)."""
     n_timesteps: int | None = None
     """Overrides the file's n_timesteps (env steps, all envs together)."""
-    vec_env: str = "subproc"
-    """"dummy" (one process), "subproc" (one process per env, started with spawn, pinned to ``devices``),
-    "vectorized" (one process, the envs' learners batched: dus_gym.rl.vectorized) or "ray" (one Ray actor per env)."""
+    vec_env: str = "auto"
+    """"auto" (vectorized where the learners can be batched, else subproc), "dummy" (one process), "subproc"
+    (one process per env, started with spawn, pinned to ``devices``), "vectorized" (one process, the envs'
+    learners batched: dus_gym.rl.vectorized) or "ray" (one Ray actor per env)."""
     devices: tuple[str, ...] | None = None
     """Learner devices, round robin over the envs (None: every visible GPU when the learner is on cuda/auto)."""
     ray: dict[str, Any] = field(default_factory=dict)
