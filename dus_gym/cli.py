@@ -33,13 +33,14 @@ from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config
 from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
 from dus_gym.experiments.bench import BenchConfig, bench_config_from_args, run_bench
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
+from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
 from dus_gym.experiments.readme import check_readme_block, write_readme_block
 from dus_gym.experiments.run import CHECKPOINT_NAME, check_resumable, run_training
 from dus_gym.rl.policy_run import resumed_settings
 from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 from dus_gym.rl.vec_envs import VEC_ENVS
 from dus_gym.samplers import SAMPLERS, overrides_per_sampler
-from dus_gym.tasks import OPT_IN, TASKS, check_task_source
+from dus_gym.tasks import OPT_IN, TASKS, check_spec_sources, check_task_source
 from dus_gym.tasks.prepare import PREPARERS, prepare
 
 
@@ -65,7 +66,7 @@ def resolve_config(args: argparse.Namespace, sampler: str | None = None,
     config = read_yaml(Path(args.config)) if args.config else None
     overrides = parse_overrides(args.set) if overrides is None else overrides
     if config and args.task is None and "task" not in overrides:  # the task would come from the file
-        check_task_source(config.get("task"), f"the config file {args.config}", args.allow_task_import)
+        check_spec_sources(config, f"the config file {args.config}", args.allow_task_import)
     return resolve_run_config(args.task, config=config, sampler=sampler or getattr(args, "sampler", None),
                               flags=flags, overrides=overrides)
 
@@ -112,16 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
                                               f"learning rate (after a divergence; recorded in RUN/{CHANGES_FILE})")
     compare = sub.add_parser("compare", help="run several samplers over several seeds and print a table")
     _common(compare)
-    compare.add_argument("--samplers", nargs="+", default=["uniform", "heuristic"],
-                         help=f"among {_names(SAMPLERS)} (default uniform heuristic)")
-    compare.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    compare.add_argument("--samplers", nargs="+", help=f"among {_names(SAMPLERS)} (default uniform heuristic)")
+    compare.add_argument("--seeds", type=int, nargs="+",
+                         help="default 0 1 2 3 4 (a task family: 0 1 2, on every instance)")
     compare.add_argument("--no-alone", action="store_true",
                          help="skip the modalities trained alone (and so the late-fusion row)")
-    compare.add_argument("--policy", help="saved policy folder (train_policy.py), for the ppo sampler")
+    compare.add_argument("--policy", action="append", metavar="[LABEL=]PATH",
+                         help="saved policy folder (train_policy.py): PATH for the ppo sampler; LABEL=PATH adds a row "
+                              "LABEL acting with that policy (repeatable, e.g. family=runs/a specialist=runs/b)")
+    compare.add_argument("--allocation", action="store_true",
+                         help="the heuristic splits exactly M x B samples per iteration (as uniform and an "
+                              "allocation policy spend): a compute-fair comparison")
     compare.add_argument("--controls", action="store_true",
                          help="with ppo and two or more seeds: add a constant at the policy's mean counts and its "
                               "open-loop replay")
     compare.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
+    family = compare.add_argument_group(
+        "task families", "with --task naming a family spec (e.g. synthetic-family): every row on the same "
+        "(instance, seed) cases of the family's held-out instances, paired case by case (docs/protocol.md)")
+    family.add_argument("--instances", choices=["held-out", "train", "all"], default="held-out")
+    family.add_argument("--n-instances", type=int, help="the first N instances of that pool (default: all)")
+    family.add_argument("--blind-policy", help="a policy trained with env blind=true, for the ppo-blind row")
+    family.add_argument("--alphas", type=float, nargs="+", default=list(FamilyEvaluationConfig.alpha_grid),
+                        help="the heuristic's alphas tried on training instances")
+    family.add_argument("--tune-instances", type=int, default=FamilyEvaluationConfig.tune_instances)
+    family.add_argument("--no-oracle", action="store_true", help="skip the per-instance best constant allocation")
+    family.add_argument("--no-ogm-ge", action="store_true", help="skip OGM-GE with uniform sampling")
+    family.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
+    family.add_argument("--out", help="output folder (default runs/family-<spec>); finished cases are kept")
     compare.add_argument("--readme", help="also write the table into this file's block (see --readme-block)")
     compare.add_argument("--readme-block", help="name of that block: <!-- NAME:start --> ... <!-- NAME:end --> "
                                                 "(default compare-<task>)")
@@ -192,7 +211,8 @@ def add_train_policy_arguments(parser: argparse.ArgumentParser) -> None:
                         help="env steps (overrides the YAML; PPO rounds up to whole rollouts of n_envs x n_steps)")
     parser.add_argument("--vec-env", choices=VEC_ENVS.names(), default=c.vec_env,
                         help="dummy: one process; subproc: one process per env; vectorized: the envs' learners "
-                             f"batched in one process; ray: one Ray actor per env (default {c.vec_env})")
+                             "batched in one process; ray: one Ray actor per env; auto: vectorized where the "
+                             f"learners can be batched, else subproc (default {c.vec_env})")
     parser.add_argument("--devices", nargs="+", help="learner devices, round robin over the envs (default: every "
                                                      "visible GPU when the learner is on cuda/auto)")
     parser.add_argument("--ray-address", help="Ray cluster for --vec-env ray (auto, ray://head:10001; default local)")
@@ -273,7 +293,7 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
         raise FileNotFoundError(f"no run to resume in {folder}: expected a run folder with config.yaml")
     check_resumable(folder)
     data = read_yaml(folder / "config.yaml")
-    check_task_source(data.get("task"), f"the run folder's {folder / 'config.yaml'}", args.allow_task_import)
+    check_spec_sources(data, f"the run folder's {folder / 'config.yaml'}", args.allow_task_import)
     changes_path = folder / CHANGES_FILE
     changes = read_yaml(changes_path).get("changes", []) if changes_path.is_file() else []
     if not isinstance(changes, list) or not all(isinstance(c, dict) and "learner.lr" in c for c in changes):
@@ -325,20 +345,65 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def family_command(args: argparse.Namespace, run_dir: str) -> int:
+    """``dus-gym compare`` on a task family (see :mod:`dus_gym.experiments.family`)."""
+    if args.samplers or args.controls or args.grid or args.config or args.iterations or args.epochs:
+        raise ConfigError("a family comparison runs its own rows on the spec's budget: drop --samplers, --controls, "
+                          "--grid, --config, --iterations and --epochs (use --set for other settings)")
+    policies = parse_policies(args.policy)
+    if set(policies) - {"ppo"}:
+        raise ConfigError("a family comparison takes one --policy PATH (and --blind-policy for its blind twin)")
+    name = Path(args.task).stem
+    evaluation = FamilyEvaluationConfig(
+        spec=args.task, instances=args.instances, n_instances=args.n_instances,
+        seeds=tuple(args.seeds) if args.seeds else FamilyEvaluationConfig.seeds, policy=policies.get("ppo"),
+        blind_policy=args.blind_policy, alpha_grid=tuple(args.alphas), tune_instances=args.tune_instances,
+        oracle=not args.no_oracle, ogm_ge=not args.no_ogm_ge, workers=args.workers,
+        out_dir=args.out or str(Path(run_dir) / f"family-{name}"), overrides=parse_overrides(args.set))
+    block = args.readme_block or f"family-{name}"
+    if args.readme:
+        check_readme_block(Path(args.readme), block)
+    record = run_family_evaluation(evaluation, progress=not args.no_progress)
+    print(f"{name}: {len(record['pool'])} {args.instances} instances x seeds {list(evaluation.seeds)}, test accuracy "
+          f"in %, differences paired per (instance, seed):")
+    print(record["table"])
+    print(f"results: {Path(evaluation.out_dir) / 'family.json'}")
+    if args.readme:
+        write_readme_block(Path(args.readme), block, record["table"], "dus-gym " + " ".join(args.argv))
+        print(f"table written into {args.readme}")
+    return 0
+
+
+def parse_policies(texts: list[str] | None) -> dict[str, str]:
+    """``--policy`` values: ``PATH`` (label "ppo") or ``LABEL=PATH``, by label."""
+    return dict(text.split("=", 1) if "=" in text else ("ppo", text) for text in texts or [])
+
+
 def compare_command(args: argparse.Namespace) -> int:
     """``dus-gym compare``."""
+    data = resolve_config(args)
+    if data.get("family") is not None:
+        return family_command(args, data.get("run_dir", RunConfig.run_dir))
+    args.seeds = args.seeds or [0, 1, 2, 3, 4]
+    policies = parse_policies(args.policy)
+    samplers = list(args.samplers or ["uniform", "heuristic"])
+    if "ppo" in policies and "ppo" not in samplers:
+        samplers.append("ppo")
     specs, base = [], None
     check_seeds(args.seeds)  # before any run
-    overrides = overrides_per_sampler(parse_overrides(args.set), args.samplers)
-    for name in args.samplers:
+    overrides = overrides_per_sampler(parse_overrides(args.set), samplers)
+    for name in samplers:
         config = from_dict(RunConfig, resolve_config(args, sampler=name, overrides=overrides[name]))
         base = base or config
         kwargs = dict(config.sampler_kwargs)
         if name == "ppo":
-            if not args.policy:
+            if "ppo" not in policies:
                 raise ConfigError("the ppo sampler needs --policy PATH (a folder written by train_policy.py)")
-            kwargs["policy"] = args.policy
+            kwargs["policy"] = policies["ppo"]
+        if name == "heuristic" and args.allocation:
+            kwargs.update(allocation=True, n_min=base.env.n_min)
         specs.append(SamplerSpec(name, name, kwargs))
+    specs += [SamplerSpec(label, "ppo", {"policy": path}) for label, path in policies.items() if label != "ppo"]
     check_controls([spec.label for spec in specs], args.seeds, args.controls)  # before any run
     block = args.readme_block or f"compare-{base.task.split(':')[-1]}"
     if args.readme:

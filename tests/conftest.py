@@ -20,3 +20,22 @@ def tiny_policy(tmp_path_factory):
                                evaluate=False, progress=False)
     folder = train_policy(config, argv=["train_policy.py"])
     return config, folder
+
+
+TINY_FAMILY_PPO = {"n_envs": 1, "n_timesteps": 32, "policy": "ModalityPolicy", "n_steps": 16, "batch_size": 16,
+                   "n_epochs": 2, "learning_rate": "lin_1e-3", "policy_kwargs": "dict(hidden=8)"}
+TINY_FAMILY_ENV = {"n_iterations": 20, "iterations_per_step": 10, "task_kwargs": {"n_samples": 300, "hidden_dim": 8}}
+
+
+@pytest.fixture(scope="session")
+def tiny_family_policy(tmp_path_factory):
+    """A ModalityPolicy trained for 32 env steps on a tiny SyntheticFamily-v0 (2 steps per episode)."""
+    from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+
+    root = tmp_path_factory.mktemp("family-policy")
+    hp = root / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"dus_gym/SyntheticFamily-v0": TINY_FAMILY_PPO}))
+    config = TrainPolicyConfig(env_id="dus_gym/SyntheticFamily-v0", hyperparams=str(hp), vec_env="dummy",
+                               run_dir=str(root / "runs"), env_kwargs=TINY_FAMILY_ENV, eval_freq=0,
+                               checkpoint_freq=32, evaluate=False, progress=False)
+    return config, train_policy(config, argv=["train_policy.py"])

@@ -111,3 +111,16 @@ def test_unknown_env_id_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "did you mean 'dus_gym/Synthetic-v0'" in err and len(err.splitlines()) == 1
     assert not list(tmp_path.iterdir())  # nothing written for a run that cannot start
+
+
+def test_compare_rows_for_labelled_policies_and_a_compute_fair_heuristic(tiny_policy, tmp_path):
+    _, folder = tiny_policy
+    code = main(["compare", "--task", "synthetic", "--samplers", "uniform", "heuristic", "--allocation",
+                 "--policy", f"first={folder}", "--policy", f"second={folder}", "--seeds", "0", "--no-alone",
+                 "--iterations", "20", "--run-dir", str(tmp_path), "--no-progress", "--set", "eval_every=20"])
+    assert code == 0
+    record = json.loads(next(tmp_path.glob("compare-synthetic-*/compare.json")).read_text())
+    assert list(record["runs"]) == ["uniform", "heuristic", "first", "second"]
+    assert record["runs"]["first"][0]["test"] == record["runs"]["second"][0]["test"]  # one policy, two labels
+    heuristic = np.load(next(tmp_path.glob("compare-synthetic-*/heuristic/seed0/counts.npy")))
+    assert (heuristic.sum(1) == 2 * 64).all() and heuristic[:, 0].min() < 64  # M x B per iteration, reallocated

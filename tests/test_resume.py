@@ -185,7 +185,8 @@ def test_train_policy_sigkill_then_resume(tmp_path):
     hp = tmp_path / "ppo.yml"
     hp.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": {**TINY_PPO, "n_timesteps": 100_000}}))
     root = Path(__file__).resolve().parents[1]
-    base = [sys.executable, str(root / "train_policy.py"), "-conf", str(hp), "--vec-env", "dummy", "--no-evaluate",
+    base = [sys.executable, str(root / "train_policy.py"), "--env", "dus_gym/Synthetic-v0", "-conf", str(hp),
+            "--vec-env", "dummy", "--no-evaluate",
             "--no-progress", "--eval-freq", "0", "--checkpoint-freq", "32", "--env-kwargs", "n_iterations=40",
             "iterations_per_step=10", "task_kwargs.hidden_dim=8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -758,7 +758,8 @@ def _policy_run(tmp_path, **args):
 
     folder = tmp_path / "ppo-run"
     folder.mkdir()
-    config = TrainPolicyConfig(vec_env="dummy", seed=3, env_kwargs={"iterations_per_step": 10}, **args)
+    config = TrainPolicyConfig(env_id="dus_gym/Synthetic-v0", vec_env="dummy", seed=3,
+                               env_kwargs={"iterations_per_step": 10}, **args)
     (folder / "args.yml").write_text(yaml.safe_dump(to_dict(config)))
     (folder / "config.yml").write_text(yaml.safe_dump({config.env_id: {"n_steps": 32}}))
     return folder
@@ -789,7 +790,8 @@ def test_policy_resume_continues_with_the_runs_settings_and_keeps_its_provenance
                                               "n_epochs": 1, "normalize": True,
                                               "policy_kwargs": "dict(net_arch=[8])"}}))
     env_kwargs = {"n_iterations": 8, "iterations_per_step": 4, "task_kwargs": {"hidden_dim": 4, "dominant_dim": 8}}
-    folder = train_policy(TrainPolicyConfig(hyperparams=str(hp), vec_env="dummy", run_dir=str(tmp_path / "runs"),
+    folder = train_policy(TrainPolicyConfig(env_id="dus_gym/Synthetic-v0", hyperparams=str(hp), vec_env="dummy",
+                                            run_dir=str(tmp_path / "runs"),
                                             env_kwargs=env_kwargs, eval_freq=0, checkpoint_freq=8, evaluate=False,
                                             progress=False), argv=["train_policy.py"])
     hp.write_text(yaml.safe_dump({"default": {"n_steps": 4}}))  # edited after the run started: not used by the resume
@@ -817,7 +819,8 @@ def test_ctrl_c_on_train_policy_with_subprocess_envs_is_one_line_and_130(tmp_pat
                                               "n_epochs": 1, "policy_kwargs": "dict(net_arch=[8])"}}))
     script = Path(__file__).resolve().parents[1] / "train_policy.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), "--vec-env", "subproc", "-conf", str(hp), "--no-progress",
+    proc = subprocess.Popen([sys.executable, str(script), "--env", "dus_gym/Synthetic-v0", "--vec-env", "subproc",
+                             "-conf", str(hp), "--no-progress",
                              "--no-evaluate", "--eval-freq", "0", "--checkpoint-freq", "8", "--run-dir",
                              str(tmp_path / "runs"), "--env-kwargs", "n_iterations=8", "iterations_per_step=4",
                              "task_kwargs.hidden_dim=4", "task_kwargs.dominant_dim=8"],

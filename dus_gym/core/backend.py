@@ -108,5 +108,8 @@ class LearnerBackend(Protocol):
     def accuracies(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:
         """Fused (N,) and per-modality (N, M) accuracy of every learner on a split of the task."""
 
+    def scores(self, split_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`accuracies` and each head's status (N, M): the mean true-class probability on the split."""
+
     def probe_status(self) -> np.ndarray:
         """(N, M) s(m) of every learner on its own held-out probe slice."""

@@ -413,17 +413,24 @@ class BatchedLearner:
 
     def accuracies(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:
         """Fused (N,) and per-modality (N, M) accuracy of every learner on a split of the task."""
+        return self.scores(split_name)[:2]
+
+    def scores(self, split_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fused accuracy (N,), per-modality accuracy (N, M) and status (N, M) of every learner on a split."""
         split = self._split_on_device(split_name)
         size = self.config.eval_batch_size
-        fused_hits, unimodal_hits = [], []
+        fused_hits, unimodal_hits, true_class = [], [], []
         for start in range(0, len(split), size):
             chunk = {m: x[start : start + size] for m, x in split.features.items()}
             target = split.labels[start : start + size]
             unimodal, fused = self._predict(chunk, batched=False)
             fused_hits.append(fused.argmax(2) == target)
             unimodal_hits.append(torch.stack([p.argmax(2) == target for p in unimodal], dim=2))
+            index = target.view(1, -1, 1).expand(self.n_learners, -1, 1)
+            true_class.append(torch.stack([p.gather(2, index).squeeze(2) for p in unimodal], dim=2))
         fused_acc = torch.cat(fused_hits, 1).double().mean(1).cpu().numpy()
-        return fused_acc, torch.cat(unimodal_hits, 1).double().mean(1).cpu().numpy()
+        return (fused_acc, torch.cat(unimodal_hits, 1).double().mean(1).cpu().numpy(),
+                torch.cat(true_class, 1).double().mean(1).cpu().numpy())
 
     def probe_status(self) -> np.ndarray:
         """(N, M) s(m) of every learner on its own held-out probe slice."""

@@ -119,6 +119,43 @@ class CMDConfig:
         _check(self.window is None or self.window >= 1, f"cmd.window must be >= 1 or null, got {self.window}")
 
 
+ACTION_TYPES = ("box", "multidiscrete", "allocation")
+"""The actions of a sampling policy (see dus_gym.samplers.action.CountsAction)."""
+OBSERVATIONS = ("cmd", "modalities")
+"""The observation layouts (see dus_gym.core.observation)."""
+INSTANCE_POOLS = ("train", "held-out", "all")
+"""The instances of a task family an env draws from."""
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """A task family: task instances (overrides of the task's kwargs), split into training and held-out ones.
+
+    The instances are ``instances`` as listed, or the list a generator returns (a name of
+    ``dus_gym.tasks.families.FAMILIES``, or "package.module:function" for a user's own) called with
+    ``generator_kwargs``. Instance i is the i-th of that list; a fixed share ``held_out`` of them,
+    chosen by a permutation seeded with ``split_seed``, is held out of policy training.
+    """
+
+    instances: tuple[dict[str, Any], ...] = ()
+    """Task-kwargs overrides, one mapping per instance."""
+    generator: str | None = None
+    """A family generator (name or "module:function") returning that list."""
+    generator_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the generator."""
+    held_out: float = 0.25
+    """Share of the instances held out of policy training (at least one when there are two or more)."""
+    split_seed: int = 0
+    """Seed of the train / held-out split."""
+
+    def __post_init__(self) -> None:
+        _check((len(self.instances) > 0) != (self.generator is not None),
+               "family: give either a list of instances or a generator (not both)")
+        _check(0 <= self.held_out < 1, f"family.held_out must be in [0, 1), got {self.held_out}")
+        for i, instance in enumerate(self.instances):
+            _check(isinstance(instance, dict), f"family.instances[{i}] must be a mapping of task kwargs")
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """How training becomes a Gymnasium env (see docs/env.md); used by :class:`dus_gym.rl.env.DUSEnv`."""
@@ -130,9 +167,21 @@ class EnvConfig:
     n_max: int = 256
     """Count at action +1 (box action)."""
     action_type: str = "box"
-    """"box": [-1, 1]^M mapped affinely to [n_min, n_max]; "multidiscrete": one of count_levels each."""
+    """"box": [-1, 1]^M mapped affinely to [n_min, n_max]; "multidiscrete": one of count_levels each;
+    "allocation": M x B samples split by softmax(temperature x action), n_min each at least (compute-fair)."""
     count_levels: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     """Counts of the multidiscrete action."""
+    temperature: float = 3.0
+    """Allocation action: the softmax temperature on the [-1, 1] preferences."""
+    observation: str = "cmd"
+    """"cmd": c, d, s, count/B per modality and the progress (4M + 1); "modalities": one row of features per
+    modality slot, padded to max_modalities with a mask (docs/env.md)."""
+    max_modalities: int | None = None
+    """The modality slots of a "modalities" observation and of the action (None: the task's M)."""
+    blind: bool = False
+    """Zero every CMD-derived feature of the observation: a control policy that sees only the progress."""
+    instances: str = "train"
+    """With a task family: the instances a reset draws from, "train", "held-out" or "all"."""
     reward_delta_weight: float = 1.0
     """Weight of the change of fused validation accuracy since the last step."""
     reward_cmd_weight: float = 0.0
@@ -148,8 +197,15 @@ class EnvConfig:
         check_finite(self, "env")
         _check(self.iterations_per_step >= 1, f"env.iterations_per_step must be >= 1, got {self.iterations_per_step}")
         check_count_range(self.n_min, self.n_max, "env")
-        _check(self.action_type in ("box", "multidiscrete"),
-               f"env.action_type must be 'box' or 'multidiscrete', got '{self.action_type}'")
+        _check(self.action_type in ACTION_TYPES,
+               f"env.action_type must be one of {list(ACTION_TYPES)}, got '{self.action_type}'")
+        _check(self.observation in OBSERVATIONS,
+               f"env.observation must be one of {list(OBSERVATIONS)}, got '{self.observation}'")
+        _check(self.temperature > 0, f"env.temperature must be > 0, got {self.temperature}")
+        _check(self.max_modalities is None or self.max_modalities >= 2,
+               f"env.max_modalities must be >= 2 or null, got {self.max_modalities}")
+        _check(self.instances in INSTANCE_POOLS,
+               f"env.instances must be one of {list(INSTANCE_POOLS)}, got '{self.instances}'")
         _check(min(self.reward_delta_weight, self.reward_cmd_weight, self.reward_terminal_weight,
                    self.divergence_penalty) >= 0, "env reward weights and divergence_penalty must be >= 0")
 
@@ -194,6 +250,8 @@ class RunConfig:
     """Count the FLOPs of every this many-th iteration (torch.utils.flop_counter; None: never); the run
     reports their mean as FLOPs per iteration (None for a run shorter than this). A counted iteration
     runs several times slower on a CPU, and the run's wall time includes it (about 5 % at 100)."""
+    family: FamilyConfig | None = None
+    """A task family (the env draws a task instance at every reset); None: the one task."""
 
     def __post_init__(self) -> None:
         check_finite(self, "")

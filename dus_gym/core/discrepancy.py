@@ -96,10 +96,3 @@ def cmd_observation(
     per_modality = np.stack([monitor.cumulative, monitor.discrepancy, monitor.status, counts], axis=1)
     return np.concatenate([per_modality.reshape(-1), [progress]]).astype(np.float32)
 
-
-def observation_bounds(n_modalities: int, batch_size: int, max_count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of :func:`cmd_observation` (float32), for counts up to ``max_count``."""
-    M, B = n_modalities, batch_size
-    low = np.append(np.tile([0.0, -1.0, 0.0, 0.0], M), 0.0).astype(np.float32)
-    high = np.append(np.tile([1.0, 1.0, 1.0, max(max_count, B) / B], M), 1.0).astype(np.float32)
-    return low, high

@@ -7,7 +7,7 @@ and is the one owner of what happens around each learner iteration and each env 
 - after an iteration, the learning status of every episode whose loss is finite is folded into
   its CMD monitor: the status on the held-out probe slice when the CMD source is the probe, else
   on the training batch, where a modality that drew no sample keeps its last status;
-- the observation (:func:`dus_gym.core.discrepancy.cmd_observation`, clipped to its bounds);
+- the observation (:class:`dus_gym.core.observation.ObservationLayout`, clipped to its bounds);
 - an env step (K iterations with the chosen counts, fewer at the end of the episode), the
   validation score, the reward and the info; a NaN/inf loss truncates that episode with
   ``-divergence_penalty``.
@@ -22,7 +22,8 @@ import numpy as np
 
 from dus_gym.core.backend import BatchedIterationStats, LearnerBackend
 from dus_gym.core.config import EnvConfig
-from dus_gym.core.discrepancy import CMDMonitor, cmd_observation
+from dus_gym.core.discrepancy import CMDMonitor
+from dus_gym.core.observation import ObservationLayout
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +37,18 @@ class Episodes:
         batch_size: the base batch size B.
         n_iterations: T, the budget of an episode in learner iterations.
         cmd_window: the CMD monitor's window (None: running mean).
-        bounds: (low, high) of the observation vector.
-        env: step size K, reward weights, divergence penalty and start checkpoint.
+        layout: the observation vector.
+        env: step size K, reward weights and divergence penalty.
     """
 
     def __init__(self, learners: LearnerBackend, modalities: tuple[str, ...], batch_size: int, n_iterations: int,
-                 cmd_window: int | None, bounds: tuple[np.ndarray, np.ndarray], env: EnvConfig) -> None:
+                 cmd_window: int | None, layout: ObservationLayout, env: EnvConfig) -> None:
         N, M = learners.n_learners, len(modalities)
         self.learners = learners
         self.modalities = modalities
         self.batch_size = batch_size
         self.n_iterations = n_iterations
-        self.low, self.high = bounds
+        self.layout = layout
         self.env = env
         self.monitors = [CMDMonitor(M, window=cmd_window) for _ in range(N)]
         self.counts = np.full((N, M), batch_size, dtype=np.int64)
@@ -59,6 +60,8 @@ class Episodes:
         self.score = np.zeros(N)
         """Each episode's last fused validation accuracy."""
         self.per_modality = np.zeros((N, M))
+        self.val_status = np.zeros((N, M))
+        """Each head's validation status (mean true-class probability) at the last evaluation."""
         self.started = np.zeros(N, dtype=bool)
 
     @property
@@ -66,9 +69,9 @@ class Episodes:
         """N."""
         return len(self.monitors)
 
-    def start(self, i: int, seed: int) -> None:
-        """Start episode ``i``: its learner from ``seed`` (or the start checkpoint), CMD zero, counts B."""
-        self.learners.reset_learner(i, seed, checkpoint=self.env.start_checkpoint)
+    def start(self, i: int, seed: int, checkpoint: str | None = None) -> None:
+        """Start episode ``i``: its learner from ``seed`` (or from a learner checkpoint), CMD zero, counts B."""
+        self.learners.reset_learner(i, seed, checkpoint=checkpoint)
         self.start_iteration[i] = self.learners.iteration[i]
         self.monitors[i].reset()
         self.counts[i] = self.batch_size
@@ -79,10 +82,11 @@ class Episodes:
 
     def evaluate(self, indices: np.ndarray | list[int]) -> None:
         """Score the learners of ``indices`` on the validation split (every learner in one pass)."""
-        fused, per_modality = self.learners.accuracies("val")
+        fused, per_modality, status = self.learners.scores("val")
         for i in indices:
             self.score[i] = fused[i]
             self.per_modality[i] = per_modality[i]
+            self.val_status[i] = status[i]
 
     def iterate(self, counts: np.ndarray, active: np.ndarray | None = None) -> BatchedIterationStats:
         """One learner iteration of the ``active`` episodes; a finite one's learning status updates its CMD."""
@@ -102,9 +106,12 @@ class Episodes:
 
     def observation(self, i: int) -> np.ndarray:
         """Episode ``i``'s observation: its CMD state, last counts and progress, clipped to the bounds."""
-        progress = (self.learners.iteration[i] - self.start_iteration[i]) / self.n_iterations
-        obs = cmd_observation(self.monitors[i], self.counts[i], self.batch_size, min(progress, 1.0))
-        return np.clip(obs, self.low, self.high)
+        return self.layout.build(self.monitors[i], self.counts[i], self.progress(i), self.val_status[i],
+                                 float(self.score[i]))
+
+    def progress(self, i: int) -> float:
+        """The progress t / T of episode ``i`` (at most 1)."""
+        return min((self.learners.iteration[i] - self.start_iteration[i]) / self.n_iterations, 1.0)
 
     def step(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """One env step of every episode: K iterations with its counts, then its reward and info.
@@ -162,16 +169,28 @@ class Episodes:
         }
         return info, float(reward_delta + reward_cmd + reward_terminal)
 
+    @property
+    def keyword_names(self) -> list[str]:
+        """What the per-modality info keys end with.
+
+        The modality names, or ``slot<k>`` for every slot of a "modalities" observation (fixed whatever
+        instance a family env draws; nan for an unused slot).
+        """
+        if self.layout.kind == "modalities":
+            return [f"slot{k}" for k in range(self.layout.slots)]
+        return list(self.modalities)
+
     def keywords(self, i: int) -> dict[str, float]:
         """The :meth:`info_keywords` values of episode ``i``: last validation scores, |CMD|, mean counts so far."""
         info = {"val_acc": float(self.score[i]), "gap": self.monitors[i].gap}
         done = max(int(self.count_iterations[i]), 1)
-        for k, m in enumerate(self.modalities):
-            info[f"val_acc_{m}"] = float(self.per_modality[i, k])
-            info[f"mean_count_{m}"] = float(self.count_sum[i, k] / done)
+        M = len(self.modalities)
+        for k, name in enumerate(self.keyword_names):
+            info[f"val_acc_{name}"] = float(self.per_modality[i, k]) if k < M else float("nan")
+            info[f"mean_count_{name}"] = float(self.count_sum[i, k] / done) if k < M else float("nan")
         return info
 
     def info_keywords(self) -> tuple[str, ...]:
         """The info keys a Monitor should record at the end of an episode."""
-        per_modality = [f"{key}_{m}" for key in ("val_acc", "mean_count") for m in self.modalities]
+        per_modality = [f"{key}_{name}" for key in ("val_acc", "mean_count") for name in self.keyword_names]
         return ("val_acc", "gap", *per_modality)

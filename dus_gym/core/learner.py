@@ -234,12 +234,19 @@ class Learner:
 
     def accuracies(self, split_name: str) -> tuple[float, dict[str, float]]:
         """Fused and per-modality accuracy on a split (cheaper than :meth:`evaluate`)."""
+        fused, unimodal, _ = self.scores(split_name)
+        return fused, unimodal
+
+    def scores(self, split_name: str) -> tuple[float, dict[str, float], np.ndarray]:
+        """Fused accuracy, each head's accuracy and each head's status (mean true-class probability) on a split."""
         split = self.task.splits[split_name]
         unimodal, fused = self.predict(split)
         labels = split.labels.numpy()
+        rows = np.arange(len(labels))
+        status = np.array([float(unimodal[m][rows, labels].mean()) for m in self.modalities])
         return float((fused.argmax(1) == labels).mean()), {
             m: float((p.argmax(1) == labels).mean()) for m, p in unimodal.items()
-        }
+        }, status
 
     def modality_shapley(self, split_name: str = "test") -> dict[str, float]:
         """Shapley value of every modality to the fused accuracy on a split (:func:`shapley_values`).
@@ -408,9 +415,14 @@ class LearnerGroup:
 
     def accuracies(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:
         """Fused (N,) and per-modality (N, M) accuracy of every learner."""
-        results = [self.learner(i).accuracies(split_name) for i in range(self.n_learners)]
-        return (np.array([fused for fused, _ in results]),
-                np.array([[per[m] for m in self.task.modalities] for _, per in results]))
+        return self.scores(split_name)[:2]
+
+    def scores(self, split_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fused accuracy (N,), per-modality accuracy (N, M) and per-modality status (N, M) of every learner."""
+        results = [self.learner(i).scores(split_name) for i in range(self.n_learners)]
+        return (np.array([fused for fused, _, _ in results]),
+                np.array([[per[m] for m in self.task.modalities] for _, per, _ in results]),
+                np.stack([status for _, _, status in results]))
 
     def probe_status(self) -> np.ndarray:
         """(N, M) s(m) of every learner on its own probe slice."""

@@ -3,7 +3,8 @@
 A run configuration is built from layers, later wins (:func:`resolve_run_config`):
 
 1. the :class:`~dus_gym.core.config.RunConfig` defaults;
-2. the task spec ``envs/<task>.yaml`` (task kwargs, learner settings, budget, env settings);
+2. the task spec ``envs/<task>.yaml`` (task kwargs, learner settings, budget, env settings; its own
+   ``task`` key names the task builder, e.g. ``synthetic-family.yaml`` builds ``synthetic``);
 3. a config file (any ``RunConfig`` keys);
 4. the sampler settings ``agents/<sampler>.yml`` (top-level key: the task name, else ``default``,
    as in the RL Zoo), unless the config file sets ``sampler_kwargs`` itself;
@@ -70,7 +71,9 @@ def parse_overrides(texts: list[str] | None) -> dict[str, Any]:
 
 
 def task_spec_path(task: str) -> Path:
-    """Where the shipped spec of ``task`` would be (``envs/<task>.yaml``)."""
+    """The spec of ``task``: a ``.yaml`` path as given, else the shipped ``envs/<task>.yaml`` (which may not exist)."""
+    if task.endswith((".yaml", ".yml")):
+        return Path(task)
     return specs_dir("envs") / f"{task}.yaml"
 
 
@@ -106,8 +109,9 @@ def resolve_run_config(
     user, flags, overrides = config or {}, flags or {}, overrides or {}
     task = task or overrides.get("task") or user.get("task") or RunConfig.task
     spec = task_spec_path(task)
-    data = deep_merge(read_yaml(spec) if spec.is_file() else {}, user)
-    data["task"] = task
+    spec_data = read_yaml(spec) if spec.is_file() else {}
+    data = deep_merge(spec_data, user)
+    data["task"] = spec_data.get("task", task)  # a spec may name another builder (synthetic-family: synthetic)
     data["sampler"] = sampler or overrides.get("sampler") or data.get("sampler", RunConfig.sampler)
     if "sampler_kwargs" not in user:
         data["sampler_kwargs"] = sampler_settings(data["sampler"], task)

@@ -252,11 +252,13 @@ def _warn_rerun(path: Path, err: BaseException) -> None:
                "running the cell again")
 
 
-def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every cell, then write results.csv, table.md and the plots; returns a summary."""
-    out = Path(bench.out_dir)
-    cells_dir = out / "cells"
-    cells = plan_cells(bench)
+def execute_cells(cells: list[Cell], cells_dir: Path, workers: int | None = None, progress: bool = True,
+                  desc: str = "bench cells") -> tuple[dict[str, dict[str, Any]], int, int]:
+    """Run the cells without a finished record in ``cells_dir``, in parallel processes (one torch thread each).
+
+    Returns the records by key, how many cells ran and how many processes ran them. A failing cell or
+    Ctrl-C stops the workers at once; the finished cells stay written, so a rerun continues.
+    """
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for cell in cells:
@@ -265,8 +267,8 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
             todo.append(cell)
         else:
             records[cell.key] = record
-    workers = min(bench.workers or os.cpu_count() or 1, max(1, len(todo)))
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench cells", disable=not progress,
+    workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, disable=not progress,
                dynamic_ncols=True)
     try:
         if workers == 1:  # in this process, with its torch threads
@@ -289,6 +291,15 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
                 pool.join()
     finally:
         bar.close()
+    return records, len(todo), workers
+
+
+def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) every cell, then write results.csv, table.md and the plots; returns a summary."""
+    out = Path(bench.out_dir)
+    cells_dir = out / "cells"
+    cells = plan_cells(bench)
+    records, ran, workers = execute_cells(cells, cells_dir, bench.workers, progress)
     ordered = [records[cell.key] for cell in cells]
     histories = {cell.key: dict(np.load(cells_dir / f"{cell.file_stem}.npz")) for cell in cells}
     rows = summary_rows(ordered, histories)
@@ -299,7 +310,7 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
     for task in bench.tasks:
         seed = bench.seeds[0] if bench.plot_seed is None else bench.plot_seed
         plots.append(plot_histories(task, ordered, histories, seed, out / f"curves-{task}.png"))
-    return {"cells": len(cells), "ran": len(todo), "workers": workers, "table": table, "plots": plots,
+    return {"cells": len(cells), "ran": ran, "workers": workers, "table": table, "plots": plots,
             "out_dir": str(out)}
 
 

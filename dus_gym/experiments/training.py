@@ -18,9 +18,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from dus_gym.core.backend import BatchedIterationStats
 from dus_gym.core.checkpoint import rng_state, set_rng_state
 from dus_gym.core.config import RunConfig, to_dict
-from dus_gym.core.discrepancy import CMDMonitor, observation_bounds
+from dus_gym.core.discrepancy import CMDMonitor
 from dus_gym.core.episode import Episodes
 from dus_gym.core.learner import Evaluation, Learner, LearnerGroup
+from dus_gym.core.observation import ObservationLayout
 from dus_gym.samplers import Sampler, SamplerState
 from dus_gym.samplers.action import CountsAction
 from dus_gym.tasks import Task
@@ -55,10 +56,8 @@ class TrainingRun:
         group.reset_learner(0, config.seed)
         self.learner: Learner = group.learner(0)
         self.n_iterations = config.budget(self.learner.n_train)
-        env = config.env
-        max_count = CountsAction(M, env.n_min, env.n_max, env.action_type, env.count_levels).max_count
-        self.episodes = Episodes(group, task.modalities, B, self.n_iterations, config.cmd.window,
-                                 observation_bounds(M, B, max_count), env)
+        layout = ObservationLayout.of(config.env, M, B, CountsAction.of(config.env, M, B).max_count)
+        self.episodes = Episodes(group, task.modalities, B, self.n_iterations, config.cmd.window, layout, config.env)
         self.episodes.started[0] = True
         sampler.reset()
         self.iteration = 0
@@ -104,8 +103,11 @@ class TrainingRun:
         return self.elapsed + time.perf_counter() - self._clock
 
     def sampler_state(self) -> SamplerState:
-        """What the sampler sees before the next iteration."""
+        """What the sampler sees before the next iteration (scored on validation when the sampler asks)."""
         monitor = self.monitor
+        every = self.sampler.validation_every
+        if every and self.learner.iteration % every == 0:
+            self.episodes.evaluate([0])
         return SamplerState(
             iteration=self.learner.iteration,
             n_iterations=self.n_iterations,
@@ -115,6 +117,8 @@ class TrainingRun:
             status=monitor.status.copy(),
             counts=self.episodes.counts[0].copy(),
             observation=self.episodes.observation(0),
+            val_status=self.episodes.val_status[0].copy() if every else None,
+            val_acc=float(self.episodes.score[0]) if every else None,
         )
 
     def iterate(self) -> None:

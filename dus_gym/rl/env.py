@@ -12,13 +12,15 @@ from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 
 from dus_gym.core.backend import LearnerBackend
-from dus_gym.core.config import Budget, CMDConfig, EnvConfig, LearnerConfig, from_dict
-from dus_gym.core.discrepancy import CMDMonitor, observation_bounds
+from dus_gym.core.config import Budget, CMDConfig, ConfigError, EnvConfig, FamilyConfig, LearnerConfig, from_dict
+from dus_gym.core.discrepancy import CMDMonitor
 from dus_gym.core.episode import Episodes
 from dus_gym.core.learner import Learner, LearnerGroup
+from dus_gym.core.observation import ObservationLayout
 from dus_gym.rl.registration import env_kwargs_of, spec_config
 from dus_gym.samplers.action import CountsAction
 from dus_gym.tasks import Task, cached_task
+from dus_gym.tasks.families import TaskFamily
 
 
 class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -94,34 +96,61 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         cmd: dict[str, Any] | CMDConfig | None = None,
         n_iterations: int | None = 800,
         epochs: float | None = None,
+        family: dict[str, Any] | FamilyConfig | None = None,
         render_mode: str | None = None,
         **env_kwargs: Any,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"DUSEnv has no render modes, got render_mode={render_mode!r}")
         self._spec: EnvSpec | None = None
-        self.task = task if isinstance(task, Task) else cached_task(task, **(task_kwargs or {}))
         self.learner_config = learner if isinstance(learner, LearnerConfig) else from_dict(
             LearnerConfig, learner or {}, "learner")
         self.cmd_config = cmd if isinstance(cmd, CMDConfig) else from_dict(CMDConfig, cmd or {}, "cmd")
         self.config = from_dict(EnvConfig, env_kwargs, "env")
+        self.budget = Budget(n_iterations, epochs)
         self.probe_size = self.cmd_config.probe_size if self.cmd_config.source == "probe" else 0
-        n_train = len(self.task.splits["train"]) - self.probe_size
-        B = self.learner_config.batch_size
-        self.n_iterations = Budget(n_iterations, epochs).iterations(n_train, B)
-        self.n_modalities = len(self.task.modalities)
-        c = self.config
-        self.actions = CountsAction(self.n_modalities, c.n_min, c.n_max, c.action_type, c.count_levels)
+        self.family: TaskFamily | None = None
+        if family is not None:
+            if isinstance(task, Task):
+                raise ValueError("a task family needs the task's name (or module:function), not a Task object")
+            family = family if isinstance(family, FamilyConfig) else from_dict(FamilyConfig, family, "family")
+            if self.config.observation != "modalities" or self.config.max_modalities is None:
+                raise ConfigError("a task family needs env.observation 'modalities' and env.max_modalities (the "
+                                  "observation and the action must fit every instance)")
+            self.family = TaskFamily.from_config(task, task_kwargs or {}, family)
+            self.pool = self.family.pool(self.config.instances)
+            if not self.pool:
+                raise ConfigError(f"the family has no '{self.config.instances}' instances")
+            self.instance: int | None = None
+            self._use(self._instance_task(self.pool[0]))
+        else:
+            self.instance = None
+            self._use(task if isinstance(task, Task) else cached_task(task, **(task_kwargs or {})))
         self.action_space = self.actions.space
-        low, high = observation_bounds(self.n_modalities, B, self.actions.max_count)
+        low, high = self.layout.bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        self.episodes = self.make_episodes(LearnerGroup(self.task, self.learner_config, 1, probe_size=self.probe_size))
+
+    def _use(self, task: Task) -> None:
+        """Train on ``task`` from the next episode: its learner, budget, action mapping and observation."""
+        self.task = task
+        B, M = self.learner_config.batch_size, len(task.modalities)
+        self.n_iterations = self.budget.iterations(len(task.splits["train"]) - self.probe_size, B)
+        self.n_modalities = M
+        self.actions = CountsAction.of(self.config, M, B)
+        self.layout = ObservationLayout.of(self.config, M, B, self.actions.max_count)
+        self.episodes = self.make_episodes(LearnerGroup(task, self.learner_config, 1, probe_size=self.probe_size))
+
+    def _instance_task(self, instance: int) -> Task:
+        task = self.family.make(instance)
+        if len(task.modalities) > self.config.max_modalities:
+            raise ConfigError(f"instance {instance} of the family has {len(task.modalities)} modalities, more than "
+                              f"env.max_modalities = {self.config.max_modalities}")
+        return task
 
     def make_episodes(self, learners: LearnerBackend) -> Episodes:
         """Episodes with this env's settings on ``learners`` (one here; N in :class:`VecDUSEnv`)."""
         return Episodes(learners, self.task.modalities, self.learner_config.batch_size, self.n_iterations,
-                        self.cmd_config.window, (self.observation_space.low, self.observation_space.high),
-                        self.config)
+                        self.cmd_config.window, self.layout, self.config)
 
     @property
     def spec(self) -> EnvSpec | None:
@@ -154,21 +183,44 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         """What a policy needs to act like in this env elsewhere (saved with a trained policy)."""
         return {"task": self.task.name, "modalities": list(self.task.modalities),
                 "batch_size": self.learner_config.batch_size, "n_iterations": self.n_iterations,
-                "cmd": asdict(self.cmd_config), "env": asdict(self.config)}
+                "family": self.family is not None, "cmd": asdict(self.cmd_config), "env": asdict(self.config)}
+
+    def instance_info(self) -> dict[str, Any]:
+        """The current instance of a family (index, held out or not, its task-kwargs overrides); {} without."""
+        if self.family is None or self.instance is None:
+            return {}
+        return {"instance": self.instance, "held_out": self.instance in self.family.held_out,
+                "instance_params": dict(self.family.instances[self.instance])}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        """Start a new training run; ``seed`` reseeds model initialisation and data order."""
+        """Start a new training run; ``seed`` reseeds model initialisation and data order.
+
+        With a task family, the instance is ``options["instance"]`` (any instance, held out or not) or
+        drawn from the env's pool (``instances``: "train" by default) with the env's ``np_random``.
+        """
         super().reset(seed=seed)
+        if self.family is not None:
+            chosen = (options or {}).get("instance")
+            instance = int(self.np_random.choice(self.pool)) if chosen is None else int(chosen)
+            if instance != self.instance:
+                self._use(self._instance_task(instance))
+                self.instance = instance
+        elif options and "instance" in options:
+            raise ValueError("reset(options={'instance': ...}) needs a family env")
         learner_seed = int(self.np_random.integers(0, 2**31 - 1))
-        self.episodes.start(0, learner_seed)
+        self.episodes.start(0, learner_seed, checkpoint=self.config.start_checkpoint)
         self.episodes.evaluate([0])
-        return self.episodes.observation(0), {"val_acc": float(self.episodes.score[0]), "learner_seed": learner_seed}
+        info = {"val_acc": float(self.episodes.score[0]), "learner_seed": learner_seed, **self.instance_info()}
+        return self.episodes.observation(0), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Run K learner iterations with the counts of ``action``."""
         counts = self.actions.to_counts(action)
         obs, rewards, terminated, truncated, infos = self.episodes.step(counts[None])
-        return obs[0], float(rewards[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
+        info = infos[0]
+        if self.instance is not None:
+            info["instance"] = self.instance
+        return obs[0], float(rewards[0]), bool(terminated[0]), bool(truncated[0]), info
 
     def info_keywords(self) -> tuple[str, ...]:
         """The info keys a Monitor should record at the end of an episode."""

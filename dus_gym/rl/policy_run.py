@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from dus_gym.core.config import MAX_SHOWN, ConfigError, shown
 from dus_gym.core.files import read_yaml, write_text_atomic
-from dus_gym.tasks import OPT_IN, check_task_source
+from dus_gym.tasks import OPT_IN, check_spec_sources
 
 ARGS_FILE = "args.yml"
 HYPERPARAMS_FILE = "config.yml"
@@ -62,7 +62,7 @@ def resumed_settings(folder: Path, typed: dict[str, Any]) -> dict[str, Any]:
     settings = {**saved, **{k: v for k, v in typed.items() if k in RESUME_MAY_CHANGE}, "resume": str(folder)}
     env_kwargs = saved.get("env_kwargs") or {}
     if isinstance(env_kwargs, dict):
-        check_task_source(env_kwargs.get("task"), f"the run folder's {folder / ARGS_FILE}",
+        check_spec_sources(env_kwargs, f"the run folder's {folder / ARGS_FILE}",
                           bool(settings.get("allow_task_import")))
     settings["hyperparams"] = str(folder / HYPERPARAMS_FILE)  # the hyper-parameters as the run wrote them
     return settings
@@ -118,7 +118,7 @@ def load_last_checkpoint(folder: Path, venv: VecEnv, normalize: bool, **ppo_kwar
 
 def check_hyperparams_task(env_kwargs: dict[str, Any], path: Path, allow_task_import: bool) -> None:
     """Refuse a ``module:function`` ``env_kwargs.task`` in a hyper-parameter file (read from disk) unless allowed."""
-    check_task_source(env_kwargs.get("task"), f"the hyper-parameter file {path} (env_kwargs)", allow_task_import)
+    check_spec_sources(env_kwargs, f"the hyper-parameter file {path} (env_kwargs)", allow_task_import)
 
 
 def _plain(value: Any) -> Any:

@@ -30,7 +30,7 @@ from dus_gym.core.specs import deep_merge, specs_dir
 
 ENTRY_POINT = "dus_gym.rl.env:make_spec_env"
 """The entry point of every DUS env id."""
-ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs")
+ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs", "family")
 """DUSEnv's own run-config arguments; its other keyword arguments (but ``render_mode``) are EnvConfig fields."""
 
 
@@ -52,6 +52,8 @@ SHIPPED_ENVS: dict[str, ShippedEnv] = {
     "dus_gym/Twitter2015-v0": ShippedEnv("twitter2015.yaml", nondeterministic=True),
     "dus_gym/Sarcasm-v0": ShippedEnv("sarcasm.yaml", nondeterministic=True),
     "dus_gym/NVGesture-v0": ShippedEnv("nvgesture.yaml", nondeterministic=True),
+    "dus_gym/SyntheticFamily-v0": ShippedEnv("synthetic-family.yaml"),
+    "dus_gym/MFeatFamily-v0": ShippedEnv("mfeat-family.yaml"),
 }
 """The registered ids of the shipped specs (a test checks that this table matches the files)."""
 
@@ -71,6 +73,7 @@ def env_kwargs_of(config: RunConfig) -> dict[str, Any]:
         "cmd": dataclasses.asdict(config.cmd),
         "n_iterations": config.n_iterations,
         "epochs": config.epochs,
+        "family": dataclasses.asdict(config.family) if config.family is not None else None,
         **dataclasses.asdict(config.env),
     }
 
@@ -92,9 +95,9 @@ def run_mapping(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _check_task_source(task: Any, source: str, allow_task_import: bool) -> None:
     """:func:`dus_gym.tasks.check_task_source`, imported when a spec is read (``import dus_gym`` needs no torch)."""
-    from dus_gym.tasks import check_task_source
+    from dus_gym.tasks import check_spec_sources
 
-    check_task_source(task, source, allow_task_import)
+    check_spec_sources(task, source, allow_task_import)
 
 
 def is_shipped(path: Path) -> bool:
@@ -112,7 +115,7 @@ def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir
     path = spec_path(spec)
     data = read_yaml(path)
     if "task" not in overrides and not is_shipped(path):
-        _check_task_source(data.get("task"), f"the env spec {path}", allow_task_import)
+        _check_task_source(data, f"the env spec {path}", allow_task_import)
     data = deep_merge(data, run_mapping(overrides, where))
     if run_dir is not None:
         data["run_dir"] = str(run_dir)
@@ -120,6 +123,11 @@ def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir
         return from_dict(RunConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def registry_spec(env_id: str) -> Path:
+    """The spec file a registered DUS env id was made from."""
+    return spec_path(_dus_spec(env_id)[0])
 
 
 def _dus_spec(env_id: str) -> tuple[str, bool]:
@@ -169,7 +177,7 @@ def register_spec(path: str | Path, allow_task_import: bool = False) -> str | No
     data = read_yaml(path)
     if not data.get("env_id"):
         return None
-    _check_task_source(data.get("task"), f"the env spec {path}", allow_task_import)
+    _check_task_source(data, f"the env spec {path}", allow_task_import)
     try:
         config = from_dict(RunConfig, data)
     except ConfigError as err:

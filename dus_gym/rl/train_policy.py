@@ -23,10 +23,12 @@ from dus_gym.core.config import ConfigError, check_seeds, to_dict
 from dus_gym.core.files import new_run_folder, write_text_atomic
 from dus_gym.core.specs import sampler_settings, specs_dir
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
+from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
 from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
 from dus_gym.rl.hyperparams import AgentHyperparams, load_hyperparams
+from dus_gym.rl.policies import POLICIES
 from dus_gym.rl.policy_run import check_hyperparams_task, load_last_checkpoint, record_resume
-from dus_gym.rl.registration import env_run_config
+from dus_gym.rl.registration import env_run_config, registry_spec, run_mapping
 from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env, stop_vec_env
 from dus_gym.samplers.ppo import POLICY_FORMAT, POLICY_VERSION
 
@@ -38,7 +40,7 @@ EVAL_SEED_OFFSET = 10_000
 class TrainPolicyConfig:
     """A policy-training run (what ``train_policy.py`` parses)."""
 
-    env_id: str = "dus_gym/Synthetic-v0"
+    env_id: str = "dus_gym/SyntheticFamily-v0"
     """A registered DUS env id."""
     hyperparams: str | None = None
     """RL Zoo style YAML of PPO hyper-parameters (default: the shipped agents/ppo.yml)."""
@@ -46,9 +48,10 @@ class TrainPolicyConfig:
     """Seed of PPO and of the training envs (env i gets seed + i)."""
     n_timesteps: int | None = None
     """Overrides the file's n_timesteps (env steps, all envs together)."""
-    vec_env: str = "subproc"
-    """"dummy" (one process), "subproc" (one process per env, started with spawn, pinned to ``devices``),
-    "vectorized" (one process, the envs' learners batched: dus_gym.rl.vectorized) or "ray" (one Ray actor per env)."""
+    vec_env: str = "auto"
+    """"auto" (vectorized where the learners can be batched, else subproc), "dummy" (one process), "subproc"
+    (one process per env, started with spawn, pinned to ``devices``), "vectorized" (one process, the envs'
+    learners batched: dus_gym.rl.vectorized) or "ray" (one Ray actor per env)."""
     devices: tuple[str, ...] | None = None
     """Learner devices, round robin over the envs (None: every visible GPU when the learner is on cuda/auto)."""
     ray: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +74,9 @@ class TrainPolicyConfig:
     """Held-out learner seeds of that comparison (never drawn by training episodes in practice)."""
     controls: bool = True
     """Add the policy's own controls: constant at its mean counts, open-loop replay."""
+    eval_instances: int = 10
+    """A family env: the evaluation runs on this many held-out instances x the first two eval seeds
+    (uniform, the heuristic with alpha tuned on training instances, ppo and ppo-replay; docs/protocol.md)."""
     grid: bool = False
     """Add the best constant counts of a small grid (6 more rows; slower)."""
     progress: bool = True
@@ -132,7 +138,8 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
             model.set_random_seed(config.seed + model.num_timesteps)  # a resumed run is reproducible too
             print(f"resuming from {model_path} at {model.num_timesteps} steps")
         else:
-            model = PPO(hp.policy, venv, seed=config.seed, device="cpu", tensorboard_log=str(folder / "tb"),
+            policy = POLICIES.get(hp.policy) if hp.policy in POLICIES else hp.policy
+            model = PPO(policy, venv, seed=config.seed, device="cpu", tensorboard_log=str(folder / "tb"),
                         verbose=0, **hp.model_kwargs)
         callbacks = [DUSMetricsCallback(),
                      AtomicCheckpointCallback(max(1, config.checkpoint_freq // hp.n_envs), str(folder / "checkpoints"),
@@ -165,8 +172,18 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
 
 
 def evaluate_policy(config: TrainPolicyConfig, folder: Path, env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Compare the saved policy with uniform and the heuristic (and controls) on held-out seeds."""
+    """Compare the saved policy with uniform and the heuristic (and controls) on held-out seeds (and instances)."""
     base = env_run_config(config.env_id, env_kwargs, folder)
+    if base.family is not None:
+        evaluation = FamilyEvaluationConfig(
+            spec=str(registry_spec(config.env_id)), n_instances=config.eval_instances, seeds=config.eval_seeds[:2],
+            policy=str(folder), alpha_grid=(3.0, 10.0, 30.0), tune_instances=8, oracle=False, ogm_ge=False,
+            out_dir=str(folder / "family"), overrides=run_mapping(env_kwargs, config.env_id))
+        record = run_family_evaluation(evaluation, progress=config.progress)
+        print(f"{config.env_id}: {len(record['pool'])} held-out instances x seeds {list(evaluation.seeds)}, "
+              "test accuracy in %, differences paired per (instance, seed):")
+        print(record["table"])
+        return record
     specs = [SamplerSpec("uniform", "uniform", {}),
              SamplerSpec("heuristic", "heuristic", sampler_settings("heuristic", base.task)),
              SamplerSpec("ppo", "ppo", {"policy": str(folder)})]

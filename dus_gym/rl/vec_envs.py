@@ -9,6 +9,9 @@ kind           the learners run
                device is "cuda" or "auto")
 ``vectorized`` in this process, all N in one batched computation (:class:`~dus_gym.rl.vectorized.VecDUSEnv`)
 ``ray``        one Ray actor per env with its own CPU/GPU share (:class:`~dus_gym.rl.ray_vec_env.RayVecEnv`)
+``auto``       ``vectorized`` where the env's learners can be batched on one device (in-memory data,
+               a batchable method, sgd, fp32: the small learners of the built-in tasks and families,
+               for which one batched computation is faster than N processes), else ``subproc``
 =============  ==========================================================================
 
 Every kind is built by :func:`build_vec_env` from an env id and DUSEnv-style overrides, which
@@ -144,8 +147,20 @@ def stop_vec_env(venv: VecEnv) -> None:
         inner.closed = True
 
 
+def build_auto(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
+               devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
+    """``vectorized`` when the env's learners can be batched on one device, else ``subproc``."""
+    if devices is None or len(set(devices)) <= 1:
+        try:
+            return build_vectorized(env_id, n_envs, seed, env_kwargs, devices, ray)
+        except ConfigError:  # not batchable (method, optimiser, on-disk data...): one process per env
+            pass
+    return build_subproc(env_id, n_envs, seed, env_kwargs, devices, ray)
+
+
 VEC_ENVS: Registry[VecEnvBuilder] = Registry("vec_env", {
     "dummy": build_dummy, "subproc": build_subproc, "vectorized": build_vectorized, "ray": build_ray,
+    "auto": build_auto,
 })
 """vec_env kind -> builder ``(env_id, n_envs, seed, env_kwargs, devices, ray) -> VecEnv``."""
 

@@ -3,7 +3,10 @@
 An SB3 ``VecEnv`` whose env i behaves as ``DUSEnv`` seeded the same way: the same observation,
 reward, termination, truncation and info at every step, given the same actions (to float
 tolerance), but the K learner iterations of a step run for all N learners at once. Both are the
-same :class:`dus_gym.core.episode.Episodes` logic on another learner backend. An env whose
+same :class:`dus_gym.core.episode.Episodes` logic on another learner backend. With a task family
+the N learners share one instance (their parameters are stacked, so their shapes must agree): a
+new instance is drawn whenever every env's episode ends at the same step (the episodes have one
+length, so they do unless one diverged; an env reset alone keeps the current instance). An env whose
 episode ends is reset at once (SB3's auto-reset: the last observation goes to
 ``info["terminal_observation"]``, a truncation to ``info["TimeLimit.truncated"]``). Wrap it in
 ``VecMonitor`` for the episode statistics that SB3 logs (``build_vec_env`` does).
@@ -40,8 +43,7 @@ class VecDUSEnv(VecEnv):
         self.template = DUSEnv(**dus_kwargs)
         t = self.template
         super().__init__(n_envs, t.observation_space, t.action_space)
-        self.learners = BatchedLearner(t.task, t.learner_config, n_envs, probe_size=t.probe_size)
-        self.episodes = t.make_episodes(self.learners)
+        self._use_task()
         self.np_randoms = [seeding.np_random(None)[0] for _ in range(n_envs)]
         self._actions: np.ndarray | None = None
         if seed is not None:
@@ -52,14 +54,31 @@ class VecDUSEnv(VecEnv):
         """The one task object whose data every learner shares."""
         return self.template.task
 
+    def _use_task(self) -> None:
+        """N batched learners and their episodes on the template's current task."""
+        t = self.template
+        self.learners = BatchedLearner(t.task, t.learner_config, self.num_envs, probe_size=t.probe_size)
+        self.episodes = t.make_episodes(self.learners)
+
+    def _draw_instance(self) -> None:
+        """With a family: every env's next episode is on a new instance, drawn with env 0's generator."""
+        t = self.template
+        instance = int(self.np_randoms[0].choice(t.pool))
+        if instance != t.instance:
+            t._use(t._instance_task(instance))
+            t.instance = instance
+            self._use_task()
+
     def _reset_env(self, i: int) -> tuple[np.ndarray, dict[str, Any]]:
         """DUSEnv.reset for env i: draw the learner seed, start the episode (scored by the caller)."""
-        seed = self._seeds[i]
-        if seed is not None:
-            self.np_randoms[i], _ = seeding.np_random(seed)
         learner_seed = int(self.np_randoms[i].integers(0, 2**31 - 1))
-        self.episodes.start(i, learner_seed)
-        return self.episodes.observation(i), {"learner_seed": learner_seed}
+        self.episodes.start(i, learner_seed, checkpoint=self.template.config.start_checkpoint)
+        return self.episodes.observation(i), {"learner_seed": learner_seed, **self.template.instance_info()}
+
+    def _reseed(self) -> None:
+        for i, seed in enumerate(self._seeds):
+            if seed is not None:
+                self.np_randoms[i], _ = seeding.np_random(seed)
 
     def _score(self, envs: np.ndarray | range, infos: list[dict[str, Any]]) -> None:
         self.episodes.evaluate(envs)
@@ -68,6 +87,9 @@ class VecDUSEnv(VecEnv):
 
     def reset(self) -> VecEnvObs:
         """Reset every env (with the seeds and options of :meth:`seed` / ``set_options``, then none)."""
+        self._reseed()
+        if self.template.family is not None:
+            self._draw_instance()
         obs, infos = zip(*(self._reset_env(i) for i in range(self.num_envs)), strict=True)
         self.reset_infos = list(infos)
         self._score(range(self.num_envs), self.reset_infos)
@@ -90,9 +112,15 @@ class VecDUSEnv(VecEnv):
         dones = terminated | truncated
         for i in range(self.num_envs):
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        if self.template.instance is not None:
+            for info in infos:
+                info["instance"] = self.template.instance
         reset = np.flatnonzero(dones)
         for i in reset:
             infos[i]["terminal_observation"] = obs[i].copy()
+        if self.template.family is not None and dones.all():
+            self._draw_instance()
+        for i in reset:
             obs[i], self.reset_infos[i] = self._reset_env(i)
         if len(reset):
             self._score(reset, self.reset_infos)

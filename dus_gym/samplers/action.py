@@ -8,11 +8,36 @@ from dataclasses import dataclass
 import numpy as np
 from gymnasium import spaces
 
-from dus_gym.core.config import check_count_range
+from dus_gym.core.config import ACTION_TYPES, EnvConfig, check_count_range
 
 
 class ActionError(ValueError):
     """An action outside the action space (wrong shape, dtype, NaN/inf or range): the agent's fault, not the env's."""
+
+
+def allocate(weights: np.ndarray | Sequence[float], total: int, n_min: int) -> np.ndarray:
+    """Split ``total`` samples across modalities: n_min each, the rest in proportion to ``weights``.
+
+    The remainder is rounded by largest remainders (ties to the first modality), so the counts
+    are integers >= n_min that sum to ``total`` exactly.
+
+    Args:
+        weights: non-negative weights, one per modality (normalised here).
+        total: the samples of the iteration (M x B for a compute-fair budget).
+        n_min: the smallest count of a modality.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0 or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"allocation weights must be finite, non-negative and not all zero, got {w.tolist()}")
+    rest = total - n_min * len(w)
+    if rest < 0:
+        raise ValueError(f"cannot give {len(w)} modalities n_min = {n_min} samples each out of {total}")
+    share = rest * w / w.sum()
+    counts = np.floor(share).astype(np.int64)
+    left = rest - int(counts.sum())
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[:left]] += 1
+    return counts + n_min
 
 
 @dataclass(frozen=True)
@@ -20,14 +45,23 @@ class CountsAction:
     """Maps a policy's action to per-modality sample counts.
 
     - ``"box"`` (default): a Box in [-1, 1]^M, mapped affinely to [n_min, n_max] and rounded;
-    - ``"multidiscrete"``: one choice per modality among ``count_levels``.
+    - ``"multidiscrete"``: one choice per modality among ``count_levels``;
+    - ``"allocation"``: a Box in [-1, 1]^M of preferences; the iteration's M x B samples are split
+      by :func:`allocate` with weights softmax(temperature x action), at least n_min each, so every
+      iteration costs the same samples whatever the policy does (a compute-fair budget).
+
+    With ``n_slots`` > M (a policy that serves tasks of up to ``n_slots`` modalities) the action has
+    ``n_slots`` entries and those past the task's M are ignored.
 
     Args:
-        n_modalities: M.
-        n_min: count at action -1 (box).
+        n_modalities: M, the task's modalities.
+        n_min: count at action -1 (box); smallest count (allocation).
         n_max: count at action +1 (box).
-        action_type: "box" or "multidiscrete".
+        action_type: "box", "multidiscrete" or "allocation".
         count_levels: the counts a multidiscrete action chooses from (ascending).
+        batch_size: B (allocation: the iteration's total is M x B).
+        temperature: allocation: the softmax temperature on the [-1, 1] preferences.
+        n_slots: the action's length (None: M).
     """
 
     n_modalities: int
@@ -35,26 +69,53 @@ class CountsAction:
     n_max: int = 256
     action_type: str = "box"
     count_levels: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    batch_size: int = 64
+    temperature: float = 3.0
+    n_slots: int | None = None
 
     def __post_init__(self) -> None:
         check_count_range(self.n_min, self.n_max, "the action")
-        if self.action_type not in ("box", "multidiscrete"):
-            raise ValueError(f"action_type must be 'box' or 'multidiscrete', got '{self.action_type}'")
+        if self.action_type not in ACTION_TYPES:
+            raise ValueError(f"action_type must be one of {list(ACTION_TYPES)}, got '{self.action_type}'")
         levels = tuple(int(n) for n in self.count_levels)
         if not levels or min(levels) < 1 or list(levels) != sorted(set(levels)):
             raise ValueError(f"count_levels must be distinct positive counts in ascending order, got {levels}")
         object.__setattr__(self, "count_levels", levels)
+        if self.n_slots is not None and self.n_slots < self.n_modalities:
+            raise ValueError(f"the action has {self.n_slots} slots, fewer than the task's {self.n_modalities} "
+                             "modalities")
+        if self.action_type == "allocation" and self.n_min * self.n_modalities > self.total:
+            raise ValueError(f"allocation needs M x n_min <= M x B, got n_min = {self.n_min} > B = {self.batch_size}")
+
+    @classmethod
+    def of(cls, env: EnvConfig, n_modalities: int, batch_size: int) -> CountsAction:
+        """The action an env's settings ask for, for a task of ``n_modalities`` (M) at base batch size B."""
+        slots = env.max_modalities if env.observation == "modalities" else None
+        return cls(n_modalities, env.n_min, env.n_max, env.action_type, env.count_levels, batch_size,
+                   env.temperature, slots)
+
+    @property
+    def slots(self) -> int:
+        """The action's length."""
+        return self.n_slots or self.n_modalities
+
+    @property
+    def total(self) -> int:
+        """Allocation: the samples of every iteration, M x B."""
+        return self.n_modalities * self.batch_size
 
     @property
     def space(self) -> spaces.Space:
         """The Gymnasium action space."""
-        if self.action_type == "box":
-            return spaces.Box(-1.0, 1.0, shape=(self.n_modalities,), dtype=np.float32)
-        return spaces.MultiDiscrete([len(self.count_levels)] * self.n_modalities)
+        if self.action_type == "multidiscrete":
+            return spaces.MultiDiscrete([len(self.count_levels)] * self.slots)
+        return spaces.Box(-1.0, 1.0, shape=(self.slots,), dtype=np.float32)
 
     @property
     def max_count(self) -> int:
         """The largest count an action can give."""
+        if self.action_type == "allocation":
+            return self.total - (self.n_modalities - 1) * self.n_min
         return self.n_max if self.action_type == "box" else self.count_levels[-1]
 
     def to_counts(self, action: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -69,16 +130,21 @@ class CountsAction:
             a = np.asarray(action)
         except (ValueError, TypeError) as err:  # ragged sequences
             raise ActionError(f"action {action!r} is not an array ({err}); {expected}") from err
-        if a.shape != (self.n_modalities,):
+        if a.shape != (self.slots,):
             raise ActionError(f"action has shape {a.shape}; {expected}")
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):  # no complex, no text
             raise ActionError(f"action has dtype {a.dtype}; {expected}")
         a = a.astype(np.float64)
         if not np.isfinite(a).all():
             raise ActionError(f"action {a.tolist()} has NaN/inf; {expected}")
+        if self.action_type != "multidiscrete" and (np.abs(a) > 1.0 + 1e-6).any():
+            raise ActionError(f"action {a.tolist()} is outside [-1, 1]; {expected}")
+        a = a[: self.n_modalities]
+        if self.action_type == "allocation":
+            logits = self.temperature * np.clip(a, -1.0, 1.0)
+            weights = np.exp(logits - logits.max())
+            return allocate(weights, self.total, self.n_min)
         if self.action_type == "box":
-            if (np.abs(a) > 1.0 + 1e-6).any():
-                raise ActionError(f"action {a.tolist()} is outside [-1, 1]; {expected}")
             fraction = (np.clip(a, -1.0, 1.0) + 1.0) / 2.0
             return np.rint(self.n_min + fraction * (self.n_max - self.n_min)).astype(np.int64)
         if (a != np.rint(a)).any() or a.min() < 0 or a.max() >= len(self.count_levels):

@@ -25,7 +25,9 @@ class SamplerState:
         discrepancy: d_t(m) per modality.
         status: the last learning status s(m) per modality.
         counts: the counts of the last iteration (B each before the first).
-        observation: the CMD observation vector (docs/env.md), float32.
+        observation: the CMD observation vector of the run's env settings (docs/env.md), float32.
+        val_status: each head's validation status v(m) at the last evaluation (when the sampler asked for it).
+        val_acc: the fused validation accuracy at the last evaluation (idem).
     """
 
     iteration: int
@@ -36,6 +38,8 @@ class SamplerState:
     status: np.ndarray
     counts: np.ndarray
     observation: np.ndarray
+    val_status: np.ndarray | None = None
+    val_acc: float | None = None
 
     @property
     def progress(self) -> float:
@@ -52,6 +56,9 @@ class Sampler(ABC):
     """
 
     name: ClassVar[str]
+    validation_every: int | None = None
+    """Evaluate on the validation split every this many iterations, so that the state carries v(m) and the
+    fused validation accuracy (None: the sampler does not read them)."""
 
     def __init__(self, batch_size: int, n_modalities: int) -> None:
         if batch_size < 1:

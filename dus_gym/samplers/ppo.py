@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stable_baselines3 import PPO
 
+from dus_gym.core.config import ConfigError, EnvConfig, from_dict
+from dus_gym.core.observation import ObservationLayout
 from dus_gym.samplers.action import CountsAction
 from dus_gym.samplers.base import Sampler, SamplerState
 
@@ -64,13 +67,16 @@ def read_policy_settings(folder: Path) -> dict[str, Any]:
 class PolicySampler(Sampler):
     """Counts from a saved SB3 policy, decided every K iterations as in the env it was trained in.
 
-    The observation is the env's (``SamplerState.observation``, clipped to the policy's observation
-    space and normalised with the saved VecNormalize statistics); the counts are held for K
-    iterations, as one env step does.
+    The observation is built from the sampler's state in the layout the policy was trained with
+    (:class:`dus_gym.core.observation.ObservationLayout`), clipped to the policy's observation space
+    and normalised with the saved VecNormalize statistics; the action is mapped to counts as the
+    env maps it; the counts are held for K iterations, as one env step does. A policy trained on a
+    "modalities" observation serves any task of up to its number of modality slots.
 
     Args:
-        batch_size: B (must match the policy's).
-        n_modalities: M (must match the policy's).
+        batch_size: B (the policy's B for a "cmd" policy; any B for a "modalities" one, whose features and
+            allocation are relative to B).
+        n_modalities: M (the policy's M, or at most its modality slots).
         policy: folder of the saved policy, or its policy.zip (trusted input only: it is unpickled).
         deterministic: take the mean action (True) or sample from the policy.
     """
@@ -83,30 +89,35 @@ class PolicySampler(Sampler):
             raise ValueError("the ppo sampler needs a policy: --policy PATH (a folder written by train_policy.py)")
         folder = resolve_policy_dir(policy)
         settings = read_policy_settings(folder)
-        if len(settings["modalities"]) != n_modalities:
+        try:
+            env = from_dict(EnvConfig, settings["env"], "env")
+        except (KeyError, ConfigError) as err:
+            raise ValueError(f"{folder / 'policy.json'} has no valid env settings ({err}); retrain it") from err
+        if env.observation == "cmd" and len(settings["modalities"]) != n_modalities:
             raise ValueError(f"policy at {folder} was trained for {len(settings['modalities'])} modalities "
                              f"{settings['modalities']}, this task has {n_modalities}")
-        if settings["batch_size"] != batch_size:
+        if env.observation == "modalities" and n_modalities > env.max_modalities:
+            raise ValueError(f"policy at {folder} serves tasks of up to {env.max_modalities} modalities, this task "
+                             f"has {n_modalities}")
+        if env.observation == "cmd" and settings["batch_size"] != batch_size:  # "modalities" is relative to B
             raise ValueError(f"policy at {folder} was trained with B = {settings['batch_size']}, this run has "
                              f"B = {batch_size}; set learner.batch_size={settings['batch_size']}")
-        env = settings["env"]
-        self.actions = CountsAction(n_modalities, env["n_min"], env["n_max"], env["action_type"],
-                                    tuple(env["count_levels"]))
-        self.iterations_per_step = int(env["iterations_per_step"])
+        self.actions = CountsAction.of(env, n_modalities, batch_size)
+        self.layout = ObservationLayout.of(env, n_modalities, batch_size, self.actions.max_count)
+        self.iterations_per_step = env.iterations_per_step
+        if env.observation == "modalities" and not env.blind:
+            self.validation_every = self.iterations_per_step  # the env scores the validation split every step
         self.deterministic = deterministic
         self.settings = settings
-        from stable_baselines3 import PPO
-
         try:
             # unpickles: trusted input only; the training schedules are not needed to act
             self.model = PPO.load(folder / "policy.zip", device="cpu", custom_objects=ACTING_OBJECTS)
         except Exception as err:  # a truncated zip, another SB3's pickles, a file that is no model
             raise ValueError(f"{folder / 'policy.zip'} is not a loadable SB3 PPO model ({type(err).__name__}: "
                              f"{err}); retrain it with train_policy.py") from err
-        expected = (4 * n_modalities + 1,)
-        if self.model.observation_space.shape != expected:
+        if self.model.observation_space.shape != (self.layout.size,):
             raise ValueError(f"policy at {folder} expects observations of shape "
-                             f"{self.model.observation_space.shape}, this task gives {expected}")
+                             f"{self.model.observation_space.shape}, this task gives {(self.layout.size,)}")
         self.obs_rms = None
         if (folder / "vecnormalize.pkl").is_file():
             path = folder / "vecnormalize.pkl"
@@ -135,6 +146,10 @@ class PolicySampler(Sampler):
         held = state.get("held")
         self._held = None if held is None else np.asarray(held, dtype=np.int64)
 
+    def observation(self, state: SamplerState) -> np.ndarray:
+        """The observation the policy was trained on, built from ``state``."""
+        return self.layout.build(state, state.counts, state.progress, state.val_status, state.val_acc)
+
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         """The observation as the policy saw it in training (clipped to its space, then normalised)."""
         space = self.model.observation_space
@@ -143,10 +158,15 @@ class PolicySampler(Sampler):
             return observation
         return self.obs_rms.normalize_obs(observation[None])[0].astype(np.float32)
 
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        """The counts the policy chooses for an observation of its layout."""
+        action, _ = self.model.predict(self.normalize(observation), deterministic=self.deterministic)
+        if self.actions.action_type != "multidiscrete":
+            action = np.clip(action, -1.0, 1.0)  # a Gaussian policy's sample may leave the box, as SB3 clips it
+        return self.actions.to_counts(action)
+
     def counts(self, state: SamplerState) -> np.ndarray:
         """A new decision every K iterations; the held counts in between."""
         if self._held is None or state.iteration % self.iterations_per_step == 0:
-            action, _ = self.model.predict(self.normalize(state.observation), deterministic=self.deterministic)
-            self._held = self.actions.to_counts(np.clip(action, -1, 1) if self.actions.action_type == "box"
-                                                else action)
+            self._held = self.act(self.observation(state))
         return self._held.copy()

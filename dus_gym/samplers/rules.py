@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from dus_gym.core.config import check_count_range, check_counts, shown
+from dus_gym.samplers.action import allocate
 from dus_gym.samplers.base import Sampler, SamplerState
 
 
@@ -31,6 +32,9 @@ class HeuristicSampler(Sampler):
     is as sharp as 5 would be on the gap c(a) - c(b) itself. During the first ``warmup``
     iterations every modality gets B; the default is 0 (the heuristic acts from the first
     iteration, on a CMD that is then an average of few statuses).
+    With ``allocation`` the M B samples of an iteration are split exactly by the same softmax
+    (:func:`dus_gym.samplers.action.allocate`, n_min each at least, n_max unused): every iteration
+    then costs M B samples, as uniform sampling does (a compute-fair comparison).
 
     Args:
         batch_size: B.
@@ -39,6 +43,7 @@ class HeuristicSampler(Sampler):
         n_min: smallest count (>= 1).
         n_max: largest count (>= n_min).
         warmup: iterations at B each before the heuristic acts (default 0: none).
+        allocation: split exactly M B samples (True) or clip each count to [n_min, n_max] (False).
     """
 
     name = "heuristic"
@@ -52,6 +57,7 @@ class HeuristicSampler(Sampler):
         n_min: int = 8,
         n_max: int = 256,
         warmup: int = 0,
+        allocation: bool = False,
     ) -> None:
         super().__init__(batch_size, n_modalities)
         if not 0.0 <= alpha <= self.max_alpha:
@@ -63,6 +69,9 @@ class HeuristicSampler(Sampler):
         self.n_min = int(n_min)
         self.n_max = int(n_max)
         self.warmup = int(warmup)
+        self.allocation = bool(allocation)
+        if self.allocation and self.n_min > self.batch_size:
+            raise ValueError(f"heuristic allocation needs n_min <= B, got n_min={n_min}, B={batch_size}")
 
     def counts(self, state: SamplerState) -> np.ndarray:
         """The formula above, from the state's discrepancy."""
@@ -71,6 +80,8 @@ class HeuristicSampler(Sampler):
         logits = -self.alpha * np.asarray(state.discrepancy, dtype=np.float64)
         weights = np.exp(logits - logits.max())
         weights /= weights.sum()
+        if self.allocation:
+            return allocate(weights, self.n_modalities * self.batch_size, self.n_min)
         raw = np.rint(self.n_modalities * self.batch_size * weights)
         return np.clip(raw, self.n_min, self.n_max).astype(np.int64)
 

@@ -98,6 +98,16 @@ def check_task_source(name: Any, source: str, allow_import: bool = False) -> Non
             f"Give it on the command line (--task {name[:MAX_SHOWN]}) or pass {OPT_IN} if you trust the file")
 
 
+def check_spec_sources(data: Any, source: str, allow_import: bool = False) -> None:
+    """:func:`check_task_source` for every code path a run mapping can name: its ``task`` and its family's generator."""
+    if not isinstance(data, dict):
+        return
+    check_task_source(data.get("task"), source, allow_import)
+    family = data.get("family")
+    if isinstance(family, dict):
+        check_task_source(family.get("generator"), f"{source} (family.generator)", allow_import)
+
+
 @contextmanager
 def _working_folder_importable() -> Iterator[None]:
     """While importing a user's module: the working folder at the end of sys.path (after installed packages)."""
@@ -173,7 +183,7 @@ def make_task(name: str, **kwargs: Any) -> Task:
     return task
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _cached_task(name: str, frozen_kwargs: str) -> Task:
     return make_task(name, **json.loads(frozen_kwargs))
 

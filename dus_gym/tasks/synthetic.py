@@ -37,6 +37,8 @@ def make_synthetic(
     weak_signal: float = 2.0,
     weak_noise: float = 0.7,
     n_weak: int = 1,
+    dominant_slot: int = 0,
+    dominant_fine_signal: float = 0.0,
     hidden_dim: int = 128,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
@@ -55,6 +57,10 @@ def make_synthetic(
         weak_signal: norm of each class's mixture mean mu_c in a weak modality.
         weak_noise: standard deviation of a weak modality's isotropic noise.
         n_weak: number of weak modalities (M = 1 + n_weak).
+        dominant_slot: the position of the dominant modality in the modality order (0 to n_weak).
+        dominant_fine_signal: norm of a per-class mean added to the dominant modality (0: it tells only the
+            coarse group). Large enough, the dominant modality alone separates every class and the imbalance
+            is harmless: leaning on it is right.
         hidden_dim: encoder width.
         val_fraction: share of samples held out for validation.
         test_fraction: share of samples held out for testing.
@@ -63,8 +69,10 @@ def make_synthetic(
     if min(n_samples, n_coarse, n_fine, dominant_dim, weak_dim, n_weak) < 1 or n_coarse * n_fine < 2:
         raise ValueError("synthetic task sizes (n_samples, n_coarse, n_fine, dims, n_weak) must be positive, "
                          "with at least 2 classes")
-    if min(coarse_signal, weak_signal) < 0 or min(dominant_noise, weak_noise) <= 0:
+    if min(coarse_signal, weak_signal, dominant_fine_signal) < 0 or min(dominant_noise, weak_noise) <= 0:
         raise ValueError("synthetic task signals must be >= 0 and noises > 0")
+    if not 0 <= dominant_slot <= n_weak:
+        raise ValueError(f"dominant_slot must be in [0, n_weak] = [0, {n_weak}], got {dominant_slot}")
     rng = np.random.default_rng(data_seed)
     n_classes = n_coarse * n_fine
     labels = np.arange(n_samples) % n_classes
@@ -81,6 +89,10 @@ def make_synthetic(
         sign = rng.choice([-1.0, 1.0], size=(n_samples, 1))
         features[name] = sign * class_means[labels] + weak_noise * rng.standard_normal((n_samples, weak_dim))
         names.append(name)
+    if dominant_fine_signal > 0:  # drawn last: the default data stream is unchanged
+        fine_means = _unit_rows(rng.standard_normal((n_classes, dominant_dim))) * dominant_fine_signal
+        features["dominant"] = features["dominant"] + fine_means[labels]
+    names.insert(dominant_slot, names.pop(0))
 
     index = stratified_splits(labels, val_fraction, test_fraction, data_seed)
     splits = {
@@ -97,7 +109,7 @@ def make_synthetic(
         n_classes=n_classes,
         splits=splits,
         encoders=encoders,
-        metadata={"n_coarse": n_coarse, "n_fine": n_fine, "data_seed": data_seed},
+        metadata={"n_coarse": n_coarse, "n_fine": n_fine, "data_seed": data_seed, "dominant_slot": dominant_slot},
     )
 
 

@@ -1,0 +1,135 @@
+"""What a sampling policy observes: the CMD state as a vector, in one of two layouts (docs/env.md).
+
+- ``"cmd"`` (the ``-v0`` envs): per modality m, in order, c_t(m), d_t(m), the last learning status
+  s(m) and count(m) / B; then the progress t / T. Length 4M + 1: a policy is tied to one M.
+- ``"modalities"`` (the family envs): one row of :data:`MODALITY_FEATURES` per modality slot,
+  ``n_slots`` rows (a task with fewer modalities leaves the last rows zero, with mask 0), then
+  :data:`GLOBAL_FEATURES`. A policy that applies one network to every row and pools them
+  (``dus_gym.rl.policies.ModalityPolicy``) serves any M up to ``n_slots`` and any modality order.
+
+With ``blind``, every CMD-derived feature is zero: only the mask and the progress remain (the
+control that tells a policy reading the state from a schedule over training progress).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from dus_gym.core.config import OBSERVATIONS, EnvConfig
+from dus_gym.core.discrepancy import cmd_observation
+
+MODALITY_FEATURES = ("cumulative", "discrepancy", "relative_discrepancy", "status", "val_status", "memorisation",
+                     "count", "mask")
+"""Per modality: c_t(m); d_t(m); d_t(m) / max_k |d_t(k)| (which modality is ahead, whatever the scale); the last
+training-batch status s(m); the validation status v(m) (mean true-class probability of head m on the validation
+split at the last evaluation); the memorisation gap s(m) - v(m); count(m) / B; 1 for a real modality (0: padding)."""
+GLOBAL_FEATURES = ("progress", "val_acc")
+"""The progress t / T and the last fused validation accuracy."""
+
+
+class CMDState(Protocol):
+    """The CMD state of one episode: a :class:`~dus_gym.core.discrepancy.CMDMonitor`, or a sampler's state."""
+
+    cumulative: np.ndarray
+    """c_t(m)."""
+    discrepancy: np.ndarray
+    """d_t(m)."""
+    status: np.ndarray
+    """The last learning status s(m)."""
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """The observation vector of a task with M modalities.
+
+    Args:
+        kind: "cmd" or "modalities".
+        n_modalities: M.
+        batch_size: B (counts are given as count / B).
+        max_count: the largest count the action can give (the bound of count / B).
+        n_slots: "modalities": the number of modality rows (None: M).
+        blind: zero every CMD-derived feature (progress and mask only).
+    """
+
+    kind: str
+    n_modalities: int
+    batch_size: int
+    max_count: int
+    n_slots: int | None = None
+    blind: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBSERVATIONS:
+            raise ValueError(f"observation must be one of {list(OBSERVATIONS)}, got '{self.kind}'")
+        if self.n_slots is not None and self.n_slots < self.n_modalities:
+            raise ValueError(f"the observation has {self.n_slots} modality slots, fewer than the task's "
+                             f"{self.n_modalities} modalities")
+        if self.kind == "cmd" and self.n_slots not in (None, self.n_modalities):
+            raise ValueError("the 'cmd' observation has one entry per modality: n_slots applies to 'modalities' only")
+
+    @classmethod
+    def of(cls, env: EnvConfig, n_modalities: int, batch_size: int, max_count: int) -> ObservationLayout:
+        """The layout an env's settings ask for, for a task of ``n_modalities`` (M)."""
+        slots = env.max_modalities if env.observation == "modalities" else None
+        return cls(env.observation, n_modalities, batch_size, max_count, slots, env.blind)
+
+    @property
+    def slots(self) -> int:
+        """Modality rows of the "modalities" layout (M for "cmd")."""
+        return self.n_slots or self.n_modalities
+
+    @property
+    def size(self) -> int:
+        """The vector's length."""
+        if self.kind == "cmd":
+            return 4 * self.n_modalities + 1
+        return self.slots * len(MODALITY_FEATURES) + len(GLOBAL_FEATURES)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of every entry (float32)."""
+        top = max(self.max_count, self.batch_size) / self.batch_size
+        if self.kind == "cmd":
+            low = np.append(np.tile([0.0, -1.0, 0.0, 0.0], self.n_modalities), 0.0)
+            high = np.append(np.tile([1.0, 1.0, 1.0, top], self.n_modalities), 1.0)
+        else:
+            low = np.append(np.tile([0.0, -1.0, -1.0, 0.0, 0.0, -1.0, 0.0, 0.0], self.slots), [0.0, 0.0])
+            high = np.append(np.tile([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, top, 1.0], self.slots), [1.0, 1.0])
+        return low.astype(np.float32), high.astype(np.float32)
+
+    def build(self, monitor: CMDState, counts: np.ndarray, progress: float, val_status: np.ndarray | None,
+              val_acc: float | None) -> np.ndarray:
+        """The observation of one episode, clipped to :meth:`bounds`.
+
+        Args:
+            monitor: the episode's CMD state (c, d and the last status s).
+            counts: the last counts.
+            progress: t / T.
+            val_status: v(m), the validation status of each head at the last evaluation.
+            val_acc: the fused validation accuracy at the last evaluation.
+        """
+        if self.kind == "cmd":
+            obs = cmd_observation(monitor, counts, self.batch_size, progress)
+            if self.blind:
+                obs[:-1] = 0.0
+        else:
+            M = self.n_modalities
+            rows = np.zeros((self.slots, len(MODALITY_FEATURES)))
+            if not self.blind:
+                if val_status is None or val_acc is None:
+                    raise ValueError("the 'modalities' observation needs the last validation scores")
+                d = monitor.discrepancy
+                spread = np.abs(d).max()
+                rows[:M, 0] = monitor.cumulative
+                rows[:M, 1] = d
+                rows[:M, 2] = d / spread if spread > 0 else 0.0
+                rows[:M, 3] = monitor.status
+                rows[:M, 4] = val_status
+                rows[:M, 5] = monitor.status - np.asarray(val_status)
+                rows[:M, 6] = np.asarray(counts, dtype=np.float64) / self.batch_size
+            rows[:M, 7] = 1.0
+            obs = np.append(rows.reshape(-1), [progress, 0.0 if self.blind else val_acc])
+        low, high = self.bounds()
+        return np.clip(obs, low, high).astype(np.float32)

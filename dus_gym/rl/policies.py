@@ -1,0 +1,153 @@
+"""A modality-agnostic sampling policy for SB3's PPO: one network shared by every modality (DeepSets).
+
+On a "modalities" observation (:mod:`dus_gym.core.observation`), :class:`ModalityPolicy` encodes
+every modality's row with one shared network phi, pools the encodings of the real modalities (a
+mean over the mask) into a summary, and gives each modality its action from its own encoding and
+the summary, with one shared head; the value function reads the summary. So:
+
+- permuting the modalities permutes the actions (equivariance), and the value is unchanged;
+- padded slots (mask 0) change nothing in the real modalities' actions or in the value;
+- one trained policy acts on tasks of any M up to its number of slots, in any modality order.
+
+The Gaussian's standard deviation is one parameter shared by every modality (a per-slot one would
+treat slot positions differently). Observations are used as they are (bounded features): a
+per-entry normalisation such as VecNormalize's would also treat slots differently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+from dus_gym.core.observation import GLOBAL_FEATURES, MODALITY_FEATURES
+from dus_gym.core.registry import Registry
+
+N_FEATURES, N_GLOBAL = len(MODALITY_FEATURES), len(GLOBAL_FEATURES)
+MASK = MODALITY_FEATURES.index("mask")
+
+
+def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), activation()]
+    return nn.Sequential(*layers)
+
+
+def split_observation(obs: torch.Tensor, n_slots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(batch, size) observations -> per-slot rows (batch, slots, F), mask (batch, slots, 1), globals (batch, G)."""
+    rows = obs[:, : n_slots * N_FEATURES].reshape(-1, n_slots, N_FEATURES)
+    return rows, rows[:, :, MASK : MASK + 1], obs[:, n_slots * N_FEATURES :]
+
+
+class ModalitySetNetwork(nn.Module):
+    """The actor's and the critic's body: per-modality encodings, a masked-mean summary, per-modality latents.
+
+    The actor's latent is the slots' latents side by side (batch, slots x hidden), which
+    :class:`PerSlotHead` turns into one action per slot; the critic's latent is (batch, hidden).
+
+    Args:
+        n_slots: the modality slots of the observation.
+        hidden: width of every layer.
+        activation: the activation between layers.
+    """
+
+    def __init__(self, n_slots: int, hidden: int = 64, activation: type[nn.Module] = nn.Tanh) -> None:
+        super().__init__()
+        self.n_slots = n_slots
+        self.encoder = _mlp([N_FEATURES + N_GLOBAL, hidden, hidden], activation)
+        self.actor = _mlp([2 * hidden, hidden], activation)
+        self.critic = _mlp([hidden + N_GLOBAL, hidden, hidden], activation)
+        self.latent_dim_pi = n_slots * hidden
+        self.latent_dim_vf = hidden
+
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-slot encodings (batch, slots, hidden), the summary (batch, hidden) and the globals."""
+        rows, mask, globals_ = split_observation(obs, self.n_slots)
+        encoded = self.encoder(torch.cat([rows, globals_.unsqueeze(1).expand(-1, self.n_slots, -1)], dim=2))
+        summary = (encoded * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return encoded, summary, globals_
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's and the critic's latents."""
+        encoded, summary, globals_ = self.encode(obs)
+        return self._actor(encoded, summary), self.critic(torch.cat([summary, globals_], dim=1))
+
+    def forward_actor(self, obs: torch.Tensor) -> torch.Tensor:
+        """The actor's latent (batch, slots x hidden)."""
+        encoded, summary, _ = self.encode(obs)
+        return self._actor(encoded, summary)
+
+    def forward_critic(self, obs: torch.Tensor) -> torch.Tensor:
+        """The critic's latent (batch, hidden)."""
+        _, summary, globals_ = self.encode(obs)
+        return self.critic(torch.cat([summary, globals_], dim=1))
+
+    def _actor(self, encoded: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        latent = self.actor(torch.cat([encoded, summary.unsqueeze(1).expand_as(encoded)], dim=2))
+        return latent.flatten(1)
+
+
+class PerSlotHead(nn.Module):
+    """One linear map shared by every slot: (batch, slots x hidden) -> one action per slot (batch, slots)."""
+
+    def __init__(self, n_slots: int, hidden: int) -> None:
+        super().__init__()
+        self.n_slots = n_slots
+        self.linear = nn.Linear(hidden, 1)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """The slots' action means."""
+        return self.linear(latent.view(len(latent), self.n_slots, -1)).squeeze(2)
+
+
+class ModalityPolicy(ActorCriticPolicy):
+    """SB3 actor-critic policy over a "modalities" observation (see the module docstring).
+
+    Takes the arguments of ``ActorCriticPolicy`` (``net_arch`` is not used) and:
+
+    Args:
+        observation_space: a Box of a "modalities" observation.
+        action_space: a Box with one entry per modality slot.
+        lr_schedule: the learning-rate schedule.
+        hidden: width of the shared networks.
+        **kwargs: the other ``ActorCriticPolicy`` arguments (activation_fn, log_std_init, ortho_init...).
+    """
+
+    def __init__(self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, lr_schedule: Any,
+                 hidden: int = 64, **kwargs: Any) -> None:
+        size = observation_space.shape[0] - N_GLOBAL
+        if len(observation_space.shape) != 1 or size <= 0 or size % N_FEATURES:
+            raise ValueError(f"ModalityPolicy needs a 'modalities' observation (slots x {N_FEATURES} + {N_GLOBAL} "
+                             f"entries), got shape {observation_space.shape}: set env.observation: modalities")
+        self.n_slots = size // N_FEATURES
+        if not isinstance(action_space, gym.spaces.Box) or action_space.shape != (self.n_slots,):
+            raise ValueError(f"ModalityPolicy needs a Box action with one entry per slot ({self.n_slots}), got "
+                             f"{action_space}")
+        self.hidden = hidden
+        kwargs.setdefault("net_arch", [])
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = ModalitySetNetwork(self.n_slots, self.hidden, self.activation_fn)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        self.action_net = PerSlotHead(self.n_slots, self.hidden)
+        self.log_std = nn.Parameter(torch.full((1,), float(self.log_std_init)))
+        if self.ortho_init:
+            nn.init.orthogonal_(self.action_net.linear.weight, gain=0.01)
+            nn.init.zeros_(self.action_net.linear.bias)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["hidden"] = self.hidden
+        return data
+
+
+POLICIES: Registry[type[ActorCriticPolicy]] = Registry("policy", {"ModalityPolicy": ModalityPolicy})
+"""dus-gym's policy classes by the name agents/ppo.yml gives them (SB3's own names, e.g. MlpPolicy, pass through)."""

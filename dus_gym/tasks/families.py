@@ -1,0 +1,127 @@
+"""Task families: sets of task instances, split into the instances a policy trains on and those held out.
+
+A family env draws a task instance at every reset (or takes the one ``reset(options={"instance": i})``
+names), so the right counts cannot be known before the episode starts: a policy has to read the
+CMD state to find them. Built in (the table :data:`FAMILIES`):
+
+- ``synthetic``: :func:`synthetic_family`, the synthetic task with drawn parameters;
+- ``mfeat``: :func:`mfeat_family`, every ordered pair and triple of mfeat's six views.
+
+A user's family is a list of task-kwargs overrides in the spec, or a generator function returning one
+(see docs/env.md for a worked example).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dus_gym.core.config import FamilyConfig, checked_kwargs
+from dus_gym.core.registry import Registry, load_entry_point
+from dus_gym.core.specs import deep_merge
+from dus_gym.tasks import Task, cached_task
+from dus_gym.tasks.mfeat import VIEW_DIMS
+
+FamilyGenerator = Callable[..., list[dict[str, Any]]]
+
+FAMILIES: Registry[FamilyGenerator] = Registry("family", {
+    "synthetic": "dus_gym.tasks.families:synthetic_family",
+    "mfeat": "dus_gym.tasks.families:mfeat_family",
+})
+"""Family name -> generator (keyword arguments -> list of task-kwargs overrides)."""
+
+
+def synthetic_family(n_instances: int = 160, seed: int = 0) -> list[dict[str, Any]]:
+    """Instances of the synthetic task with drawn parameters (``make_synthetic`` keyword arguments).
+
+    Each instance draws: the number of modalities M in {2, 3} (one dominant, M - 1 weak); the slot of
+    the dominant modality (any position); its dimension (256 or 512), coarse signal (6 to 10) and
+    noise (0.8 to 2: how memorisable it is); the weak modalities' dimension (8 or 16), signal (1.5 to
+    2.5) and noise (0.5 to 0.9): how weak they are; and, for 40 % of the instances, a fine-class
+    signal (3 to 6) in the dominant modality that makes it able to separate every class on its own,
+    so that the imbalance is harmless there and starving the dominant modality can hurt. The data of
+    each instance come from its own ``data_seed``.
+
+    Args:
+        n_instances: how many instances.
+        seed: seed of the draw (the same seed gives the same family).
+    """
+    rng = np.random.default_rng(seed)
+    instances = []
+    for _ in range(n_instances):
+        M = int(rng.choice([2, 3]))
+        instances.append({
+            "n_weak": M - 1,
+            "dominant_slot": int(rng.integers(M)),
+            "dominant_dim": int(rng.choice([256, 512])),
+            "coarse_signal": round(float(rng.uniform(6.0, 10.0)), 2),
+            "dominant_noise": round(float(rng.uniform(0.8, 2.0)), 2),
+            "weak_dim": int(rng.choice([8, 16])),
+            "weak_signal": round(float(rng.uniform(1.5, 2.5)), 2),
+            "weak_noise": round(float(rng.uniform(0.5, 0.9)), 2),
+            "dominant_fine_signal": round(float(rng.uniform(3.0, 6.0)), 2) if rng.random() < 0.4 else 0.0,
+            "data_seed": int(rng.integers(2**31 - 1)),
+        })
+    return instances
+
+
+def mfeat_family(sizes: tuple[int, ...] = (2, 3)) -> list[dict[str, Any]]:
+    """Every ordered tuple of ``sizes`` distinct mfeat views (pairs and triples: 30 + 120 instances)."""
+    return [{"views": list(views)} for size in sizes for views in itertools.permutations(VIEW_DIMS, size)]
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """The instances of a family of ``task``, and which of them are held out.
+
+    Args:
+        task: the task builder's name (or "module:function").
+        base_kwargs: the task kwargs every instance starts from.
+        instances: per instance, its overrides of ``base_kwargs``.
+        held_out: the indices of the held-out instances (sorted).
+    """
+
+    task: str
+    base_kwargs: dict[str, Any]
+    instances: tuple[dict[str, Any], ...]
+    held_out: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, task: str, task_kwargs: dict[str, Any], family: FamilyConfig) -> TaskFamily:
+        """The family of a spec: its listed or generated instances and the seeded held-out split."""
+        instances = list(family.instances)
+        if family.generator is not None:
+            generate = (FAMILIES.get(family.generator) if family.generator in FAMILIES
+                        else load_entry_point(family.generator))
+            instances = generate(**checked_kwargs(generate, family.generator_kwargs, "family.generator_kwargs"))
+            if not isinstance(instances, list) or not all(isinstance(x, dict) for x in instances) or not instances:
+                raise ValueError(f"family generator '{family.generator}' must return a non-empty list of mappings")
+        n = len(instances)
+        n_held = round(family.held_out * n) if n > 1 else 0
+        n_held = min(max(n_held, 1 if family.held_out > 0 and n > 1 else 0), n - 1)
+        held = np.random.default_rng(family.split_seed).permutation(n)[:n_held]
+        return cls(task, dict(task_kwargs), tuple(instances), tuple(sorted(int(i) for i in held)))
+
+    @property
+    def train(self) -> tuple[int, ...]:
+        """The indices of the training instances."""
+        held = set(self.held_out)
+        return tuple(i for i in range(len(self.instances)) if i not in held)
+
+    def pool(self, name: str) -> tuple[int, ...]:
+        """The indices of "train", "held-out" or "all" instances."""
+        return {"train": self.train, "held-out": self.held_out, "all": tuple(range(len(self.instances)))}[name]
+
+    def task_kwargs(self, i: int) -> dict[str, Any]:
+        """The task kwargs of instance ``i`` (its overrides on the base kwargs)."""
+        if not 0 <= i < len(self.instances):
+            raise ValueError(f"instance {i} is not in this family (0 to {len(self.instances) - 1})")
+        return deep_merge(self.base_kwargs, self.instances[i])
+
+    def make(self, i: int) -> Task:
+        """The task of instance ``i`` (built once per process)."""
+        return cached_task(self.task, **self.task_kwargs(i))
