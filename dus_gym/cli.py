@@ -364,12 +364,18 @@ def family_command(args: argparse.Namespace, run_dir: str) -> int:
     if args.readme:
         check_readme_block(Path(args.readme), block)
     record = run_family_evaluation(evaluation, progress=not args.no_progress)
-    print(f"{name}: {len(record['pool'])} {args.instances} instances x seeds {list(evaluation.seeds)}, test accuracy "
-          f"in %, differences paired per (instance, seed):")
-    print(record["table"])
-    print(f"results: {Path(evaluation.out_dir) / 'family.json'}")
+    return report(args, block, f"{name}: {len(record['pool'])} {args.instances} instances x seeds "
+                  f"{list(evaluation.seeds)}, test accuracy in %, differences paired per (instance, seed):",
+                  record["table"], Path(evaluation.out_dir) / "family.json")
+
+
+def report(args: argparse.Namespace, block: str, title: str, table: str, results: Path) -> int:
+    """Print a comparison's table and where its results are; write it into ``--readme``'s ``block``."""
+    print(title)
+    print(table)
+    print(f"results: {results}")
     if args.readme:
-        write_readme_block(Path(args.readme), block, record["table"], "dus-gym " + " ".join(args.argv))
+        write_readme_block(Path(args.readme), block, table, "dus-gym " + " ".join(args.argv))
         print(f"table written into {args.readme}")
     return 0
 
@@ -414,13 +420,8 @@ def compare_command(args: argparse.Namespace) -> int:
                                 grid=args.grid, progress=not args.no_progress)
     finally:
         remove_if_empty(folder)
-    print(f"{record['task']} ({', '.join(record['modalities'])}), seeds {args.seeds}, test accuracy in %:")
-    print(record["table"])
-    print(f"results: {folder / 'compare.json'}")
-    if args.readme:
-        write_readme_block(Path(args.readme), block, record["table"], "dus-gym " + " ".join(args.argv))
-        print(f"table written into {args.readme}")
-    return 0
+    return report(args, block, f"{record['task']} ({', '.join(record['modalities'])}), seeds {args.seeds}, test "
+                  "accuracy in %:", record["table"], folder / "compare.json")
 
 
 def bench_command(args: argparse.Namespace) -> int:
