@@ -49,8 +49,8 @@ def _train(tmp_path, vec_env, **extra):
     hp = tmp_path / "ppo.yml"
     hp.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": TINY_PPO}))
     config = TrainPolicyConfig(env_id="dus_gym/Synthetic-v0", hyperparams=str(hp), vec_env=vec_env,
-                               run_dir=str(tmp_path / "runs"), env_kwargs=TINY_ENV, eval_freq=0, checkpoint_freq=256,
-                               evaluate=False, progress=False, **extra)
+                               run_dir=str(tmp_path / "runs"), env_kwargs=TINY_ENV, checkpoint_freq=256,
+                               evaluate=False, progress=False, **{"eval_freq": 0, **extra})
     return train_policy(config, argv=["train_policy.py"])
 
 
@@ -66,8 +66,10 @@ def one_torch_thread():
 
 
 def test_train_policy_with_the_vectorised_env(tmp_path, one_torch_thread):
-    folder = _train(tmp_path, "vectorized")
+    # with the EvalCallback and VecNormalize: the eval env must mirror the training env's wrappers
+    folder = _train(tmp_path, "vectorized", eval_freq=32)
     assert (folder / "policy.zip").is_file() and (folder / "vecnormalize.pkl").is_file()
+    assert (folder / "eval" / "evaluations.npz").is_file()
     assert any((folder / "tb").rglob("events.*"))
 
 

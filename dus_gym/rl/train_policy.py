@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList, EvalCallback
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
 from dus_gym.core.config import ConfigError, check_seeds, to_dict
 from dus_gym.core.files import new_run_folder, write_text_atomic
@@ -123,7 +123,9 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
 
     venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env, config.devices,
                          config.ray)
-    eval_venv = build_vec_env(config.env_id, 1, config.seed + EVAL_SEED_OFFSET, env_kwargs, "dummy")
+    # the eval env mirrors the training env's wrappers (VecNormalize statistics are synced wrapper by wrapper)
+    eval_kind = "vectorized" if isinstance(venv, VecMonitor) else "dummy"
+    eval_venv = build_vec_env(config.env_id, 1, config.seed + EVAL_SEED_OFFSET, env_kwargs, eval_kind)
     try:
         if config.resume:
             # trusted input: an SB3 zip is unpickled (the run folder is this user's own)
