@@ -75,11 +75,14 @@ def test_make_vec_returns_a_batched_vector_env_equal_to_separate_envs(mode):
 
 
 def test_default_make_vec_uses_the_vector_entry_point_and_disabled_mode_needs_reset_mask():
-    envs = gym.make_vec(ENV_ID, num_envs=2, autoreset_mode="Disabled", **TINY)
+    envs = gym.make_vec(ENV_ID, num_envs=2, autoreset_mode="Disabled", render_mode="ansi", **TINY)
     assert isinstance(envs.unwrapped, DUSVectorEnv)
     envs.reset(seed=0)
     a = np.zeros((2, 2), dtype=np.float32)
     envs.step(a)
+    frames = envs.render()  # one line per env: the step just run, with its counts (action 0: 132 each)
+    assert len(frames) == 2 and all(f.startswith("step   1 | iteration    10/20 | counts dominant=132 weak=132")
+                                    for f in frames)
     _, _, terminated, _, _ = envs.step(a)
     assert terminated.all()
     with pytest.raises(RuntimeError, match="call reset"):

@@ -58,7 +58,7 @@ class DUSVectorEnv(VectorEnv):
         except ValueError as err:
             raise ValueError(f"autoreset_mode must be one of {[m.value for m in AutoresetMode]}, got "
                              f"{autoreset_mode!r}") from err
-        self.envs = BatchedEnvs(num_envs, **dus_kwargs)
+        self.batch = BatchedEnvs(num_envs, **dus_kwargs)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
@@ -68,7 +68,7 @@ class DUSVectorEnv(VectorEnv):
         self.traces: list[EpisodeTrace] = []
 
     def _set_spaces(self) -> None:
-        t = self.envs.template
+        t = self.batch.template
         self.single_observation_space = t.observation_space
         self.single_action_space = t.action_space
         self.observation_space = batch_space(t.observation_space, self.num_envs)
@@ -77,12 +77,12 @@ class DUSVectorEnv(VectorEnv):
     @property
     def task(self) -> Any:
         """The one task object whose data every learner shares."""
-        return self.envs.task
+        return self.batch.task
 
     @property
     def settings(self) -> dict[str, Any]:
         """What a policy needs to act like in these envs elsewhere (as ``DUSEnv.settings``)."""
-        return self.envs.template.settings
+        return self.batch.template.settings
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -98,9 +98,9 @@ class DUSVectorEnv(VectorEnv):
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; DUSVectorEnv takes reset_mask and instance")
         for i in np.flatnonzero(mask):
-            self.envs.seed(i, seeds[i])
+            self.batch.seed(i, seeds[i])
         if mask.all():
-            self.envs.draw_instance(instance)
+            self.batch.draw_instance(instance)
         elif instance is not None:
             raise ValueError("reset(options={'instance': ...}) resets every env (no reset_mask)")
         envs = np.flatnonzero(mask)
@@ -122,13 +122,13 @@ class DUSVectorEnv(VectorEnv):
         reset_obs, reset_infos = None, []
         if pending.any():
             if pending.all():
-                self.envs.draw_instance()
+                self.batch.draw_instance()
             reset_obs, reset_infos = self._reset_envs(np.flatnonzero(pending))
         active = ~pending
-        obs, rewards, terminated, truncated, step_infos = self.envs.step(actions, active)
+        obs, rewards, terminated, truncated, step_infos = self.batch.step(actions, active)
         for i in np.flatnonzero(active):
             if self.traces:
-                self.traces[i].add(self.envs.episodes, i)
+                self.traces[i].add(self.batch.episodes, i)
         if reset_obs is not None:
             obs[pending] = reset_obs
             for i, info in zip(np.flatnonzero(pending), reset_infos, strict=True):
@@ -139,7 +139,7 @@ class DUSVectorEnv(VectorEnv):
             for i in done:
                 infos = self._add_info(infos, {"final_obs": obs[i].copy(), "final_info": step_infos[i]}, i)
             if ended.all():
-                self.envs.draw_instance()
+                self.batch.draw_instance()
             obs[done], new_infos = self._reset_envs(done)
             for i, info in zip(done, new_infos, strict=True):
                 step_infos[i] = info
@@ -161,15 +161,15 @@ class DUSVectorEnv(VectorEnv):
 
     def _reset_envs(self, envs: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Reset ``envs`` in the core, after a family's instance (and so the spaces) may have changed."""
-        t = self.envs.template
+        t = self.batch.template
         if t.observation_space != self.single_observation_space or t.action_space != self.single_action_space:
             self._set_spaces()
-        obs, infos = self.envs.reset(envs)
+        obs, infos = self.batch.reset(envs)
         if self.render_mode is not None:
             if len(self.traces) != self.num_envs or any(tr.modalities != t.task.modalities for tr in self.traces):
                 self.traces = [EpisodeTrace(t.task.modalities, t.n_iterations) for _ in range(self.num_envs)]
             for i in envs:
-                self.traces[i].start(self.envs.episodes, i)
+                self.traces[i].start(self.batch.episodes, i)
         return obs, infos
 
     def _seeds(self, seed: int | list[int | None] | None) -> list[int | None]:
@@ -194,7 +194,7 @@ class DUSVectorEnv(VectorEnv):
 
     def _observations(self, envs: np.ndarray, obs: np.ndarray) -> np.ndarray:
         """All N observations: ``obs`` for ``envs``, the current observation for the others."""
-        out = np.stack([self.envs.episodes.observation(i) for i in range(self.num_envs)]).astype(np.float32)
+        out = np.stack([self.batch.episodes.observation(i) for i in range(self.num_envs)]).astype(np.float32)
         out[envs] = obs
         return out
 

@@ -127,8 +127,8 @@ class VecDUSEnv(VecEnv):
     """
 
     def __init__(self, n_envs: int, seed: int | None = None, **dus_kwargs: Any) -> None:
-        self.envs = BatchedEnvs(n_envs, **dus_kwargs)
-        self.template = self.envs.template
+        self.batch = BatchedEnvs(n_envs, **dus_kwargs)
+        self.template = self.batch.template
         super().__init__(n_envs, self.template.observation_space, self.template.action_space)
         self._actions: np.ndarray | None = None
         if seed is not None:
@@ -137,24 +137,24 @@ class VecDUSEnv(VecEnv):
     @property
     def task(self) -> Any:
         """The one task object whose data every learner shares."""
-        return self.envs.task
+        return self.batch.task
 
     @property
     def learners(self) -> BatchedLearner:
         """The N batched learners."""
-        return self.envs.learners
+        return self.batch.learners
 
     @property
     def episodes(self) -> Episodes:
         """The N episodes."""
-        return self.envs.episodes
+        return self.batch.episodes
 
     def reset(self) -> VecEnvObs:
         """Reset every env (with the seeds and options of :meth:`seed` / ``set_options``, then none)."""
         for i, seed in enumerate(self._seeds):
-            self.envs.seed(i, seed)
-        self.envs.draw_instance()
-        obs, self.reset_infos = self.envs.reset(range(self.num_envs))
+            self.batch.seed(i, seed)
+        self.batch.draw_instance()
+        obs, self.reset_infos = self.batch.reset(range(self.num_envs))
         self._reset_seeds()
         self._reset_options()
         return obs
@@ -168,7 +168,7 @@ class VecDUSEnv(VecEnv):
         if self._actions is None:
             raise RuntimeError("call step_async(actions) before step_wait()")
         actions, self._actions = self._actions, None
-        obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+        obs, rewards, terminated, truncated, infos = self.batch.step(actions)
         dones = terminated | truncated
         for i in range(self.num_envs):
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
@@ -176,9 +176,9 @@ class VecDUSEnv(VecEnv):
         for i in reset:
             infos[i]["terminal_observation"] = obs[i].copy()
         if dones.all():
-            self.envs.draw_instance()
+            self.batch.draw_instance()
         if len(reset):
-            obs[reset], new_infos = self.envs.reset(reset)
+            obs[reset], new_infos = self.batch.reset(reset)
             for i, info in zip(reset, new_infos, strict=True):
                 self.reset_infos[i] = info
         return obs, rewards, dones, infos
