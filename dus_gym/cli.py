@@ -448,8 +448,12 @@ def reference_command(args: argparse.Namespace) -> int:
                                progress=not args.no_progress)
     finally:
         remove_if_empty(folder)
+    gain, lo, hi = record["best_constant_gain"]
+    scale = (f"normalised score 0 = uniform, 1 = {record['best_constant']}" if record["score_defined"] else
+             f"normalised score undefined: the best constant, {record['best_constant']}, does not beat uniform "
+             f"(return {gain:+.4f} [{lo:+.4f}, {hi:+.4f}])")
     print(f"{args.env}: reference agents on seeds {args.seeds} ({record['n_iterations']} iterations, "
-          f"{record['action_type']} action); normalised score 0 = uniform, 1 = {record['best_constant']}:")
+          f"{record['action_type']} action); {scale}:")
     print(record["table"])
     print(f"results: {folder / 'reference.json'}")
     if args.readme:

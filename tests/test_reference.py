@@ -9,6 +9,7 @@ import torch
 from dus_gym.cli import main
 from dus_gym.core.discrepancy import CMDMonitor
 from dus_gym.core.observation import ObservationLayout
+from dus_gym.rl.reference import normalised_scores
 from dus_gym.samplers.action import CountsAction, allocate
 
 TINY = ["n_iterations=20", "iterations_per_step=10", "task_kwargs={n_samples: 300, hidden_dim: 8}"]
@@ -74,14 +75,29 @@ def test_reference_command_writes_scores_that_match_a_hand_computation(tmp_path,
     mean = {k: np.mean(a["returns"]) for k, a in agents.items()}
     best = max([k for k in mean if k == "uniform" or k.startswith("constant")], key=mean.get)
     assert record["best_constant"] == best
-    for k, a in agents.items():
-        if mean[best] > mean["uniform"]:
+    if record["score_defined"]:
+        for k, a in agents.items():
             assert a["normalised_score"] == pytest.approx((mean[k] - mean["uniform"]) / (mean[best] - mean["uniform"]))
-        else:
-            assert np.isnan(a["normalised_score"])
+    else:
+        assert all(np.isnan(a["normalised_score"]) for a in agents.values())
     text = readme.read_text()
     assert "| uniform |" in text and f"| best-constant = {best} |" in text and "written by `dus-gym reference" in text
     assert "normalised score" in capsys.readouterr().out
+
+
+def test_normalised_scores_by_hand():
+    returns = {"uniform": [1.0, 1.2, 1.1], "constant[16,128]": [1.5, 1.8, 1.6], "constant[128,64]": [0.9, 1.0, 1.0],
+               "heuristic": [1.4, 1.5, 1.5]}
+    s = normalised_scores(returns)
+    # best constant 16,128: mean 1.6333 vs uniform 1.1; paired gains 0.5, 0.6, 0.5: mean 0.5333, sd 0.0577,
+    # t(0.975, 2) = 4.3027: interval 0.5333 -+ 0.1434 = [0.390, 0.677], above zero
+    assert s.best == "constant[16,128]" and s.defined
+    assert s.gain[1] == pytest.approx(0.5333333 - 4.302653 * 0.0577350 / np.sqrt(3), abs=1e-5)
+    assert s.scores["uniform"] == 0 and s.scores["constant[16,128]"] == pytest.approx(1.0)
+    assert s.scores["heuristic"] == pytest.approx((1.4666667 - 1.1) / (1.6333333 - 1.1))
+    assert s.scores["constant[128,64]"] == pytest.approx((0.9666667 - 1.1) / 0.5333333)
+    noisy = normalised_scores({"uniform": [1.0, 1.2, 1.1], "constant[16,128]": [1.3, 1.0, 1.1]})  # gain +0.033 +- ...
+    assert noisy.best == "constant[16,128]" and not noisy.defined and np.isnan(noisy.scores["uniform"])
 
 
 def test_reference_command_bad_input_is_one_line(tmp_path, capsys):

@@ -18,7 +18,8 @@ Every agent runs on the same seeds: episode seed s resets the env with ``seed=s`
 learner starts from the same initialisation and data order (paired). The **normalised score** of an
 agent is (R - R_uniform) / (R_best-constant - R_uniform), with R the mean return over the seeds:
 0 is uniform sampling, 1 the best constant counts of the grid (chosen on these same episodes, so an
-optimistic reference); it is undefined when no constant beats uniform.
+optimistic reference); it is undefined when the best constant does not beat uniform (paired 95 %
+interval of its gain above zero), since the scale is then noise.
 """
 
 from __future__ import annotations
@@ -199,28 +200,56 @@ def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] 
     return record
 
 
-def normalised_score(value: float, uniform: float, best: float) -> float:
-    """(value - uniform) / (best - uniform); nan when best does not exceed uniform."""
-    return (value - uniform) / (best - uniform) if best - uniform > 1e-12 else float("nan")
+@dataclass(frozen=True)
+class NormalisedScores:
+    """The normalised score of every agent, and the reference it is normalised by."""
+
+    scores: dict[str, float]
+    """(R - R_uniform) / (R_best - R_uniform) per agent (nan for all when undefined)."""
+    best: str
+    """The best constant (or uniform): the highest mean return among them."""
+    gain: tuple[float, float, float]
+    """The best constant's paired return difference to uniform: mean and 95 % interval."""
+
+    @property
+    def defined(self) -> bool:
+        """True when the best constant beats uniform: the 95 % interval of the gain lies above zero."""
+        return bool(self.gain[1] > 0)
+
+
+def normalised_scores(returns: dict[str, Sequence[float]]) -> NormalisedScores:
+    """The normalised scores of agents' returns (same seeds, in the same order for every agent).
+
+    0 is ``uniform``, 1 the agent among ``uniform`` and ``constant[...]`` with the highest mean
+    return. The score is defined only when that constant beats uniform with a paired 95 %
+    interval above zero: otherwise the scale R_best - R_uniform is noise, and dividing by it makes
+    tiny differences look large (every score is then nan).
+    """
+    mean = {label: float(np.mean(r)) for label, r in returns.items()}
+    best = max((label for label in returns if label == UNIFORM or label.startswith("constant[")), key=mean.get)
+    gain = paired_interval(returns[best], returns[UNIFORM]) if best != UNIFORM else (0.0, float("nan"), float("nan"))
+    scale = mean[best] - mean[UNIFORM]
+    ok = bool(gain[1] > 0)
+    scores = {label: (m - mean[UNIFORM]) / scale if ok else float("nan") for label, m in mean.items()}
+    return NormalisedScores(scores, best, gain)
 
 
 def reference_record(env_id: str, env: DUSEnv, seeds: list[int], env_kwargs: dict[str, Any],
                      episodes: dict[str, list[Episode]]) -> dict[str, Any]:
     """The JSON record of the episodes: per agent the returns, final accuracies, mean counts, normalised score."""
-    mean_return = {label: float(np.mean([e.episode_return for e in es])) for label, es in episodes.items()}
-    constants = [label for label in episodes if label == UNIFORM or label.startswith("constant[")]
-    best = max(constants, key=lambda label: mean_return[label])
+    scores = normalised_scores({label: [e.episode_return for e in es] for label, es in episodes.items()})
     agents = {}
     for label, es in episodes.items():
         agents[label] = {
             "returns": [e.episode_return for e in es], "final_val_acc": [e.final_val_acc for e in es],
             "initial_val_acc": [e.initial_val_acc for e in es], "steps": [e.steps for e in es],
             "mean_counts": np.mean([np.mean(e.counts, axis=0) for e in es], axis=0).tolist(),
-            "normalised_score": normalised_score(mean_return[label], mean_return[UNIFORM], mean_return[best]),
+            "normalised_score": scores.scores[label],
         }
     record = {"env_id": env_id, "seeds": seeds, "env_kwargs": env_kwargs, "modalities": list(env.task.modalities),
               "n_iterations": env.n_iterations, "iterations_per_step": env.config.iterations_per_step,
-              "action_type": env.config.action_type, "best_constant": best, "agents": agents}
+              "action_type": env.config.action_type, "best_constant": scores.best,
+              "best_constant_gain": list(scores.gain), "score_defined": scores.defined, "agents": agents}
     record["table"] = format_reference_table(record)
     return record
 
