@@ -41,6 +41,15 @@ def test_ansi_is_one_line_per_step_with_counts_cmd_and_val_accuracy():
     assert monitor.discrepancy[0] == pytest.approx(-monitor.discrepancy[1]) and monitor.gap > 0
 
 
+def test_human_mode_prints_the_line_at_every_reset_and_step(capsys):
+    env = gym.make(ENV_ID, render_mode="human", **TINY)
+    env.reset(seed=0)
+    env.step(np.array([-1.0, 1.0], dtype=np.float32))
+    assert env.render() is None  # the step's line is already printed: not twice
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("step   0 |") and "counts dominant=8 weak=256" in lines[1]
+
+
 def test_rgb_array_frames_plot_the_episode_and_pass_the_render_check():
     env = gym.make(ENV_ID, render_mode="rgb_array", **TINY)
     with warnings.catch_warnings(record=True) as caught:
@@ -57,10 +66,10 @@ def test_rgb_array_frames_plot_the_episode_and_pass_the_render_check():
     plain.reset(seed=0)
     assert plain.render() is None
     with pytest.raises(ValueError, match="render_mode must be one of"):
-        gym.make(ENV_ID, render_mode="human", **TINY)
+        gym.make(ENV_ID, render_mode="rgb", **TINY)
 
 
-def test_rl_zoo_record_video_writes_a_video(tmp_path, monkeypatch):
+def test_rl_zoo_record_video_writes_a_video_and_enjoy_renders(tmp_path, monkeypatch, capsys):
     pytest.importorskip("rl_zoo3")
     pytest.importorskip("moviepy")
     from stable_baselines3 import PPO
@@ -77,3 +86,9 @@ def test_rl_zoo_record_video_writes_a_video(tmp_path, monkeypatch):
     runpy.run_module("rl_zoo3.record_video", run_name="__main__")  # dus_gym is imported: its ids are registered
     videos = list(out.glob("*.mp4"))
     assert videos and videos[0].stat().st_size > 1000
+    from rl_zoo3.enjoy import enjoy
+
+    monkeypatch.setattr(sys, "argv", ["enjoy", "--algo", "ppo", "--env", ENV_ID, "-f", str(tmp_path), "--exp-id", "1",
+                                      "-n", "3", "--gym-packages", "dus_gym", "--seed", "0"])
+    enjoy()  # with rendering: create_test_env asks for render_mode="human"
+    assert "step   2 | iteration    20/20 | counts" in capsys.readouterr().out

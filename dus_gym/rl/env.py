@@ -84,8 +84,9 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Rendering
 
     ``render_mode="ansi"``: :meth:`render` returns the last step as one line (step, iteration,
-    counts, c(m), d(m), fused validation accuracy); ``"rgb_array"``: a 320x240 plot of d(m) and
-    the counts over the iterations so far (``dus_gym.rl.render``), for video recorders.
+    counts, c(m), d(m), fused validation accuracy); ``"human"``: that line is printed at every
+    reset and step; ``"rgb_array"``: a 320x240 plot of d(m) and the counts over the iterations so
+    far (``dus_gym.rl.render``), for video recorders.
 
     ## Version History
 
@@ -202,6 +203,8 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         self.episodes.evaluate([0])
         info = {"val_acc": float(self.episodes.score[0]), "learner_seed": learner_seed, **self.instance_info()}
         self.trace.start(self.episodes, 0)
+        if self.render_mode == "human":
+            self.render()
         return self.episodes.observation(0), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -212,6 +215,8 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.instance is not None:
             info["instance"] = self.instance
         self.trace.add(self.episodes, 0)
+        if self.render_mode == "human":
+            self.render()
         return obs[0], float(rewards[0]), bool(terminated[0]), bool(truncated[0]), info
 
     def render(self) -> str | np.ndarray | None:  # type: ignore[override]

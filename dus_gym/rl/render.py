@@ -1,10 +1,12 @@
-"""What a DUS env shows when rendered: a text line per step (``"ansi"``) or a small plot (``"rgb_array"``).
+"""What a DUS env shows when rendered: a text line per step (``"ansi"``, ``"human"``) or a small plot (``"rgb_array"``).
 
 An :class:`EpisodeTrace` keeps, for one episode, a :class:`StepRecord` per env step (the reset
 included): the learner iteration, the counts of the last iteration, the cumulative status c(m),
 the discrepancy d(m) (the CMD) and the fused validation accuracy. ``"ansi"`` is the last record
-as one line; ``"rgb_array"`` plots d(m) and the counts over the iterations so far, so that
-``gymnasium.wrappers.RecordVideo``, SB3's ``VecVideoRecorder`` and ``rl_zoo3.record_video``
+as one line; ``"human"`` prints that line to stdout at every reset and step (Gymnasium's human
+mode renders without being asked; a text env has no window), so that ``rl_zoo3.enjoy`` runs
+without ``--no-render``; ``"rgb_array"`` plots d(m) and the counts over the iterations so far, so
+that ``gymnasium.wrappers.RecordVideo``, SB3's ``VecVideoRecorder`` and ``rl_zoo3.record_video``
 can film an episode. The plot is drawn with Matplotlib's Agg canvas (no pyplot, no global state).
 """
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from dus_gym.core.episode import Episodes
 
-RENDER_MODES = ("ansi", "rgb_array")
+RENDER_MODES = ("ansi", "human", "rgb_array")
 """The render modes of ``DUSEnv`` and ``DUSVectorEnv``."""
 RENDER_FPS = 4
 """Frames per second of a recorded video (one frame per env step)."""
@@ -62,21 +64,29 @@ class EpisodeTrace:
         self.modalities = tuple(modalities)
         self.n_iterations = n_iterations
         self.records: list[StepRecord] = []
+        self.printed = -1
+        """The step whose line "human" mode printed last."""
 
     def start(self, episodes: Episodes, i: int) -> None:
         """A new episode: its first record (after the reset)."""
         self.records = [StepRecord.of(episodes, i, 0)]
+        self.printed = -1
 
     def add(self, episodes: Episodes, i: int) -> None:
         """Record episode ``i`` after a step."""
         self.records.append(StepRecord.of(episodes, i, len(self.records)))
 
     def render(self, mode: str | None) -> str | np.ndarray | None:
-        """The frame of ``mode`` (None: nothing)."""
+        """The frame of ``mode`` (None: nothing; "human": print the line once per step, return None)."""
         if mode is None:
             return None
         if not self.records:
             raise RuntimeError("call reset() before render()")
+        if mode == "human":
+            if self.printed != self.records[-1].step:
+                print(self.ansi(), end="", flush=True)
+                self.printed = self.records[-1].step
+            return None
         return self.ansi() if mode == "ansi" else self.rgb_array()
 
     def ansi(self) -> str:

@@ -42,7 +42,7 @@ class DUSVectorEnv(VectorEnv):
     Args:
         num_envs: N.
         autoreset_mode: ``AutoresetMode`` or its value ("NextStep", "SameStep", "Disabled").
-        render_mode: None, "ansi" or "rgb_array": :meth:`render` returns one frame per env.
+        render_mode: None, "ansi", "human" or "rgb_array": :meth:`render` returns one frame per env.
         **dus_kwargs: the keyword arguments of ``DUSEnv`` (task, task_kwargs, learner, cmd,
             n_iterations, epochs, family and EnvConfig fields).
     """
@@ -108,6 +108,8 @@ class DUSVectorEnv(VectorEnv):
         out = self._observations(envs, obs)
         self._ended[mask] = False
         self._started = True
+        if self.render_mode == "human":
+            self.render()
         return out, self._batched_infos(envs, infos)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -146,15 +148,18 @@ class DUSVectorEnv(VectorEnv):
         for i, info in enumerate(step_infos):
             infos = self._add_info(infos, info, i)
         self._ended = ended
+        if self.render_mode == "human":
+            self.render()
         return obs, rewards, terminated, truncated, infos
 
     def render(self) -> tuple[Any, ...] | None:
-        """One frame per env as ``render_mode`` asks (None without a render mode)."""
+        """One frame per env as ``render_mode`` asks (None without a render mode; "human" prints the lines)."""
         if self.render_mode is None:
             return None
         if not self.traces:
             raise RuntimeError("call reset() before render()")
-        return tuple(trace.render(self.render_mode) for trace in self.traces)
+        frames = tuple(trace.render(self.render_mode) for trace in self.traces)
+        return None if self.render_mode == "human" else frames
 
     def close_extras(self, **kwargs: Any) -> None:
         """Nothing to release (one process, no workers)."""
