@@ -33,7 +33,7 @@ from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config
 from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
 from dus_gym.experiments.bench import BenchConfig, bench_config_from_args, run_bench
-from dus_gym.experiments.compare import SamplerSpec, run_comparison
+from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
 from dus_gym.experiments.readme import check_readme_block, write_readme_block
 from dus_gym.experiments.run import CHECKPOINT_NAME, check_resumable, run_training
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the heuristic splits exactly M x B samples per iteration (as uniform and an "
                               "allocation policy spend): a compute-fair comparison")
     compare.add_argument("--controls", action="store_true",
-                         help="with ppo: add a constant at the policy's mean counts and its open-loop replay")
+                         help="with ppo and two or more seeds: add a constant at the policy's mean counts and its "
+                              "open-loop replay")
     compare.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
     family = compare.add_argument_group(
         "task families", "with --task naming a family spec (e.g. synthetic-family): every row on the same "
@@ -353,7 +354,8 @@ def run_command(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{m} {n:.1f}" for m, n in s["mean_counts"].items())
     print(f"{s['task']} / {s['method']} / {s['sampler']} / seed {s['seed']}: "
           f"fused test acc {100 * s['test']['fused']['acc']:.1f} % "
-          f"({accs}); final |CMD| {s['final_gap']:.3f}; {s['iterations']} iterations, {s['epochs']:.1f} epochs; "
+          f"({accs}); final |CMD| {s['final_gap']:.3f}; {s['iterations']} iterations, {s['optimizer_steps']} optimiser "
+          f"steps, {s['epochs']:.1f} epochs; "
           f"mean counts {counts}; {s['train_seconds']:.1f} s")
     print(f"results: {folder / 'results.json'}  |  tensorboard --logdir {folder / 'tb'}")
     return 0
@@ -418,6 +420,7 @@ def compare_command(args: argparse.Namespace) -> int:
             kwargs.update(allocation=True, n_min=base.env.n_min)
         specs.append(SamplerSpec(name, name, kwargs))
     specs += [SamplerSpec(label, "ppo", {"policy": path}) for label, path in policies.items() if label != "ppo"]
+    check_controls([spec.label for spec in specs], args.seeds, args.controls)  # before any run
     block = args.readme_block or f"compare-{base.task.split(':')[-1]}"
     if args.readme:
         check_readme_block(Path(args.readme), block)  # before the runs, not after

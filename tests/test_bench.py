@@ -5,6 +5,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dus_gym.cli import main
@@ -12,7 +13,7 @@ from dus_gym.core.config import ConfigError
 from dus_gym.experiments.bench import README_END, README_START, BenchConfig, run_bench, write_readme_block
 
 SMALL = {"task_kwargs": {"n_samples": 300, "dominant_dim": 32, "weak_dim": 8, "hidden_dim": 16},
-         "eval_every": 15, "learner": {"batch_size": 16}}
+         "eval_every": 15, "learner": {"batch_size": 16}, "flops_every": 10}
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +103,62 @@ def test_readme_is_checked_before_any_run_and_method_kwargs_go_to_their_method(t
                                    method_kwargs={"ogm-ge": {"alpha": 0.5}}))
     kwargs = {c.method: c.config["learner"]["method_kwargs"] for c in cells}
     assert kwargs == {"ogm-ge": {"alpha": 0.5}, "mla": {}}
+
+
+def test_interval_and_late_fusion_arithmetic_by_hand():
+    from dus_gym.experiments.stats import late_fusion_accuracy, mean_interval, paired_interval
+
+    # 1..5: mean 3, sd sqrt(2.5), t(0.975, 4) = 2.7764451: half-width 2.7764451 * sqrt(2.5) / sqrt(5)
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451 * (2.5**0.5) / 5**0.5
+    assert (mean, lo, hi) == pytest.approx((3.0, 3.0 - half, 3.0 + half), abs=1e-6)
+    # paired: differences (0.1, 0.3, 0.2): mean 0.2, sd 0.1, t(0.975, 2) = 4.3026527
+    d, lo, hi = paired_interval([0.6, 0.8, 0.9], [0.5, 0.5, 0.7])
+    assert (d, lo, hi) == pytest.approx((0.2, 0.2 - 4.3026527 * 0.1 / 3**0.5, 0.2 + 4.3026527 * 0.1 / 3**0.5))
+    assert all(x != x for x in mean_interval([0.4])[1:])  # one value: no interval (nan bounds)
+    # late fusion: argmax of the summed log-probabilities; sample 2 is decided by the confident second model
+    p_a = np.array([[0.6, 0.4], [0.55, 0.45], [0.2, 0.8]])
+    p_b = np.array([[0.7, 0.3], [0.1, 0.9], [0.5, 0.5]])
+    # sums of logs: [-0.87, -2.12] -> 0; [-2.90, -0.90] -> 1; [-2.30, -0.92] -> 1 (wrong: the label is 0)
+    assert late_fusion_accuracy([p_a, p_b], np.array([0, 1, 0])) == pytest.approx(2 / 3)
+
+
+def test_paired_differences_use_the_seeds_both_rows_have():
+    from dus_gym.experiments.bench import format_delta, paired_difference, summary_rows
+
+    def record(method, sampler, seed, acc, diverged=None):
+        summary = {"modalities": ["a", "b"], "test": {"fused": {"acc": acc, "f1": acc}, "a": {"acc": 0.5, "f1": 0.5},
+                                                      "b": {"acc": 0.4, "f1": 0.4}},
+                   "final_gap": 0.1, "iterations": 10, "samples_seen": {"a": 100 * seed, "b": 50}, "epochs": 1.5,
+                   "optimizer_steps": 20 if method == "mla" else 10, "flops_per_iteration": 2e6,
+                   "shapley": {"a": 0.3, "b": 0.1}, "train_seconds": 1.0}
+        return {"key": f"{method}/{sampler}/{seed}", "task": "t", "method": method, "sampler": sampler, "seed": seed,
+                "alone": None, "summary": summary if diverged is None else {"modalities": ["a", "b"]},
+                "diverged": diverged}
+
+    records = [record("mla", "uniform", 0, 0.70), record("mla", "uniform", 1, 0.72), record("mla", "uniform", 2, 0.71),
+               record("mla", "heuristic", 0, 0.75), record("mla", "heuristic", 1, 0.0, diverged="nan"),
+               record("mla", "heuristic", 2, 0.78)]
+    rows = summary_rows(records, {})
+    heuristic = next(r for r in rows if r["sampler"] == "heuristic")
+    # seeds 0 and 2 only (seed 1 diverged): differences 0.05 and 0.07
+    assert heuristic["delta"]["uniform"] == pytest.approx(paired_difference([0, 2], [0.75, 0.78], [0, 1, 2],
+                                                                             [0.70, 0.72, 0.71]))
+    assert heuristic["delta"]["uniform"][0] == pytest.approx(0.06) and heuristic["diverged"] == 1
+    uniform = next(r for r in rows if r["sampler"] == "uniform")
+    assert uniform["delta"]["heuristic"][0] == pytest.approx(-0.06) and "uniform" not in uniform["delta"]
+    assert format_delta((0.06, 0.01, 0.11)) == "+6.0 [+1.0, +11.0]" and format_delta(None) == "—"
+    assert paired_difference([3], [0.5], [0, 1], [0.4, 0.4]) is None
+
+
+def test_the_table_shows_the_cost_beside_the_accuracy(bench_out):
+    _, summary = bench_out
+    header = next(line for line in summary["table"].splitlines() if line.startswith("| method"))
+    for column in ("Shapley dominant", "Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "samples dominant",
+                   "samples weak", "epochs", "steps", "MFLOP/iter", "wall s"):
+        assert column in header
+    row = next(line for line in summary["table"].splitlines() if line.startswith("| unimodal-aux | uniform"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    names = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[names.index("samples dominant")] == "480" and cells[names.index("steps")] == "30"  # 30 x 16
+    assert cells[names.index("epochs")] == "2.7" and float(cells[names.index("MFLOP/iter")]) > 0  # 480 / 180 rows

@@ -71,8 +71,17 @@ def test_compare_table_with_paired_difference(tmp_path, capsys):
     assert record["runs"]["alone:weak"][0]["samples_seen"]["dominant"] == 0
     table = record["table"]
     assert table in out and "Δ fused vs uniform" in table and "late fusion" in table
+    header = table.splitlines()[0]
+    for column in ("Δ fused vs heuristic [95% CI]", "samples dominant", "epochs", "steps", "MFLOP/iter", "wall s",
+                   "Shapley weak"):
+        assert column in header
+    names = [c.strip() for c in header.strip("|").split("|")]
     heuristic_row = next(line for line in table.splitlines() if line.startswith("| heuristic"))
+    uniform_row = [c.strip() for c in next(line for line in table.splitlines()
+                                           if line.startswith("| uniform")).strip("|").split("|")]
     assert "[" in heuristic_row and "±" in heuristic_row
+    assert uniform_row[names.index("Δ fused vs heuristic [95% CI]")].startswith(("+", "-"))
+    assert uniform_row[names.index("samples dominant")] == "2560" and uniform_row[names.index("steps")] == "40"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -83,6 +92,11 @@ def test_compare_table_with_paired_difference(tmp_path, capsys):
     (["run", "--iterations", "0"], "n_iterations must be >= 1"),
     (["run", "--config", "/nonexistent/run.yaml"], "config file not found"),
     (["run", "--set", "sampler=heuristic", "--set", "sampler_kwargs.n_min=300"], "n_min <= n_max"),
+    (["compare", "--controls"], "add ppo to the samplers"),
+    (["compare", "--controls", "--samplers", "uniform", "ppo", "--policy", "x", "--seeds", "3"],
+     "give at least two seeds"),
+    (["run", "--method", "ogm-ge", "--set", "learner.fusion=film"], "method 'ogm-ge' is defined for learner.fusion"),
+    (["train-policy", "--eval-seeds", "100"], "give at least two seeds"),
 ])
 def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path):
     assert main([*argv, "--run-dir", str(tmp_path), "--no-progress"]) == 2

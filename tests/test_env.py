@@ -118,8 +118,8 @@ def test_nan_loss_truncates_with_penalty(monkeypatch):
     monitored.reset(seed=0)
     real_step = Learner.step
 
-    def diverging(self, counts):
-        stats = real_step(self, counts)
+    def diverging(self, counts, progress=None):
+        stats = real_step(self, counts, progress)
         return IterationStats(float("nan"), stats.fusion_loss, stats.unimodal_losses, stats.status, stats.counts)
 
     monkeypatch.setattr(Learner, "step", diverging)
@@ -207,3 +207,11 @@ def test_make_merges_nested_overrides_into_the_spec_key_by_key(tmp_path):
     assert env.task.splits["train"].features["weak"].shape[1] == 5
     with pytest.raises(ConfigError, match="did you mean 'iterations_per_step'"):
         gym.make("dus_gym/Merge-v0", iterations_per_stp=3)
+
+
+def test_a_spec_overridden_onto_a_gpu_is_nondeterministic():
+    assert gym.make("dus_gym/Synthetic-v0").spec.nondeterministic is False  # registered for the CPU
+    for device in ("cuda", "auto"):  # cuda is not needed: the learner is built at reset
+        env = gym.make("dus_gym/Synthetic-v0", learner={"device": device})
+        assert env.spec.nondeterministic is True and env.unwrapped.spec.nondeterministic is True
+        assert env.spec.kwargs["learner"] == {"device": device}

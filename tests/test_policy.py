@@ -1,12 +1,12 @@
 import json
 from dataclasses import replace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
 from dus_gym.cli import main
-from dus_gym.core.discrepancy import CMDMonitor, cmd_observation
 from dus_gym.rl.train_policy import train_policy
 from dus_gym.samplers import SamplerState, make_sampler
 from dus_gym.samplers.ppo import PolicySampler
@@ -41,6 +41,7 @@ def test_saved_policy_folder(tiny_policy):
 
 
 def test_policy_drives_a_run_exactly_as_in_the_env(tiny_policy, tmp_path):
+    """The ppo sampler's whole rollout in ``dus-gym run`` equals the policy acting in the env on the same learner."""
     _, folder = tiny_policy
     code = main(["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), "--iterations", "45",
                  "--run-dir", str(tmp_path), "--no-progress", "--set", "eval_every=45"])
@@ -48,14 +49,23 @@ def test_policy_drives_a_run_exactly_as_in_the_env(tiny_policy, tmp_path):
     run = next(tmp_path.glob("synthetic-ppo-seed0-*"))
     counts = np.load(run / "counts.npy")
     assert counts.shape == (45, 2)
-    for start in range(0, 45, 10):  # counts are held for K = 10 iterations, as one env step
-        block = counts[start : start + 10]
-        assert (block == block[0]).all()
+    # the env with the run's budget and K, its episode restarted on the run's learner seed (0)
     model = PPO.load(folder / "policy.zip", device="cpu")
     sampler = PolicySampler(64, 2, policy=str(folder))
-    obs0 = cmd_observation(CMDMonitor(2), np.array([64, 64]), 64, 0.0)
-    action, _ = model.predict(sampler.normalize(obs0), deterministic=True)
-    assert counts[0].tolist() == sampler.actions.to_counts(np.clip(action, -1, 1)).tolist()
+    env = gym.make("dus_gym/Synthetic-v0", n_iterations=45, iterations_per_step=10).unwrapped
+    env.reset(seed=0)
+    env.episodes.start(0, 0)
+    env.episodes.evaluate([0])
+    obs, chosen, done = env.episodes.observation(0), [], False
+    while not done:
+        action, _ = model.predict(sampler.normalize(obs), deterministic=True)
+        obs, _, terminated, truncated, info = env.step(np.clip(action, -1, 1))
+        chosen.append(info["counts"].tolist())
+        done = terminated or truncated
+    assert len(chosen) == 5  # four steps of K = 10 and a last one of 5
+    for step, start in enumerate(range(0, 45, 10)):  # the run held each decision for K iterations
+        assert (counts[start : start + 10] == chosen[step]).all(), (step, counts[start], chosen[step])
+    assert len({tuple(c) for c in chosen}) > 1  # the policy changed its counts along the rollout
     results = json.loads((run / "results.json").read_text())
     assert results["sampler"] == "ppo" and results["iterations"] == 45
 

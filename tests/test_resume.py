@@ -87,8 +87,8 @@ def test_resume_without_a_checkpoint_starts_again_and_a_finished_run_is_refused(
 def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     step = Learner.step
 
-    def diverge_after_25(self, counts):
-        stats = step(self, counts)
+    def diverge_after_25(self, counts, progress=None):
+        stats = step(self, counts, progress)
         return replace(stats, loss=float("nan")) if self.iteration > 25 else stats
 
     monkeypatch.setattr(Learner, "step", diverge_after_25)

@@ -35,3 +35,23 @@ def test_a_callback_sees_every_iteration_and_can_stop_the_run(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["iterations"] == 12 and np.load(tmp_path / "counts.npy").shape == (12, 2)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_flops_per_iteration_match_the_layers_by_hand(tmp_path):
+    """unimodal-aux on MLP encoders d -> h -> h, heads h -> C, concatenation head 2h -> C, n samples each.
+
+    A linear layer costs 2 n in out FLOPs forward, and as much for each of its two backward products
+    (weight gradient; input gradient, which the first layer does not need): per modality
+    4 n d h + 6 n h^2 + 6 n h C, plus 12 n h C for the fusion head.
+    """
+    config = from_dict(RunConfig, {
+        "task": "synthetic", "task_kwargs": {"n_samples": 300, "dominant_dim": 32, "weak_dim": 8, "hidden_dim": 16},
+        "learner": {"batch_size": 16}, "n_iterations": 6, "eval_every": 6, "tensorboard": False, "flops_every": 2})
+    summary = run_training(config, run_dir=None, progress=False, probe=False).summary
+    n, h, C = 16, 16, 10
+    want = sum(4 * n * d * h + 6 * n * h * h + 6 * n * h * C for d in (32, 8)) + 12 * n * h * C
+    assert summary["flops_per_iteration"] == want
+    assert summary["optimizer_steps"] == 6 and set(summary["shapley"]) == {"dominant", "weak"}
+    for every in (None, 7):  # never; or not within a run of 6 iterations
+        other = run_training(RunConfig(**{**config.__dict__, "flops_every": every}), progress=False, probe=False)
+        assert other.summary["flops_per_iteration"] is None

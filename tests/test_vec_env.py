@@ -34,6 +34,7 @@ def _rollout(venv, actions):
 @pytest.mark.parametrize("kwargs", [
     {},
     {"cmd": {"source": "probe", "probe_size": 50}, "learner": {"count_sizes": [16, 64, 128], "lr_decay_every": 4}},
+    {"learner": {"fusion": "gated"}},
 ])
 def test_vectorised_env_matches_separate_envs(kwargs):
     n_envs = 3
@@ -91,8 +92,8 @@ def test_divergence_truncates_one_env_and_resets_it(monkeypatch):
     venv.reset()
     real_step = BatchedLearner.step
 
-    def diverging(self, counts, active=None):
-        stats = real_step(self, counts, active)
+    def diverging(self, counts, active=None, progress=None):
+        stats = real_step(self, counts, active, progress)
         stats.loss[1] = np.nan
         return stats
 

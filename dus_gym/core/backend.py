@@ -97,8 +97,13 @@ class LearnerBackend(Protocol):
     def reset_learner(self, i: int, seed: int, checkpoint: str | Path | None = None) -> None:
         """Start learner ``i`` afresh from ``seed`` (model, data order, probe slice), or from a learner checkpoint."""
 
-    def step(self, counts: np.ndarray, active: np.ndarray | None = None) -> BatchedIterationStats:
-        """One optimizer step of every active learner, learner i with ``counts[i, m]`` samples of modality m."""
+    def step(self, counts: np.ndarray, active: np.ndarray | None = None, progress: np.ndarray | None = None
+             ) -> BatchedIterationStats:
+        """One iteration of every active learner, learner i with ``counts[i, m]`` samples of modality m.
+
+        ``progress[i]`` is learner i's iterations done over its budget (for methods that act over
+        a window of training; None: not known).
+        """
 
     def accuracies(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:
         """Fused (N,) and per-modality (N, M) accuracy of every learner on a split of the task."""

@@ -151,7 +151,7 @@ class _PaddedForward(nn.Module):
                 norm.mask, norm.updated = (masks[k] if masks is not None else None), None
             encoded.append(self.net.encoders[m](xs[k]))
         logits = [self.net.heads[m](e) for m, e in zip(self.net.modalities, encoded, strict=True)]
-        fused = self.net.fusion(torch.cat([e[:n_fused] for e in encoded], dim=1))
+        fused = self.net.fuse([e[:n_fused] for e in encoded])
         updated = []
         for m in self.net.modalities:
             for norm in self.norms[m]:
@@ -190,7 +190,7 @@ class BatchedLearner:
         self._data: dict[str, MultimodalSplit] = {"train": train.to(self.device)}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.template = MultimodalNet(task).to(self.device)
+            self.template = MultimodalNet(task, fusion=config.fusion).to(self.device)
         self._masked_norms = {m: mask_batch_norms(self.template.encoders[m]) for m in self.modalities}
         self._forward = _PaddedForward(self.template, self._masked_norms)
         module_names = {id(module): name for name, module in self.template.named_modules()}
@@ -243,7 +243,7 @@ class BatchedLearner:
         if checkpoint is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                state = dict(MultimodalNet(self.task).to(self.device).state_dict())
+                state = dict(MultimodalNet(self.task, fusion=self.config.fusion).to(self.device).state_dict())
         else:
             saved = read_learner_checkpoint(checkpoint, self.device, self.task.name, self.modalities,
                                             self.config.method, shared_head=False)
@@ -301,8 +301,13 @@ class BatchedLearner:
                     self.buffers[prefix + "num_batches_tracked"].copy_(tracked)
         return logits, fused
 
-    def step(self, counts: np.ndarray, active: np.ndarray | None = None) -> BatchedIterationStats:
-        """One optimizer step of every active learner, learner i with ``counts[i, m]`` samples of modality m."""
+    def step(self, counts: np.ndarray, active: np.ndarray | None = None, progress: np.ndarray | None = None
+             ) -> BatchedIterationStats:
+        """One optimizer step of every active learner, learner i with ``counts[i, m]`` samples of modality m.
+
+        ``progress`` (each learner's place in its run) is accepted for the backend interface; the
+        batchable methods do not depend on it.
+        """
         N, M = self.n_learners, len(self.modalities)
         counts = np.asarray(counts, dtype=np.int64)
         if counts.shape != (N, M):

@@ -23,6 +23,8 @@ from typing import Any, TypeVar, Union
 
 T = TypeVar("T")
 
+FUSIONS = ("concat", "sum", "gated", "film")
+"""The fusion heads of the model (``learner.fusion``; built by :func:`dus_gym.core.model.fusion_head`)."""
 MAX_ITERATIONS = 10_000_000
 """Upper bound of a run's budget in learner iterations (the count history is allocated up front)."""
 MAX_COUNT = 1_000_000
@@ -48,7 +50,7 @@ class LearnerConfig:
     unimodal_loss: str = "scaled"
     """"scaled": each unimodal loss times n(m)/B (the DUS default); "mean": plain batch average."""
     fusion: str = "concat"
-    """Fusion of the encoders' features: "concat" (a linear head on the concatenation)."""
+
     device: str = "cpu"
     """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available)."""
     eval_batch_size: int = 1024
@@ -97,7 +99,7 @@ class LearnerConfig:
                f"learner.count_sizes must be positive sizes or null, got {shown(self.count_sizes)}")
         if self.count_sizes is not None:
             check_counts(self.count_sizes, "learner.count_sizes")
-        _check(self.fusion == "concat", f"learner.fusion must be 'concat', got '{self.fusion}'")
+        _check(self.fusion in FUSIONS, f"learner.fusion must be one of {list(FUSIONS)}, got '{shown(self.fusion)}'")
 
 
 @dataclass(frozen=True)
@@ -244,12 +246,18 @@ class RunConfig:
     """The Gymnasium id this spec is registered under (specs in envs/), e.g. dus_gym/MFeat-v0."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """Env settings (step size K, action mapping, reward weights) for DUSEnv."""
+    flops_every: int | None = 100
+    """Count the FLOPs of every this many-th iteration (torch.utils.flop_counter; None: never); the run
+    reports their mean as FLOPs per iteration (None for a run shorter than this). A counted iteration
+    runs several times slower on a CPU, and the run's wall time includes it (about 5 % at 100)."""
     family: FamilyConfig | None = None
     """A task family (the env draws a task instance at every reset); None: the one task."""
 
     def __post_init__(self) -> None:
         check_finite(self, "")
         Budget(self.n_iterations, self.epochs)  # the budget rule
+        _check(self.flops_every is None or self.flops_every >= 1,
+               f"flops_every must be >= 1 or null, got {self.flops_every}")
         _check(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be >= 1 or null, got {self.checkpoint_every}")

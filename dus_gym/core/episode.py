@@ -91,7 +91,8 @@ class Episodes:
     def iterate(self, counts: np.ndarray, active: np.ndarray | None = None) -> BatchedIterationStats:
         """One learner iteration of the ``active`` episodes; a finite one's learning status updates its CMD."""
         active = np.ones(self.n_episodes, dtype=bool) if active is None else active
-        stats = self.learners.step(counts, active)
+        progress = (self.learners.iteration - self.start_iteration) / self.n_iterations
+        stats = self.learners.step(counts, active, progress)
         self.counts = np.where(active[:, None], stats.counts, self.counts)  # as used (after quantisation)
         finite = active & np.isfinite(stats.loss)
         if finite.any():

@@ -26,8 +26,8 @@ from dus_gym.core.batch_plan import BatchPlanner
 from dus_gym.core.checkpoint import read_learner_checkpoint, write_learner_checkpoint
 from dus_gym.core.config import LearnerConfig
 from dus_gym.core.loader import SampleDataset, WindowLoader, is_lazy
-from dus_gym.core.methods import IterationBatch, StepContext, make_method
-from dus_gym.core.metrics import classification_metrics, linear_probe_accuracy
+from dus_gym.core.methods import IterationBatch, StepContext, check_method_fusion, make_method
+from dus_gym.core.metrics import classification_metrics, linear_probe_accuracy, shapley_values
 from dus_gym.core.model import MultimodalNet, quantize_counts, resolve_device
 from dus_gym.tasks.base import MultimodalSplit, Task
 
@@ -76,10 +76,11 @@ class Learner:
         kept = train.subset(torch.sort(order[probe_size:]).values) if probe_size else train
         self.train_split = kept.to(self.device)
         self.planner = BatchPlanner(len(self.train_split), self.generator)
+        check_method_fusion(config.method, config.fusion)
         self.method = make_method(config.method, **config.method_kwargs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = MultimodalNet(task, shared_head=self.method.shared_head).to(self.device)
+            self.model = MultimodalNet(task, shared_head=self.method.shared_head, fusion=config.fusion).to(self.device)
         self.method.setup(self.model, task.modalities, self.device, seed)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -93,10 +94,14 @@ class Learner:
             self._encoders = {m: torch.compile(e, backend=config.compile_backend, dynamic=False)
                               for m, e in self._encoders.items()}
         self.optimizer = self._build_optimizer()
-        self._context = StepContext(self.model, self._encoders, self.optimizer, self._autocast)
+        self._context = StepContext(self.model, self._encoders, self.optimizer, self._autocast,
+                                    splits={"train": self.train_split, "val": task.splits["val"]},
+                                    batches=self._labelled_batches)
         self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_decay_every, config.lr_decay_gamma)
                           if config.lr_decay_every else None)
         self.iteration = 0
+        self.optimizer_steps = 0
+        """Optimiser steps taken (one per finite iteration; MLA: one per modality stepped)."""
         self.samples_seen = np.zeros(len(task.modalities), dtype=np.int64)
 
     @property
@@ -119,8 +124,12 @@ class Learner:
         """``counts`` rounded up to ``config.count_sizes`` (see :func:`quantize_counts`)."""
         return quantize_counts(counts, self.config.count_sizes)
 
-    def step(self, counts: Sequence[int]) -> IterationStats:
-        """Run one optimizer step with ``counts[m]`` samples of modality m (quantised, see :meth:`quantize`)."""
+    def step(self, counts: Sequence[int], progress: float | None = None) -> IterationStats:
+        """Run one iteration with ``counts[m]`` samples of modality m (quantised, see :meth:`quantize`).
+
+        ``progress`` is the place of this iteration in the run (iterations done / budget), for the
+        methods that act over a window of training (None: no window applies).
+        """
         counts = np.asarray(counts, dtype=np.int64)
         if counts.shape != (len(self.modalities),):
             raise ValueError(f"counts must have {len(self.modalities)} entries (one per modality "
@@ -130,6 +139,7 @@ class Learner:
             self._window_loader = WindowLoader(self.train_split, self.planner, self.config.num_workers,
                                                pin_memory=self.device.type == "cuda")
         epoch_fraction = self.planner.cursor / self.planner.n_train
+        epoch = self.planner.epoch
         plan = self.planner.plan(counts.tolist())
         data, labels = self.train_split.features, self.train_split.labels
         window = None
@@ -147,8 +157,8 @@ class Learner:
             weights[m] = float(counts[k]) / B if self.config.unimodal_loss == "scaled" else 1.0
         paired_target = (labels[plan.paired_indices.to(self.device, non_blocking=True)]
                          if plan.n_paired > 0 else None)
-        batch = IterationBatch(inputs, targets, weights, plan.n_paired, paired_target,
-                               epoch_fraction)
+        batch = IterationBatch(inputs, targets, weights, plan.n_paired, paired_target, epoch_fraction, epoch,
+                               progress, B)
         self.model.train()
         out = self.method.step(self._context, batch)
         nan = torch.full((), float("nan"), device=self.device)
@@ -158,8 +168,11 @@ class Learner:
         # one device sync per iteration, after the backward pass has been queued
         values = torch.stack([out.loss.detach(), out.fusion_loss.detach(), *unimodal_losses, *status]).cpu().numpy()
         total = float(values[0])
-        if np.isfinite(total) and not out.stepped:
+        if out.optimizer_steps is not None:
+            self.optimizer_steps += out.optimizer_steps
+        elif np.isfinite(total):
             self.optimizer.step()
+            self.optimizer_steps += 1
         if self.scheduler is not None and np.isfinite(total):
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -181,6 +194,13 @@ class Learner:
         for start in range(0, len(split), size):
             yield {m: x[start : start + size] for m, x in split.features.items()}
 
+    def _labelled_batches(self, split: MultimodalSplit) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """``split`` in order, eval_batch_size samples at a time, features and labels on the learner's device."""
+        size = self.config.eval_batch_size
+        for start, features in zip(range(0, len(split), size), self._batches(split), strict=True):
+            yield ({m: self._to_device(x) for m, x in features.items()},
+                   split.labels[start : start + size].to(self.device))
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
@@ -191,15 +211,22 @@ class Learner:
         return x
 
     @torch.no_grad()
-    def predict(self, split: MultimodalSplit) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Softmax outputs of every unimodal head and of the fusion head on ``split``."""
+    def predict(self, split: MultimodalSplit, zeroed: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Softmax outputs of every unimodal head and of the fusion head on ``split``.
+
+        The inputs of the modalities in ``zeroed`` are replaced by zeros (a masked modality, as
+        BalanceBenchmark masks one to measure its contribution).
+        """
         self.model.eval()
         unimodal: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
         fused = []
         for features in self._batches(split):
             chunk = {m: self._to_device(x) for m, x in features.items()}
+            chunk.update({m: torch.zeros_like(chunk[m]) for m in zeroed})
             with self._autocast():
-                logits, fused_logits = self.model(chunk)
+                encoded = {m: self.model.encoders[m](chunk[m]) for m in self.modalities}
+                logits = {m: self.model.heads[m](encoded[m]) for m in self.modalities}
+                fused_logits = self.method.fusion_logits(self.model, [encoded[m] for m in self.modalities])
             for m in self.modalities:
                 unimodal[m].append(logits[m].float().softmax(1).cpu())
             fused.append(self.method.fuse(logits, fused_logits).cpu())
@@ -220,6 +247,21 @@ class Learner:
         return float((fused.argmax(1) == labels).mean()), {
             m: float((p.argmax(1) == labels).mean()) for m, p in unimodal.items()
         }, status
+
+    def modality_shapley(self, split_name: str = "test") -> dict[str, float]:
+        """Shapley value of every modality to the fused accuracy on a split (:func:`shapley_values`).
+
+        The value of a set S of modalities is the fused accuracy with the inputs of the other
+        modalities zeroed; the values sum to the accuracy minus that with every input zeroed.
+        """
+        split = self.task.splits[split_name]
+        labels = split.labels.numpy()
+
+        def accuracy(present: frozenset[str]) -> float:
+            _, fused = self.predict(split, zeroed=[m for m in self.modalities if m not in present])
+            return float((fused.argmax(1) == labels).mean())
+
+        return shapley_values(accuracy, self.modalities)
 
     def probe_status(self) -> np.ndarray:
         """s(m) of every modality on the held-out probe slice."""
@@ -269,6 +311,7 @@ class Learner:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "planner": self.planner.state_dict(),
             "iteration": self.iteration,
+            "optimizer_steps": self.optimizer_steps,
             "samples_seen": self.samples_seen.tolist(),
             "method": self.method.state_dict(),
         }
@@ -311,6 +354,7 @@ class Learner:
         self.planner.load_state_dict(state["planner"])
         self._window_loader = None  # the prefetch stream restarts from the restored walk
         self.iteration = int(state["iteration"])
+        self.optimizer_steps = int(state.get("optimizer_steps", self.iteration))
         self.samples_seen = np.asarray(state["samples_seen"], dtype=np.int64)
         self.method.load_state_dict(state.get("method", {}))
 
@@ -360,11 +404,13 @@ class LearnerGroup:
             learner.planner.reseed(seed)
         self.learners[i] = learner
 
-    def step(self, counts: np.ndarray, active: np.ndarray | None = None) -> BatchedIterationStats:
-        """One iteration of every active learner, learner i with ``counts[i]``."""
+    def step(self, counts: np.ndarray, active: np.ndarray | None = None, progress: np.ndarray | None = None
+             ) -> BatchedIterationStats:
+        """One iteration of every active learner, learner i with ``counts[i]`` at ``progress[i]`` of its run."""
         counts = np.asarray(counts, dtype=np.int64)
         active = np.ones(self.n_learners, dtype=bool) if active is None else np.asarray(active, dtype=bool)
-        stats = [self.learner(i).step(counts[i]) if active[i] else None for i in range(self.n_learners)]
+        stats = [self.learner(i).step(counts[i], None if progress is None else float(progress[i])) if active[i]
+                 else None for i in range(self.n_learners)]
         return BatchedIterationStats.gather(stats, len(self.task.modalities))
 
     def accuracies(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,11 @@
-"""Classification metrics (accuracy, macro-F1, mAP) and the linear probe of an encoder's features."""
+"""Classification metrics (accuracy, macro-F1, mAP), Shapley values of modalities, the linear probe of an encoder."""
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable, Sequence
+from itertools import combinations
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -33,3 +36,31 @@ def linear_probe_accuracy(
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(train_features, train_labels)
     return float((probe.predict(test_features) == test_labels).mean())
+
+
+def shapley_values(value: Callable[[frozenset[str]], float], players: Sequence[str]) -> dict[str, float]:
+    """Exact Shapley value of every player for the set function ``value`` (called once per subset).
+
+    phi(m) = sum over subsets S of the others of |S|! (M - |S| - 1)! / M! * (value(S + m) - value(S)).
+    The values sum to value(all) - value(none). With ``value`` the fused accuracy when the
+    modalities outside S are zeroed, this is the per-modality contribution BalanceBenchmark reports.
+    """
+    M = len(players)
+    cache: dict[frozenset[str], float] = {}
+
+    def v(subset: frozenset[str]) -> float:
+        if subset not in cache:
+            cache[subset] = float(value(subset))
+        return cache[subset]
+
+    phi = {}
+    for m in players:
+        others = [p for p in players if p != m]
+        total = 0.0
+        for size in range(M):
+            weight = math.factorial(size) * math.factorial(M - size - 1) / math.factorial(M)
+            for subset in combinations(others, size):
+                s = frozenset(subset)
+                total += weight * (v(s | {m}) - v(s))
+        phi[m] = total
+    return phi

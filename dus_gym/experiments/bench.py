@@ -1,8 +1,11 @@
 """``dus-gym bench``: tasks x methods x samplers x seeds, in parallel, resumable; CSV, table and plots.
 
 Every cell is one training run (:func:`dus_gym.experiments.run.run_training`) at the task spec's budget in
-learner iterations, so every method and sampler gets the same number of learner iterations (MLA
-takes one optimiser step per modality per iteration, as its paper does). A finished cell is a JSON file
+learner iterations, so every method and sampler gets the same number of learner iterations. Equal
+iterations are not equal cost: the samplers draw different numbers of samples (and so run
+different numbers of epochs), and MLA takes one optimiser step per modality per iteration, so
+the table shows samples seen per modality, epochs, optimiser steps, FLOPs per iteration and wall
+time beside the accuracy, and paired differences to uniform and to the heuristic. A finished cell is a JSON file
 (plus an .npz of its count and CMD histories) written atomically under ``OUT/cells``; a rerun
 with the same settings skips it, so an interrupted bench continues where it stopped. The
 modalities trained alone (and their late fusion) are the reference rows of each task.
@@ -29,7 +32,7 @@ from tqdm.auto import tqdm
 
 from dus_gym.core.config import MAX_SHOWN, ConfigError, RunConfig, check_seeds, from_dict, to_dict
 from dus_gym.core.files import atomic_path, write_bytes_atomic, write_text_atomic
-from dus_gym.core.methods import METHODS, make_method
+from dus_gym.core.methods import METHODS, check_method_fusion, make_method
 from dus_gym.core.specs import deep_merge, resolve_run_config
 from dus_gym.experiments import readme as readme_block
 from dus_gym.experiments.run import DivergedError, run_training
@@ -37,7 +40,7 @@ from dus_gym.experiments.stats import format_mean_std, late_fusion_accuracy, mea
 from dus_gym.samplers import make_sampler, overrides_per_sampler
 from dus_gym.tasks import cached_task
 
-DEFAULT_METHODS = tuple(METHODS.names())  # joint, unimodal-aux, ogm-ge, mmpareto, mla
+DEFAULT_METHODS = tuple(METHODS.names())  # every registered method
 AXES = ("task", "sampler", "seed")
 """Run-config keys that are axes of the bench (set with --tasks, --samplers, --seeds), not overrides."""
 README_BLOCK = "bench"
@@ -50,7 +53,7 @@ class BenchConfig:
 
     Args:
         tasks: task names with a spec in envs/ (their budget, learner and CMD settings are used).
-        methods: balancing methods (dus_gym/methods.py).
+        methods: balancing methods (dus_gym/core/methods).
         samplers: samplers; "ppo" needs ``policy``.
         seeds: seeds of every cell.
         n_iterations: the budget of every run in learner iterations (None: each task spec's own).
@@ -165,6 +168,7 @@ def plan_cells(bench: BenchConfig) -> list[Cell]:
 def _validated(data: dict[str, Any], n_modalities: int) -> dict[str, Any]:
     """The cell's config, with its method and sampler built once: a bad setting or policy fails before any run."""
     config = from_dict(RunConfig, data)
+    check_method_fusion(config.learner.method, config.learner.fusion)
     make_method(config.learner.method, **config.learner.method_kwargs)
     key = json.dumps([config.sampler, config.learner.batch_size, n_modalities, config.sampler_kwargs], sort_keys=True,
                      default=str)
@@ -315,6 +319,10 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return mean_interval(values)[1:]
 
 
+REFERENCES = ("uniform", "heuristic")
+"""Samplers every other row of the same method is compared with, seed by seed (paired differences)."""
+
+
 def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
     """One row per (task, method, sampler) with the seeds' values; plus late fusion per task."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -331,8 +339,14 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
                "fused": None if alone else [x["test"]["fused"]["acc"] for x in s],
                "f1": [x["test"][alone]["f1"] for x in s] if alone else [x["test"]["fused"]["f1"] for x in s],
                "acc": {m: [x["test"][m]["acc"] for x in s] for m in modalities if alone in (None, m)},
+               "shapley": ({m: [x["shapley"][m] for x in s if x.get("shapley")] for m in modalities}
+                           if alone is None else {}),
                "gap": None if alone else [x["final_gap"] for x in s],
                "iterations": int(np.mean([x["iterations"] for x in s])) if s else None,
+               "samples": {m: [x["samples_seen"][m] for x in s] for m in modalities},
+               "epochs": [x["epochs"] for x in s],
+               "steps": [x["optimizer_steps"] for x in s if "optimizer_steps" in x],
+               "flops": [x["flops_per_iteration"] for x in s if x.get("flops_per_iteration") is not None],
                "seconds": [x["train_seconds"] for x in s]}
         rows.append(row)
     for task in dict.fromkeys(r["task"] for r in records):
@@ -348,19 +362,30 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
             late.append(late_fusion_accuracy([p["probabilities"] for p in parts], parts[0]["labels"]))
         rows.append({"task": task, "method": "late fusion", "sampler": "alone models", "alone": "late",
                      "modalities": modalities, "seeds": [], "diverged": 0, "fused": late, "f1": None, "acc": {},
-                     "gap": None,
-                     "iterations": None, "seconds": None})
-    for row in rows:  # paired difference to the same method with uniform sampling, seed by seed
-        row["delta"] = None
-        if row["alone"] is None and row["sampler"] != "uniform":
+                     "shapley": {}, "gap": None, "iterations": None, "samples": {}, "epochs": [], "steps": [],
+                     "flops": [], "seconds": None})
+    for row in rows:  # paired differences to the same method with the reference samplers, seed by seed
+        row["delta"] = {}
+        if row["alone"] is not None:
+            continue
+        for reference in REFERENCES:
             ref = next((r for r in rows if r["task"] == row["task"] and r["method"] == row["method"]
-                        and r["sampler"] == "uniform" and r["alone"] is None), None)
-            if ref is not None:  # over the seeds where neither run diverged
-                common = [seed for seed in row["seeds"] if seed in ref["seeds"]]
-                if common:
-                    row["delta"] = paired_interval([row["fused"][row["seeds"].index(x)] for x in common],
-                                                   [ref["fused"][ref["seeds"].index(x)] for x in common])
+                        and r["sampler"] == reference and r["alone"] is None), None)
+            if ref is not None and row["sampler"] != reference:
+                row["delta"][reference] = paired_difference(row["seeds"], row["fused"], ref["seeds"], ref["fused"])
     return rows
+
+
+def paired_difference(seeds: list[int], values: list[float], ref_seeds: list[int], ref_values: list[float]
+                      ) -> tuple[float, float, float] | None:
+    """Mean paired difference ``values - ref_values`` over the seeds both have, with its 95 % t interval.
+
+    None when the two have no seed in common (every run of one of them diverged).
+    """
+    common = [seed for seed in seeds if seed in ref_seeds]
+    if not common:
+        return None
+    return paired_interval([values[seeds.index(x)] for x in common], [ref_values[ref_seeds.index(x)] for x in common])
 
 
 def _pm(values: Iterable[float] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -370,33 +395,55 @@ def _pm(values: Iterable[float] | None, scale: float = 100.0, digits: int = 1) -
     return format_mean_std(values, scale, digits) if len(values) > 1 else f"{scale * values[0]:.{digits}f}"
 
 
+def _mean(values: Iterable[float] | None, digits: int = 0, scale: float = 1.0) -> str:
+    values = list(values or [])
+    return f"{scale * float(np.mean(values)):.{digits}f}" if values else "—"
+
+
+def format_delta(delta: tuple[float, float, float] | None) -> str:
+    """A paired difference in points with its interval, or a dash (nan bounds: one seed)."""
+    if delta is None:
+        return "—"
+    d, lo, hi = delta
+    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def format_bench_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown tables (one per task): mean ± std, the 95 % interval of the mean, and Δ vs uniform."""
+    """Markdown tables (one per task): accuracy with its interval and paired differences, beside what it cost.
+
+    Per row: mean ± std over seeds of the fused accuracy and its 95 % interval (clipped to [0, 100]),
+    each modality's head accuracy and Shapley contribution to the fused accuracy, the paired
+    differences to uniform and to the heuristic sampler (same method, same seeds) with their 95 %
+    intervals, final |CMD|, and the cost: samples seen per modality, epochs, optimiser steps, model
+    FLOPs per iteration (forward and backward) and wall time per run.
+    """
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
         modalities = task_rows[0]["modalities"]
+        iterations = sorted({r["iterations"] for r in task_rows if r["iterations"]})
         head = (["method", "sampler", "fused acc", "95% CI"] + [f"acc {m}" for m in modalities]
-                + ["macro-F1", "final abs(CMD)", "Δ fused vs uniform [95% CI]", "iterations", "wall s", "seeds"])
-        lines = [f"**{task}** (test accuracy and macro-F1 in %)", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                + [f"Shapley {m}" for m in modalities]
+                + ["Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "final abs(CMD)"]
+                + [f"samples {m}" for m in modalities] + ["epochs", "steps", "MFLOP/iter", "wall s", "seeds"])
+        budget = ", ".join(str(i) for i in iterations) or "—"
+        lines = [f"**{task}** ({budget} learner iterations per run; accuracies, Shapley values and differences in "
+                 "points of test accuracy)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in task_rows:
             fused = r["fused"]
             lo, hi = _interval(fused) if fused else (float("nan"), float("nan"))
             # an accuracy lies in [0, 100] %: the t interval is shown clipped to it
             ci = f"[{max(0.0, 100 * lo):.1f}, {min(100.0, 100 * hi):.1f}]" if fused and len(fused) > 1 else "—"
-            delta = "—"
-            if r["delta"] is not None:
-                d, dlo, dhi = r["delta"]
-                delta = f"{100 * d:+.1f} [{100 * dlo:+.1f}, {100 * dhi:+.1f}]"
             method = f"alone ({r['sampler']})" if r["alone"] not in (None, "late") else r["method"]
             sampler = "—" if r["alone"] not in (None, "late") else r["sampler"]
             row = [method, sampler, _pm(fused), ci]
             row += [_pm(r["acc"].get(m)) for m in modalities]
-            row += [_pm(r["f1"]), _pm(r["gap"], scale=1.0, digits=3), delta,
-                    str(r["iterations"]) if r["iterations"] else "—",
-                    f"{np.mean(r['seconds']):.1f}" if r["seconds"] else "—",
-                    _seeds_cell(r)]
+            row += [_pm(r["shapley"].get(m)) for m in modalities]
+            row += [format_delta(r["delta"].get(ref)) for ref in REFERENCES]
+            row += [_pm(r["gap"], scale=1.0, digits=3)]
+            row += [_mean(r["samples"].get(m)) for m in modalities]
+            row += [_mean(r["epochs"], 1), _mean(r["steps"]), _mean(r["flops"], 2, 1e-6),
+                    _mean(r["seconds"], 1), _seeds_cell(r)]
             lines.append("| " + " | ".join(row) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
@@ -411,8 +458,9 @@ def results_csv(records: list[dict[str, Any]]) -> str:
     """One line per cell: identifiers, fused and per-modality metrics, |CMD|, counts, iterations, time."""
     modalities = list(dict.fromkeys(m for r in records for m in r["summary"]["modalities"]))
     fields = (["task", "method", "sampler", "seed", "fused_acc", "fused_f1", "fused_map"]
-              + [f"{k}_{m}" for m in modalities for k in ("acc", "f1", "mean_count", "final_cmd")]
-              + ["final_abs_cmd", "iterations", "epochs", "train_seconds", "diverged"])
+              + [f"{k}_{m}" for m in modalities for k in ("acc", "f1", "mean_count", "samples", "shapley", "final_cmd")]
+              + ["final_abs_cmd", "iterations", "epochs", "optimizer_steps", "flops_per_iteration", "train_seconds",
+                 "diverged"])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -425,6 +473,8 @@ def results_csv(records: list[dict[str, Any]]) -> str:
             continue
         line = {"task": r["task"], "method": r["method"], "sampler": r["sampler"], "seed": r["seed"],
                 "iterations": s["iterations"], "epochs": f"{s['epochs']:.3f}",
+                "optimizer_steps": s.get("optimizer_steps", ""),
+                "flops_per_iteration": s.get("flops_per_iteration") or "",
                 "train_seconds": f"{s['train_seconds']:.2f}"}
         if alone is None:
             line.update({"fused_acc": s["test"]["fused"]["acc"], "fused_f1": s["test"]["fused"]["f1"],
@@ -433,9 +483,10 @@ def results_csv(records: list[dict[str, Any]]) -> str:
             if alone not in (None, m):
                 continue
             line.update({f"acc_{m}": s["test"][m]["acc"], f"f1_{m}": s["test"][m]["f1"],
-                         f"mean_count_{m}": s["mean_counts"][m]})
+                         f"mean_count_{m}": s["mean_counts"][m], f"samples_{m}": s["samples_seen"][m]})
             if alone is None:
                 line[f"final_cmd_{m}"] = s["final_cmd"][m]
+                line[f"shapley_{m}"] = s.get("shapley", {}).get(m, "")
         writer.writerow(line)
     return buffer.getvalue()
 

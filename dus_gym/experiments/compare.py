@@ -1,4 +1,4 @@
-"""Several samplers over several seeds on one task: a table with paired differences to uniform."""
+"""Several samplers over several seeds on one task: a table with paired differences to uniform and to the heuristic."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from dus_gym.core.config import RunConfig, check_seeds
+from dus_gym.core.config import ConfigError, RunConfig, check_seeds
 from dus_gym.core.files import write_text_atomic
 from dus_gym.experiments.run import RunResult, run_training
 from dus_gym.experiments.stats import format_mean_std, late_fusion_accuracy, paired_interval
 from dus_gym.tasks import make_task
 
-REFERENCE = "uniform"
+REFERENCES = ("uniform", "heuristic")
+"""The samplers every other row is compared with, seed by seed (when they are among the samplers)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,23 @@ class SamplerSpec:
     label: str
     name: str
     kwargs: dict[str, Any]
+
+
+def check_controls(labels: list[str], seeds: list[int], controls: bool) -> None:
+    """Refuse the policy controls where they cannot be formed (one line, before any run).
+
+    ``ppo-mean`` and ``ppo-replay`` are built from the ``ppo`` sampler's runs, and ``ppo-replay``
+    replays on seed i the schedule chosen on another seed: with a single seed it would replay the
+    policy's own schedule on the same seed.
+    """
+    if not controls:
+        return
+    if "ppo" not in labels:
+        raise ConfigError("the controls (ppo-mean, ppo-replay) are formed from the ppo sampler's runs: add ppo to "
+                          "the samplers (with --policy) or drop --controls")
+    if len(seeds) < 2:
+        raise ConfigError("ppo-replay replays on each seed the schedule the policy chose on another seed: give at "
+                          "least two seeds, or drop the controls")
 
 
 DEFAULT_GRID = ((16, 128), (32, 128), (64, 128), (32, 96), (128, 64), (128, 32))
@@ -51,8 +69,11 @@ def run_comparison(
     Returns the JSON-serialisable record that is also written to ``out_dir/compare.json``.
     """
     check_seeds(seeds)
+    check_controls([spec.label for spec in samplers], list(seeds), controls)
     task = make_task(base.task, **base.task_kwargs)
     M, B = len(task.modalities), base.learner.batch_size
+    if grid and M != 2:  # before any run
+        raise ValueError(f"the constant-count grid is defined for 2 modalities, this task has {M}")
     runs: dict[str, list[dict[str, Any]]] = {}
     results: dict[str, list[RunResult]] = {}
 
@@ -68,15 +89,13 @@ def run_comparison(
 
     for spec in samplers:
         run_all(spec.label, spec.name, spec.kwargs)
-    if controls and "ppo" in results:
+    if controls:
         policy_runs = results["ppo"]
         mean_counts = np.rint(np.mean([r.counts.mean(0) for r in policy_runs], axis=0)).astype(int).tolist()
         run_all("ppo-mean", "constant", {"counts": mean_counts})
         run_all("ppo-replay", "schedule",
                 lambda i: {"schedule": policy_runs[(i + 1) % len(seeds)].counts.tolist()})
     if grid:
-        if M != 2:
-            raise ValueError(f"the constant-count grid is defined for 2 modalities, this task has {M}")
         cells = []
         for counts in DEFAULT_GRID:
             label = f"constant{list(counts)}".replace(" ", "")
@@ -103,14 +122,18 @@ def run_comparison(
 
 
 def format_table(record: dict[str, Any]) -> str:
-    """A markdown table: mean ± std over seeds, and the paired difference to uniform with its 95 % CI."""
+    """A markdown table: mean ± std over seeds, paired differences with their 95 % CI, and each row's cost.
+
+    The differences are to uniform and to the heuristic (same seeds); the cost is samples seen per
+    modality, epochs, optimiser steps, FLOPs per iteration and wall time per run.
+    """
     modalities = record["modalities"]
     runs = record["runs"]
     head = (["sampler", "fused acc"] + [f"acc {m}" for m in modalities] + [f"probe {m}" for m in modalities]
-            + ["Δ fused vs uniform [95% CI]", "final abs(CMD)", "iterations"]
-            + [f"samples {m}" for m in modalities] + ["wall s"])
+            + [f"Shapley {m}" for m in modalities]
+            + [f"Δ fused vs {ref} [95% CI]" for ref in REFERENCES] + ["final abs(CMD)", "iterations"]
+            + [f"samples {m}" for m in modalities] + ["epochs", "steps", "MFLOP/iter", "wall s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    reference = runs.get(REFERENCE)
     for label, rs in runs.items():
         alone_of = label.split(":", 1)[1] if label.startswith("alone:") else None
         fused = [r["test"]["fused"]["acc"] for r in rs]
@@ -121,15 +144,25 @@ def format_table(record: dict[str, Any]) -> str:
             row.append(format_mean_std([r["test"][m]["acc"] for r in rs]) if alone_of in (None, m) else "—")
         for m in modalities:
             row.append(format_mean_std([r["probe_acc"][m] for r in rs]) if alone_of in (None, m) else "—")
-        if reference is not None and alone_of is None and label != REFERENCE and len(reference) == len(rs):
-            d, lo, hi = paired_interval(fused, [r["test"]["fused"]["acc"] for r in reference])
-            row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
-        else:
-            row.append("—")
+        for m in modalities:
+            shapley = [r["shapley"][m] for r in rs if r.get("shapley")]
+            row.append(format_mean_std(shapley) if shapley and alone_of is None else "—")
+        for ref in REFERENCES:
+            reference = runs.get(ref)
+            if reference is not None and alone_of is None and label != ref and len(reference) == len(rs):
+                d, lo, hi = paired_interval(fused, [r["test"]["fused"]["acc"] for r in reference])
+                row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+            else:
+                row.append("—")
         row.append("—" if alone_of else format_mean_std([r["final_gap"] for r in rs], scale=1.0, digits=3))
         row.append(f"{int(np.mean([r['iterations'] for r in rs]))}")
         for m in modalities:
             row.append(f"{np.mean([r['samples_seen'][m] for r in rs]):.0f}")
+        row.append(f"{np.mean([r['epochs'] for r in rs]):.1f}")
+        steps = [r["optimizer_steps"] for r in rs if "optimizer_steps" in r]
+        row.append(f"{np.mean(steps):.0f}" if steps else "—")
+        flops = [r["flops_per_iteration"] for r in rs if r.get("flops_per_iteration") is not None]
+        row.append(f"{np.mean(flops) / 1e6:.2f}" if flops else "—")
         row.append(f"{np.mean([r['train_seconds'] for r in rs]):.1f}")
         lines.append("| " + " | ".join(row) + " |")
     if record.get("late_fusion_acc"):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from dus_gym.core.backend import BatchedIterationStats
 from dus_gym.core.checkpoint import rng_state, set_rng_state
@@ -72,6 +73,8 @@ class TrainingRun:
         """The last iteration's stats (one row)."""
         self.validation: Evaluation | None = None
         """The validation of the last iteration, when it was evaluated (else None)."""
+        self.flops: list[int] = []
+        """FLOPs of the sampled iterations (the ``config.flops_every``-th, twice that, ...; forward and backward)."""
         self.elapsed = 0.0
         self._clock = time.perf_counter()
 
@@ -84,6 +87,11 @@ class TrainingRun:
     def checkpoint_path(self) -> Path | None:
         """Where the run checkpoint goes (None without a run folder)."""
         return self.run_dir / CHECKPOINT_NAME if self.run_dir is not None else None
+
+    @property
+    def flops_per_iteration(self) -> float | None:
+        """Mean FLOPs of the sampled iterations (None when none was counted)."""
+        return float(np.mean(self.flops)) if self.flops else None
 
     def start_clock(self) -> None:
         """Start timing the training (the loop)."""
@@ -121,7 +129,14 @@ class TrainingRun:
         """
         t = self.iteration
         counts = np.asarray(self.sampler.counts(self.sampler_state()), dtype=np.int64)
-        stats = self.episodes.iterate(counts[None])
+        every = self.config.flops_every
+        if every and (t + 1) % every == 0 and not self.config.learner.compile:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                stats = self.episodes.iterate(counts[None])
+            self.flops.append(int(counter.get_total_flops()))
+        else:
+            stats = self.episodes.iterate(counts[None])
         if not stats.finite[0]:
             path = self.checkpoint_path
             kept = (f"; the last good checkpoint ({_checkpoint_iteration(path)}) is kept in {path}"
@@ -151,6 +166,7 @@ class TrainingRun:
             "history": torch.from_numpy(self.history[:t].copy()),
             "cmd_history": torch.from_numpy(self.cmd_history[:t].copy()),
             "last_status": torch.from_numpy(self.episodes.last_status[0].copy()), "val_curve": self.val_curve,
+            "flops": list(self.flops),
             "rng": rng_state(),
         }
 
@@ -168,6 +184,7 @@ class TrainingRun:
         self.cmd_history[:t] = state["cmd_history"].numpy()
         self.episodes.last_status[0] = state["last_status"].numpy().astype(np.float64)
         self.val_curve = list(state["val_curve"])
+        self.flops = [int(f) for f in state.get("flops", [])]
         set_rng_state(state["rng"])
 
 

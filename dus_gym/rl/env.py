@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 
 from dus_gym.core.backend import LearnerBackend
 from dus_gym.core.config import Budget, CMDConfig, ConfigError, EnvConfig, FamilyConfig, LearnerConfig, from_dict
@@ -109,6 +110,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     ) -> None:
         check_render_mode(render_mode)
         self.render_mode = render_mode
+        self._spec: EnvSpec | None = None
         self.learner_config = learner if isinstance(learner, LearnerConfig) else from_dict(
             LearnerConfig, learner or {}, "learner")
         self.cmd_config = cmd if isinstance(cmd, CMDConfig) else from_dict(CMDConfig, cmd or {}, "cmd")
@@ -158,6 +160,22 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         """Episodes with this env's settings on ``learners`` (one here; N in :class:`VecDUSEnv`)."""
         return Episodes(learners, self.task.modalities, self.learner_config.batch_size, self.n_iterations,
                         self.cmd_config.window, self.layout, self.config)
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """The env's Gymnasium spec; marked nondeterministic whenever the learner may run on a GPU.
+
+        ``gymnasium.make`` sets the registered spec with the caller's overrides merged in; a spec
+        registered for the CPU but overridden to ``learner.device=cuda`` (or ``auto``) is then
+        nondeterministic, as a spec registered for a GPU is (cuDNN and cuBLAS are not bit-reproducible).
+        """
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        if value is not None and self.learner_config.device != "cpu" and not value.nondeterministic:
+            value = replace(value, nondeterministic=True)
+        self._spec = value
 
     @property
     def learner(self) -> Learner:

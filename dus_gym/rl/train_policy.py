@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from dus_gym.core.config import ConfigError, check_seeds, to_dict
 from dus_gym.core.files import new_run_folder, write_text_atomic
 from dus_gym.core.specs import sampler_settings, specs_dir
-from dus_gym.experiments.compare import SamplerSpec, run_comparison
+from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
 from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
 from dus_gym.rl.hyperparams import AgentHyperparams, load_hyperparams
@@ -92,6 +92,8 @@ class TrainPolicyConfig:
         if self.eval_freq < 0 or self.checkpoint_freq < 1:
             raise ConfigError(f"eval_freq must be >= 0 and checkpoint_freq >= 1, got {self.eval_freq} and "
                               f"{self.checkpoint_freq}")
+        if self.evaluate:
+            check_controls(["ppo"], list(self.eval_seeds), self.controls)
 
 
 def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Path:

@@ -27,8 +27,11 @@ class HeuristicSampler(Sampler):
     """DUS heuristic: n(m) = clip(round(M B softmax_m(-alpha d(m))), n_min, n_max).
 
     The modality ahead (d > 0) gets fewer samples, the one behind more; with d = 0 every modality
-    gets B. During the first ``warmup`` iterations every modality gets B (the CMD is still noise).
-    For two modalities d(m) = +-(c(a) - c(b)) / 2, so alpha acts on half the gap between them.
+    gets B. d(m) = c(m) - mean_k c(k): for two modalities d(a) = (c(a) - c(b)) / 2, so
+    n(a) = 2B / (1 + exp(alpha (c(a) - c(b)))): alpha acts on half the gap, and alpha = 10 here
+    is as sharp as 5 would be on the gap c(a) - c(b) itself. During the first ``warmup``
+    iterations every modality gets B; the default is 0 (the heuristic acts from the first
+    iteration, on a CMD that is then an average of few statuses).
     With ``allocation`` the M B samples of an iteration are split exactly by the same softmax
     (:func:`dus_gym.samplers.action.allocate`, n_min each at least, n_max unused): every iteration
     then costs M B samples, as uniform sampling does (a compute-fair comparison).
@@ -39,7 +42,7 @@ class HeuristicSampler(Sampler):
         alpha: sharpness, bounded to [0, 100] (an aggressive alpha hurt at short budgets).
         n_min: smallest count (>= 1).
         n_max: largest count (>= n_min).
-        warmup: iterations at B each before the heuristic acts.
+        warmup: iterations at B each before the heuristic acts (default 0: none).
         allocation: split exactly M B samples (True) or clip each count to [n_min, n_max] (False).
     """
 

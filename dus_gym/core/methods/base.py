@@ -2,17 +2,18 @@
 
 A method receives the iteration's per-modality batches (the sampler's counts, see docs/method.md)
 and leaves gradients for the optimiser, or steps the optimiser itself (``mla``). Every method
-works with every sampler. Those that train only on the paired part (``joint``, ``ogm-ge`` without
-``aux``) see the counts through the paired batch size min_m n(m); the extra samples of a modality
-then only train its unimodal head on detached features, which keeps the CMD measurable.
+works with every sampler. Those that train the encoders on the paired part (``joint``,
+``ogm-ge`` without ``aux``, ``pmr``, ``agm``, ``mmcosine``) see the counts through the paired batch
+size min_m n(m) (PMR's prototype loss also through n(m)); the extra samples of a modality train
+its unimodal head on detached features, which keeps the CMD measurable.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +33,10 @@ class IterationBatch:
         n_paired: samples shared by all modalities (the first min_m n(m) of every batch).
         paired_target: labels of the paired samples (None when no sample is paired).
         epoch_fraction: position of the batch in the current epoch, in [0, 1).
+        epoch: epochs of the data walk completed before this batch.
+        progress: iterations done / the run's budget, in [0, 1) (None when the learner is not
+            told its budget: methods with a window over training then act at every iteration).
+        batch_size: the base batch size B (None: not known).
     """
 
     inputs: dict[str, torch.Tensor]
@@ -40,16 +45,26 @@ class IterationBatch:
     n_paired: int
     paired_target: torch.Tensor | None
     epoch_fraction: float
+    epoch: int = 0
+    progress: float | None = None
+    batch_size: int | None = None
 
 
 @dataclass
 class StepContext:
-    """What a method may use: the network, its (possibly compiled) encoders, the optimiser, autocast."""
+    """What a method may use: the network, its (possibly compiled) encoders, the optimiser, autocast.
+
+    ``splits`` gives the learner's own data by name ("train": the training split less the probe,
+    "val": the validation split), for methods that measure the model on data (PMR's prototypes,
+    G-Blending's losses); ``batches`` iterates a split in evaluation-sized chunks.
+    """
 
     model: nn.Module
     encoders: dict[str, nn.Module]
     optimizer: torch.optim.Optimizer
     autocast: Callable[[], AbstractContextManager]
+    splits: dict[str, Any] = field(default_factory=dict)
+    batches: Callable[[Any], Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]] | None = None
 
 
 @dataclass
@@ -61,14 +76,15 @@ class MethodOutput:
         fusion_loss: CE of the fusion head on the paired samples (nan when none is paired or unused).
         unimodal_losses: per modality with a positive count, the CE of its head on its own samples.
         status: per modality with a positive count, its learning status s(m) on its own samples.
-        stepped: True when the method already stepped the optimiser (the learner then does not).
+        optimizer_steps: None when the learner is to step the optimiser (once, when the loss is
+            finite); else the number of steps the method took itself (MLA: one per modality).
     """
 
     loss: torch.Tensor
     fusion_loss: torch.Tensor
     unimodal_losses: dict[str, torch.Tensor]
     status: dict[str, torch.Tensor]
-    stepped: bool = False
+    optimizer_steps: int | None = None
 
 
 class Method(ABC):
@@ -79,6 +95,8 @@ class Method(ABC):
     """True when all modalities share one classification head (the model is built that way)."""
     batchable: ClassVar[bool] = False
     """True when :class:`dus_gym.core.batched_learner.BatchedLearner` can run it (N learners in one computation)."""
+    fusions: ClassVar[tuple[str, ...] | None] = None
+    """The fusion heads (``learner.fusion``) the method is defined for (None: every one)."""
 
     def setup(self, model: nn.Module, modalities: tuple[str, ...], device: torch.device, seed: int) -> None:
         """Called once by the learner after the model is built (methods with state or noise)."""
@@ -88,8 +106,12 @@ class Method(ABC):
     def step(self, ctx: StepContext, batch: IterationBatch) -> MethodOutput:
         """Forward, loss and backward pass for one iteration."""
 
+    def fusion_logits(self, model: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
+        """Fused logits of paired per-modality features, in training and at evaluation (default: the fusion head)."""
+        return model.fuse(features)
+
     def fuse(self, logits: dict[str, torch.Tensor], fused_logits: torch.Tensor) -> torch.Tensor:
-        """Fused class probabilities at evaluation (default: softmax of the fusion head)."""
+        """Fused class probabilities at evaluation (default: softmax of :meth:`fusion_logits`)."""
         return fused_logits.float().softmax(1)
 
     def state_dict(self) -> dict[str, Any]:
@@ -98,6 +120,36 @@ class Method(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (stateless methods restore nothing)
         """Restore :meth:`state_dict`."""
+
+
+def in_window(progress: float | None, start: float, end: float) -> bool:
+    """Whether a method's window [start, end) of the budget holds ``progress`` (always, when progress is unknown)."""
+    return progress is None or start <= progress < end
+
+
+def fusion_parts(model: nn.Module, dims: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fusion head's (weight, bias) part that reads each modality, for features of sizes ``dims``.
+
+    Concatenation: the columns of the fusion weight that read m's features and b / M (the split of
+    OGM-GE's and MMCosine's code); sum: m's own linear map. The gated and FiLM heads do not split.
+    """
+    kind = getattr(model, "fusion_kind", "concat")
+    if kind == "sum":
+        return [(part.weight, part.bias) for part in model.fusion.parts]
+    if kind != "concat":
+        raise ValueError(f"the fusion head '{kind}' does not split by modality (concat and sum do)")
+    weight, bias = model.fusion.weight, model.fusion.bias
+    parts, start = [], 0
+    for d in dims:
+        parts.append((weight[:, start : start + d], bias / len(dims)))
+        start += d
+    return parts
+
+
+def modality_logits(model: nn.Module, features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The fusion head's logits split by modality: out_m = h_m W_m^T + b_m (:func:`fusion_parts`; OGM-GE's scores)."""
+    parts = fusion_parts(model, [h.shape[1] for h in features])
+    return [h @ w.to(h.dtype).T + b.to(h.dtype) for h, (w, b) in zip(features, parts, strict=True)]
 
 
 def nan_scalar(device: torch.device) -> torch.Tensor:
@@ -122,8 +174,12 @@ class Forward:
     fusion_loss: torch.Tensor
 
 
-def forward(ctx: StepContext, batch: IterationBatch, modalities: tuple[str, ...], detach_heads: bool) -> Forward:
-    """Encode every modality's samples, score its head (CE and status) and the fusion head on the paired part."""
+def forward(ctx: StepContext, batch: IterationBatch, modalities: tuple[str, ...], detach_heads: bool,
+            fuse: Callable[[nn.Module, list[torch.Tensor]], torch.Tensor] | None = None) -> Forward:
+    """Encode every modality's samples, score its head (CE and status) and the fused logits on the paired part.
+
+    ``fuse(model, features)`` gives the fused logits (default: the model's fusion head).
+    """
     model = ctx.model
     encoded, ces, status = {}, {}, {}
     device = next(iter(batch.targets.values())).device
@@ -134,8 +190,9 @@ def forward(ctx: StepContext, batch: IterationBatch, modalities: tuple[str, ...]
             logits = model.heads[m](encoded[m].detach() if detach_heads else encoded[m])
             ces[m], status[m] = head_terms(logits, batch.targets[m])
         if batch.n_paired > 0:
-            paired = torch.cat([encoded[m][: batch.n_paired] for m in modalities], dim=1)
-            fusion = head_terms(model.fusion(paired), batch.paired_target)[0]
+            paired = [encoded[m][: batch.n_paired] for m in modalities]
+            fused = fuse(model, paired) if fuse is not None else model.fuse(paired)
+            fusion = head_terms(fused, batch.paired_target)[0]
     return Forward(encoded, ces, status, fusion)
 
 

@@ -15,8 +15,9 @@ from dus_gym.core.objectives import head_terms
 def mla_projector_update(projector: torch.Tensor, features: torch.Tensor, alpha: float) -> torch.Tensor:
     """MLA's gradient-modification projector after a batch (recursive orthogonal projection).
 
-    With r the batch's mean feature (1 x d) and k = P r^T: P <- P - k k^T / (alpha + r k), then
-    P <- P / |P|_F (the authors' implementation normalises by the Frobenius norm).
+    With r the batch's mean feature (1 x d) and k = P r^T: P <- P - k k^T / (alpha + r k) (the
+    paper's recursive projector), then P <- P / |P|_F (the Frobenius normalisation written in the
+    authors' code, in a branch that never runs there: see :class:`MLA`).
     """
     r = features.float().mean(0, keepdim=True)
     k = projector @ r.T
@@ -41,14 +42,19 @@ class MLA(Method):
 
     Every iteration trains the modalities in turn, each on its own n(m) samples with its own
     optimiser step: encoder m and the shared head on w(m) CE(head(encoder_m(x))). Before each step
-    but the very first, the shared head's weight gradient is projected with P (see
-    :func:`mla_projector_update`, alpha = 0.1^(1 + position in the epoch) as in the authors' code)
-    so that a modality's update disturbs the others' less. At evaluation the modalities are fused
-    by :func:`entropy_fusion`; the concatenation fusion head is not used.
+    but the very first, the shared head's weight gradient is projected, grad <- grad P^T, with the
+    recursive projector P of the paper (see :func:`mla_projector_update`), so that a modality's
+    update disturbs the others' less. This follows the paper: in the authors' code the projection
+    sits behind a parameter-name check (``n == "weight"``) that no parameter name matches, so it
+    never runs there (and would add grad P^T to grad rather than replace it). The schedule
+    alpha = 0.1^(1 + position in the epoch) and the Frobenius normalisation are taken from that
+    unreached code. At evaluation the modalities are fused by :func:`entropy_fusion`; the fusion
+    head is not used. One iteration takes M optimiser steps (counted in ``optimizer_steps``).
     """
 
     name = "mla"
     shared_head = True
+    fusions = ("concat",)  # the fusion head is not used: other fusion settings would mislead
 
     def setup(self, model: nn.Module, modalities: tuple[str, ...], device: torch.device, seed: int) -> None:
         """The projector starts as the identity over the shared feature size."""
@@ -60,7 +66,7 @@ class MLA(Method):
     def step(self, ctx: StepContext, batch: IterationBatch) -> MethodOutput:
         """One optimiser step per modality (a modality whose loss is NaN/inf is not stepped)."""
         head = ctx.model.heads[self.modalities[0]]
-        ces, status, total = {}, {}, []
+        ces, status, total, steps = {}, {}, [], 0
         alpha = 0.1 ** (1 + batch.epoch_fraction)
         for m, x in batch.inputs.items():
             ctx.optimizer.zero_grad(set_to_none=True)
@@ -76,9 +82,11 @@ class MLA(Method):
             total.append(loss.detach())
             if math.isfinite(float(loss.detach())):
                 ctx.optimizer.step()
+                steps += 1
         ctx.optimizer.zero_grad(set_to_none=True)
         device = batch.paired_target.device if batch.paired_target is not None else self.projector.device
-        return MethodOutput(sum(total, torch.zeros((), device=device)), nan_scalar(device), ces, status, stepped=True)
+        return MethodOutput(sum(total, torch.zeros((), device=device)), nan_scalar(device), ces, status,
+                            optimizer_steps=steps)
 
     def fuse(self, logits: dict[str, torch.Tensor], fused_logits: torch.Tensor) -> torch.Tensor:
         """Entropy-weighted fusion of the shared head's outputs."""

@@ -9,16 +9,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from dus_gym.core.config import ConfigError
-from dus_gym.core.methods.base import IterationBatch, Method, MethodOutput, StepContext, forward, total_loss
+from dus_gym.core.methods.base import (
+    IterationBatch,
+    Method,
+    MethodOutput,
+    StepContext,
+    forward,
+    in_window,
+    modality_logits,
+    total_loss,
+)
+
+PARAMETER_RULES = ("auto", "conv", "weights")
+"""Which parameters of an encoder OGM-GE modulates (``params``)."""
 
 
 def ogm_ge_coefficients(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     """OGM-GE's modulation coefficient k(m) of every modality (Peng et al. 2022, Eq. 10).
 
     With the score s(m) = sum over the batch of softmax(out_m)[y] (out_m: the fusion head's output
-    restricted to m's features, plus its share of the bias), the discrepancy ratio is
-    rho(m) = s(m) / s(other) for two modalities (ours for M > 2: s(m) / mean of the others), and
-    k(m) = 1 - tanh(alpha * rho(m)) when rho(m) > 1 (the leading modality is slowed), else 1.
+    restricted to m's features), the discrepancy ratio is rho(m) = s(m) / s(other) for two
+    modalities (ours for M > 2: s(m) / mean of the others), and k(m) = 1 - tanh(alpha * rho(m))
+    when rho(m) > 1 (the leading modality is slowed), else 1.
     """
     M = scores.numel()
     if M < 2:
@@ -28,60 +40,95 @@ def ogm_ge_coefficients(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.where(ratio > 1, 1 - torch.tanh(alpha * F.relu(ratio)), torch.ones_like(ratio))
 
 
+def noise_scale(n_paired: int, batch_size: int) -> float:
+    """The GE noise's scale for a paired batch of ``n_paired`` samples: min(1, sqrt(n_paired / B)).
+
+    The noise's std is the spread of the batch gradient's entries; with fewer than B paired
+    samples that spread grows as 1 / sqrt(n_paired), and so would the noise. Scaling by
+    sqrt(n_paired / B) gives it the spread of a batch of B (the authors' batch), and leaves the
+    authors' noise unchanged whenever at least B samples are paired.
+    """
+    return min(1.0, (n_paired / batch_size) ** 0.5)
+
+
+def modulated_parameters(encoder: nn.Module, rule: str) -> list[nn.Parameter]:
+    """The parameters of ``encoder`` that OGM-GE modulates under ``rule``.
+
+    - ``conv``: convolution kernels (tensors of 3 or more dimensions; the authors' code modulates
+      the 4-d kernels of its ResNet-18s, each followed by BatchNorm);
+    - ``weights``: every weight tensor (2 or more dimensions; biases left alone, as BalanceBenchmark);
+    - ``auto``: ``conv`` for an encoder with convolution kernels, else ``weights`` (an MLP).
+    """
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    kernels = [p for p in params if p.dim() >= 3]
+    if rule == "conv" or (rule == "auto" and kernels):
+        return kernels
+    return [p for p in params if p.dim() >= 2]
+
+
 class OGMGE(Method):
     """On-the-fly gradient modulation with generalisation enhancement (Peng et al., CVPR 2022).
 
-    After the backward pass of the fusion CE, every weight tensor (dim >= 2) of modality m's
-    encoder gets grad <- k(m) grad + N(0, std(grad)^2) (the GE noise; OGM without it). The
-    authors' code modulates convolution kernels only; our encoders include MLPs, so every weight
-    tensor of the encoder is modulated and biases are left alone.
+    After the backward pass of the fusion CE, within the modulation window, every modulated
+    parameter of modality m's encoder (see :func:`modulated_parameters`) gets
+    grad <- k(m) grad + N(0, (c std(grad))^2): the coefficient of :func:`ogm_ge_coefficients` and
+    the GE noise (OGM without it), with c = :func:`noise_scale` (1 when at least B samples are
+    paired). Outside the window the fusion gradient is left as it is (joint training).
 
     Args:
         alpha: the modulation strength; 0.8 as in the authors' published run scripts.
         ge: add the generalisation-enhancement noise (OGM-GE); False gives plain OGM.
         aux: add DUS's unimodal losses on each modality's own samples (not part of OGM-GE itself).
+        start: the window's start, as a fraction of the run's budget.
+        end: the window's end (exclusive), as a fraction of the budget; 0.5: epochs 0-50 of 100
+            in the authors' scripts.
+        params: which encoder parameters are modulated: "auto", "conv" or "weights" (see
+            :func:`modulated_parameters`).
     """
 
     name = "ogm-ge"
+    fusions = ("concat", "sum")
 
-    def __init__(self, alpha: float = 0.8, ge: bool = True, aux: bool = False) -> None:
+    def __init__(self, alpha: float = 0.8, ge: bool = True, aux: bool = False, start: float = 0.0,
+                 end: float = 0.5, params: str = "auto") -> None:
         if not alpha > 0:
             raise ConfigError(f"ogm-ge alpha must be > 0, got {alpha}")
+        if not 0.0 <= start <= end <= 1.0:
+            raise ConfigError(f"ogm-ge needs 0 <= start <= end <= 1 (fractions of the budget), got {start}, {end}")
+        if params not in PARAMETER_RULES:
+            raise ConfigError(f"ogm-ge params must be one of {list(PARAMETER_RULES)}, got '{params}'")
         self.alpha, self.ge, self.aux = float(alpha), bool(ge), bool(aux)
+        self.start, self.end, self.params = float(start), float(end), params
 
     def setup(self, model: nn.Module, modalities: tuple[str, ...], device: torch.device, seed: int) -> None:
         """Seed the GE noise (its own generator on the learner's device: no global RNG is touched)."""
         super().setup(model, modalities, device, seed)
         self.generator = torch.Generator(device=device).manual_seed(seed + 7919)
+        self.modulated = {m: modulated_parameters(model.encoders[m], self.params) for m in modalities}
 
     def scores(self, model: nn.Module, encoded: dict[str, torch.Tensor], n_paired: int,
                target: torch.Tensor) -> torch.Tensor:
         """s(m) of every modality on the paired samples, from the fusion head split by modality."""
-        weight, bias = model.fusion.weight.detach(), model.fusion.bias.detach()
-        M, start, scores = len(self.modalities), 0, []
-        for m in self.modalities:
-            h = encoded[m][:n_paired].detach().float()
-            out = h @ weight[:, start : start + h.shape[1]].float().T + bias.float() / M
-            start += h.shape[1]
-            scores.append(out.softmax(1).gather(1, target.view(-1, 1)).sum())
-        return torch.stack(scores)
+        with torch.no_grad():
+            logits = modality_logits(model, [encoded[m][:n_paired].detach().float() for m in self.modalities])
+            return torch.stack([out.softmax(1).gather(1, target.view(-1, 1)).sum() for out in logits])
 
     def step(self, ctx: StepContext, batch: IterationBatch) -> MethodOutput:
-        """Backward of the fusion CE (and monitors), then modulate each encoder's gradients."""
+        """Backward of the fusion CE (and monitors), then modulate each encoder's gradients in the window."""
         out = forward(ctx, batch, self.modalities, detach_heads=not self.aux)
-        encoded = out.encoded
         loss = total_loss(out, batch, self.modalities, weighted=self.aux)
         loss.backward()
-        if batch.n_paired > 0:
+        if batch.n_paired > 0 and in_window(batch.progress, self.start, self.end):
             coefficients = ogm_ge_coefficients(
-                self.scores(ctx.model, encoded, batch.n_paired, batch.paired_target), self.alpha)
+                self.scores(ctx.model, out.encoded, batch.n_paired, batch.paired_target), self.alpha)
+            scale = noise_scale(batch.n_paired, batch.batch_size) if batch.batch_size else 1.0
             for k, m in enumerate(self.modalities):
-                for p in ctx.model.encoders[m].parameters():
-                    if p.grad is None or p.dim() < 2:
+                for p in self.modulated[m]:
+                    if p.grad is None:
                         continue
                     grad = p.grad * coefficients[k]
                     if self.ge and p.grad.numel() > 1:
-                        std = p.grad.std() + 1e-8
+                        std = scale * (p.grad.std() + 1e-8)
                         grad = grad + torch.randn(p.grad.shape, generator=self.generator, device=p.grad.device,
                                                   dtype=p.grad.dtype) * std
                     p.grad = grad
@@ -95,3 +142,4 @@ class OGMGE(Method):
         """Restore the noise generator."""
         if "generator" in state:
             self.generator.set_state(state["generator"].cpu())
+
