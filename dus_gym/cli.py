@@ -1,7 +1,8 @@
-"""Command line: ``dus-gym run``, ``compare``, ``bench``, ``train-policy`` and ``prepare``.
+"""Command line: ``dus-gym run``, ``compare``, ``bench``, ``train-policy``, ``reference`` and ``prepare``.
 
 ``run`` trains one task with one sampler; ``compare`` runs samplers x seeds; ``bench`` runs
 tasks x methods x samplers x seeds; ``train-policy`` trains a sampling policy with PPO;
+``reference`` runs the reference agents of an env id and their normalised scores;
 ``prepare`` preprocesses a raw data set release (audio-visual, image-text, gesture).
 
 Run configurations are resolved by :func:`dus_gym.core.specs.resolve_run_config`, later wins: the
@@ -37,6 +38,8 @@ from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evalua
 from dus_gym.experiments.readme import check_readme_block, write_readme_block
 from dus_gym.experiments.run import CHECKPOINT_NAME, check_resumable, run_training
 from dus_gym.rl.policy_run import resumed_settings
+from dus_gym.rl.reference import AGENTS as REFERENCE_AGENTS
+from dus_gym.rl.reference import run_reference
 from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 from dus_gym.rl.vec_envs import VEC_ENVS
 from dus_gym.samplers import SAMPLERS, overrides_per_sampler
@@ -167,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_task_import(bench)
     train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
     add_train_policy_arguments(train)
+    reference = sub.add_parser("reference", help="run the reference agents (uniform, heuristic, replay, random, "
+                               "constants) on an env id over seeds: returns, accuracies, normalised scores")
+    reference.add_argument("--env", default=TrainPolicyConfig.env_id,
+                           help=f"registered env id (default {TrainPolicyConfig.env_id})")
+    reference.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="episode seeds (default 0 1 2)")
+    reference.add_argument("--agents", nargs="+", choices=REFERENCE_AGENTS, default=list(REFERENCE_AGENTS),
+                           help="which agents (default: all; uniform always runs, it is the score's zero)")
+    reference.add_argument("--env-kwargs", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                           help="env kwargs overrides, e.g. n_iterations=400 iterations_per_step=10")
+    reference.add_argument("--run-dir", default=RunConfig.run_dir, help="parent of the output folder")
+    reference.add_argument("--readme", help="also write the table into this file's block (see --readme-block)")
+    reference.add_argument("--readme-block", help="name of that block (default reference-<env name>, e.g. "
+                                                  "reference-Synthetic-v0)")
+    reference.add_argument("--no-progress", action="store_true")
     prepare = sub.add_parser("prepare", help="preprocess a raw data set release (CREMA-D, Kinetics-Sounds, "
                                              "Twitter2015, Sarcasm, NVGesture)")
     prepare.add_argument("dataset", choices=PREPARERS.names())
@@ -424,6 +441,32 @@ def compare_command(args: argparse.Namespace) -> int:
                   "accuracy in %:", record["table"], folder / "compare.json")
 
 
+def reference_command(args: argparse.Namespace) -> int:
+    """``dus-gym reference``."""
+    block = args.readme_block or f"reference-{args.env.split('/')[-1]}"
+    if args.readme:
+        check_readme_block(Path(args.readme), block)  # before the runs, not after
+    check_seeds(args.seeds)
+    folder = new_run_folder(args.run_dir, f"reference-{args.env.split('/')[-1]}")
+    try:
+        record = run_reference(args.env, args.seeds, parse_overrides(args.env_kwargs), args.agents, folder,
+                               progress=not args.no_progress)
+    finally:
+        remove_if_empty(folder)
+    gain, lo, hi = record["best_constant_gain"]
+    scale = (f"normalised score 0 = uniform, 1 = {record['best_constant']}" if record["score_defined"] else
+             f"normalised score undefined: the best constant, {record['best_constant']}, does not beat uniform "
+             f"(return {gain:+.4f} [{lo:+.4f}, {hi:+.4f}])")
+    print(f"{args.env}: reference agents on seeds {args.seeds} ({record['n_iterations']} iterations, "
+          f"{record['action_type']} action); {scale}:")
+    print(record["table"])
+    print(f"results: {folder / 'reference.json'}")
+    if args.readme:
+        write_readme_block(Path(args.readme), block, record["table"], "dus-gym " + " ".join(args.argv))
+        print(f"table written into {args.readme}")
+    return 0
+
+
 def bench_command(args: argparse.Namespace) -> int:
     """``dus-gym bench``."""
     values = read_yaml(Path(args.config)) if args.config else {}
@@ -468,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     handlers = {"run": run_command, "compare": compare_command, "bench": bench_command,
-                "train-policy": train_policy_command, "prepare": prepare_command}
+                "train-policy": train_policy_command, "reference": reference_command,
+                "prepare": prepare_command}
     try:
         return handlers[args.command](args)
     except (ConfigError, ValueError, OSError, RuntimeError, OverflowError, ImportError) as err:

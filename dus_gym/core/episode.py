@@ -113,18 +113,22 @@ class Episodes:
         """The progress t / T of episode ``i`` (at most 1)."""
         return min((self.learners.iteration[i] - self.start_iteration[i]) / self.n_iterations, 1.0)
 
-    def step(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
-        """One env step of every episode: K iterations with its counts, then its reward and info.
+    def step(self, counts: np.ndarray, active: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """One env step of the ``active`` episodes (default all): K iterations with its counts, its reward, its info.
 
-        Returns (observations, rewards, terminated, truncated, infos), one row per episode.
+        An inactive episode (one a Gymnasium next-step auto-reset is resetting instead) runs nothing and
+        gets reward 0, no termination and an empty info. Returns (observations, rewards, terminated,
+        truncated, infos), one row per episode.
         """
-        if not self.started.all():
-            raise RuntimeError("call reset() before step()")
         N, K = self.n_episodes, self.env.iterations_per_step
+        active = np.ones(N, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        if not self.started[active].all():
+            raise RuntimeError("call reset() before step()")
         remaining = self.start_iteration + self.n_iterations - self.learners.iteration
-        if (remaining <= 0).any():
+        if (remaining[active] <= 0).any():
             raise RuntimeError("the episode has ended; call reset()")
-        n_run = np.minimum(K, remaining)
+        n_run = np.where(active, np.minimum(K, remaining), 0)
         diverged = np.zeros(N, dtype=bool)
         infos: list[dict[str, Any]] = [{} for _ in range(N)]
         for it in range(int(n_run.max())):
@@ -140,14 +144,15 @@ class Episodes:
                 logger.warning("the learner's loss became %s at iteration %d: episode truncated with penalty %s",
                                stats.loss[i], iteration, self.env.divergence_penalty)
         previous = self.score.copy()
-        if not diverged.all():
-            self.evaluate(np.flatnonzero(~diverged))
+        scored = active & ~diverged
+        if scored.any():
+            self.evaluate(np.flatnonzero(scored))
         rewards = np.zeros(N)
         terminated = np.zeros(N, dtype=bool)
         truncated = diverged.copy()
         for i in np.flatnonzero(diverged):
             rewards[i] = -self.env.divergence_penalty
-        for i in np.flatnonzero(~diverged):
+        for i in np.flatnonzero(scored):
             terminated[i] = remaining[i] <= n_run[i]
             infos[i], rewards[i] = self._reward(i, int(n_run[i]), bool(terminated[i]), float(previous[i]))
         observations = np.stack([self.observation(i) for i in range(N)])

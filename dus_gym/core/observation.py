@@ -133,3 +133,25 @@ class ObservationLayout:
             obs = np.append(rows.reshape(-1), [progress, 0.0 if self.blind else val_acc])
         low, high = self.bounds()
         return np.clip(obs, low, high).astype(np.float32)
+
+    def decode(self, obs: np.ndarray) -> dict[str, np.ndarray | float]:
+        """The CMD state an observation carries: cumulative, discrepancy, status, counts (in samples), progress.
+
+        The inverse of :meth:`build` for a rule that acts on observations (a reference agent); values are
+        as clipped by the bounds. Raises a ValueError for a ``blind`` layout (it carries no CMD state).
+        """
+        if self.blind:
+            raise ValueError("a blind observation carries no CMD state")
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.shape != (self.size,):
+            raise ValueError(f"expected an observation of shape ({self.size},), got {obs.shape}")
+        M = self.n_modalities
+        if self.kind == "cmd":
+            rows, progress = obs[:-1].reshape(M, 4), float(obs[-1])
+            c, d, s, n = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+        else:
+            rows = obs[: -len(GLOBAL_FEATURES)].reshape(self.slots, len(MODALITY_FEATURES))[:M]
+            progress = float(obs[-len(GLOBAL_FEATURES)])
+            c, d, s, n = (rows[:, MODALITY_FEATURES.index(f)] for f in ("cumulative", "discrepancy", "status", "count"))
+        return {"cumulative": c, "discrepancy": d, "status": s, "counts": np.rint(n * self.batch_size),
+                "progress": progress}

@@ -18,6 +18,7 @@ from dus_gym.core.episode import Episodes
 from dus_gym.core.learner import Learner, LearnerGroup
 from dus_gym.core.observation import ObservationLayout
 from dus_gym.rl.registration import env_kwargs_of, spec_config
+from dus_gym.rl.render import RENDER_FPS, RENDER_MODES, EpisodeTrace, check_render_mode
 from dus_gym.samplers.action import CountsAction
 from dus_gym.tasks import Task, cached_task
 from dus_gym.tasks.families import TaskFamily
@@ -81,12 +82,19 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     | n_iterations / epochs | 800 / None | episode budget (epochs convert at B) |
     | iterations_per_step ... start_checkpoint | see EnvConfig | step size, action mapping, reward weights |
 
+    ## Rendering
+
+    ``render_mode="ansi"``: :meth:`render` returns the last step as one line (step, iteration,
+    counts, c(m), d(m), fused validation accuracy); ``"human"``: that line is printed at every
+    reset and step; ``"rgb_array"``: a 320x240 plot of d(m) and the counts over the iterations so
+    far (``dus_gym.rl.render``), for video recorders.
+
     ## Version History
 
     - v0: first version.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
 
     def __init__(
         self,
@@ -100,8 +108,8 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         render_mode: str | None = None,
         **env_kwargs: Any,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"DUSEnv has no render modes, got render_mode={render_mode!r}")
+        check_render_mode(render_mode)
+        self.render_mode = render_mode
         self._spec: EnvSpec | None = None
         self.learner_config = learner if isinstance(learner, LearnerConfig) else from_dict(
             LearnerConfig, learner or {}, "learner")
@@ -139,6 +147,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         self.actions = CountsAction.of(self.config, M, B)
         self.layout = ObservationLayout.of(self.config, M, B, self.actions.max_count)
         self.episodes = self.make_episodes(LearnerGroup(task, self.learner_config, 1, probe_size=self.probe_size))
+        self.trace = EpisodeTrace(task.modalities, self.n_iterations)
 
     def _instance_task(self, instance: int) -> Task:
         task = self.family.make(instance)
@@ -211,6 +220,9 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         self.episodes.start(0, learner_seed, checkpoint=self.config.start_checkpoint)
         self.episodes.evaluate([0])
         info = {"val_acc": float(self.episodes.score[0]), "learner_seed": learner_seed, **self.instance_info()}
+        self.trace.start(self.episodes, 0)
+        if self.render_mode == "human":
+            self.render()
         return self.episodes.observation(0), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -220,7 +232,14 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         info = infos[0]
         if self.instance is not None:
             info["instance"] = self.instance
+        self.trace.add(self.episodes, 0)
+        if self.render_mode == "human":
+            self.render()
         return obs[0], float(rewards[0]), bool(terminated[0]), bool(truncated[0]), info
+
+    def render(self) -> str | np.ndarray | None:  # type: ignore[override]
+        """The current episode as ``render_mode`` asks: one text line ("ansi") or a plot ("rgb_array")."""
+        return self.trace.render(self.render_mode)
 
     def info_keywords(self) -> tuple[str, ...]:
         """The info keys a Monitor should record at the end of an episode."""

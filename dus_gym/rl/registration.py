@@ -30,6 +30,8 @@ from dus_gym.core.specs import deep_merge, specs_dir
 
 ENTRY_POINT = "dus_gym.rl.env:make_spec_env"
 """The entry point of every DUS env id."""
+VECTOR_ENTRY_POINT = "dus_gym.rl.vector_env:make_spec_vector_env"
+"""The vector entry point (``gymnasium.make_vec``) of every DUS id whose learners can be batched."""
 ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs", "family")
 """DUSEnv's own run-config arguments; its other keyword arguments (but ``render_mode``) are EnvConfig fields."""
 
@@ -42,16 +44,19 @@ class ShippedEnv:
     """File name in envs/."""
     nondeterministic: bool = False
     """The spec's learner may run on a GPU (cuDNN and cuBLAS kernels are not bit-reproducible)."""
+    batchable: bool = True
+    """Its learners can be batched (in-memory data): ``gymnasium.make_vec`` gets :data:`VECTOR_ENTRY_POINT`;
+    otherwise make_vec runs N separate envs (``vectorization_mode="sync"``)."""
 
 
 SHIPPED_ENVS: dict[str, ShippedEnv] = {
     "dus_gym/Synthetic-v0": ShippedEnv("synthetic.yaml"),
     "dus_gym/MFeat-v0": ShippedEnv("mfeat.yaml"),
-    "dus_gym/CremaD-v0": ShippedEnv("cremad.yaml", nondeterministic=True),
-    "dus_gym/KineticsSounds-v0": ShippedEnv("kinetics-sounds.yaml", nondeterministic=True),
-    "dus_gym/Twitter2015-v0": ShippedEnv("twitter2015.yaml", nondeterministic=True),
-    "dus_gym/Sarcasm-v0": ShippedEnv("sarcasm.yaml", nondeterministic=True),
-    "dus_gym/NVGesture-v0": ShippedEnv("nvgesture.yaml", nondeterministic=True),
+    "dus_gym/CremaD-v0": ShippedEnv("cremad.yaml", nondeterministic=True, batchable=False),
+    "dus_gym/KineticsSounds-v0": ShippedEnv("kinetics-sounds.yaml", nondeterministic=True, batchable=False),
+    "dus_gym/Twitter2015-v0": ShippedEnv("twitter2015.yaml", nondeterministic=True, batchable=False),
+    "dus_gym/Sarcasm-v0": ShippedEnv("sarcasm.yaml", nondeterministic=True, batchable=False),
+    "dus_gym/NVGesture-v0": ShippedEnv("nvgesture.yaml", nondeterministic=True, batchable=False),
     "dus_gym/SyntheticFamily-v0": ShippedEnv("synthetic-family.yaml"),
     "dus_gym/MFeatFamily-v0": ShippedEnv("mfeat-family.yaml"),
 }
@@ -153,13 +158,16 @@ def env_run_config(env_id: str, overrides: dict[str, Any], run_dir: str | Path) 
     return spec_config(spec, overrides, env_id, run_dir=str(run_dir), allow_task_import=allow)
 
 
-def _register(env_id: str, spec: str, nondeterministic: bool, allow_task_import: bool = False) -> None:
+def _register(env_id: str, spec: str, nondeterministic: bool, allow_task_import: bool = False,
+              batchable: bool = True) -> None:
     existing = gym.registry.get(env_id)
     kwargs: dict[str, Any] = {"spec": spec, **({"allow_task_import": True} if allow_task_import else {})}
-    if existing is not None and existing.entry_point == ENTRY_POINT and existing.kwargs == kwargs:
+    vector_entry_point = VECTOR_ENTRY_POINT if batchable else None
+    if (existing is not None and existing.entry_point == ENTRY_POINT and existing.kwargs == kwargs
+            and existing.vector_entry_point == vector_entry_point):
         return
-    gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs, nondeterministic=nondeterministic,
-                 disable_env_checker=False)
+    gym.register(id=env_id, entry_point=ENTRY_POINT, vector_entry_point=vector_entry_point, kwargs=kwargs,
+                 nondeterministic=nondeterministic, disable_env_checker=False)
 
 
 def register_spec(path: str | Path, allow_task_import: bool = False) -> str | None:
@@ -208,7 +216,7 @@ def register_envs(folder: str | Path | None = None, allow_task_import: bool = Fa
     """
     if folder is None:
         for env_id, shipped in SHIPPED_ENVS.items():
-            _register(env_id, shipped.spec, shipped.nondeterministic)
+            _register(env_id, shipped.spec, shipped.nondeterministic, batchable=shipped.batchable)
         return list(SHIPPED_ENVS)
     folder = Path(folder)
     if not folder.is_dir():

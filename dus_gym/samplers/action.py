@@ -151,3 +151,33 @@ class CountsAction:
             raise ActionError(f"action {a.tolist()} is not a level index in [0, {len(self.count_levels) - 1}]; "
                              f"{expected}")
         return np.asarray(self.count_levels, dtype=np.int64)[a.astype(np.int64)]
+
+    def to_action(self, counts: np.ndarray | Sequence[float]) -> np.ndarray:
+        """The action whose counts are ``counts`` (length M), or the nearest one: the inverse of :meth:`to_counts`.
+
+        - box: a = 2 (n - n_min) / (n_max - n_min) - 1, clipped to [-1, 1] (exact for n in [n_min, n_max]);
+        - multidiscrete: the index of the nearest level (exact for a level);
+        - allocation: preferences whose softmax weights are proportional to n(m) - n_min, scaled so the
+          largest is 1 (exact when the counts sum to M x B and their shares span at most e^(2 temperature)).
+
+        Entries past M (``n_slots``) are 0. Returns float32 (box, allocation) or int64 (multidiscrete).
+        """
+        n = np.asarray(counts, dtype=np.float64)
+        if n.shape != (self.n_modalities,) or not np.isfinite(n).all() or (n < 0).any():
+            raise ValueError(f"expected {self.n_modalities} finite non-negative counts, got {np.asarray(counts)}")
+        if self.action_type == "multidiscrete":
+            levels = np.asarray(self.count_levels, dtype=np.float64)
+            action = np.zeros(self.slots, dtype=np.int64)
+            action[: self.n_modalities] = np.abs(n[:, None] - levels[None, :]).argmin(axis=1)
+            return action
+        action = np.zeros(self.slots, dtype=np.float32)
+        if self.action_type == "box":
+            action[: self.n_modalities] = np.clip(2.0 * (n - self.n_min) / (self.n_max - self.n_min) - 1.0, -1.0, 1.0)
+            return action
+        extra = np.maximum(n - self.n_min, 0.0)
+        if extra.max() <= 0:
+            extra = np.ones_like(extra)
+        with np.errstate(divide="ignore"):
+            logits = np.log(extra / extra.max())
+        action[: self.n_modalities] = np.clip(1.0 + logits / self.temperature, -1.0, 1.0)
+        return action

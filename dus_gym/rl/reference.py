@@ -1,0 +1,278 @@
+"""Reference agents of a DUS env and the normalised score that makes RL results comparable across papers.
+
+A reference agent acts in the env as a policy does, from the observation to an action: the rule
+samplers of :mod:`dus_gym.samplers.rules` read the CMD state back from the observation
+(:meth:`dus_gym.core.observation.ObservationLayout.decode`) and their counts become an action through
+the inverse map :meth:`dus_gym.samplers.action.CountsAction.to_action`. The agents:
+
+- ``uniform``: B samples of every modality (plain joint training);
+- ``heuristic``: the DUS heuristic on the observed discrepancy, one decision per env step (its
+  settings from ``agents/heuristic.yml``; with the allocation action it splits exactly M x B);
+- ``heuristic-replay``: open-loop control of the heuristic: the counts it chose on seed i+1,
+  replayed by training progress on seed i (the last seed replays the first);
+- ``random``: uniform random actions from the action space (seeded with the episode's seed);
+- ``constant[a,b]``: fixed counts, for every cell of :data:`dus_gym.experiments.compare.DEFAULT_GRID`;
+  ``best-constant`` is the cell (or uniform) with the highest mean return.
+
+Every agent runs on the same seeds: episode seed s resets the env with ``seed=s``, so every agent's
+learner starts from the same initialisation and data order (paired). The **normalised score** of an
+agent is (R - R_uniform) / (R_best-constant - R_uniform), with R the mean return over the seeds:
+0 is uniform sampling, 1 the best constant counts of the grid (chosen on these same episodes, so an
+optimistic reference); it is undefined when the best constant does not beat uniform (paired 95 %
+interval of its gain above zero), since the scale is then noise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from dus_gym.core.config import ConfigError, check_seeds
+from dus_gym.core.files import write_text_atomic
+from dus_gym.core.specs import sampler_settings
+from dus_gym.experiments.compare import DEFAULT_GRID
+from dus_gym.experiments.stats import format_mean_std, paired_interval
+from dus_gym.rl.env import DUSEnv
+from dus_gym.rl.registration import registry_spec
+from dus_gym.samplers.base import Sampler, SamplerState
+from dus_gym.samplers.rules import ConstantSampler, HeuristicSampler, ScheduleSampler, UniformSampler
+
+UNIFORM = "uniform"
+BEST = "best-constant"
+AGENTS = ("uniform", "heuristic", "heuristic-replay", "random", "constant")
+"""The agents :func:`run_reference` can run ("constant": every cell of the grid)."""
+
+
+class ReferenceAgent(ABC):
+    """Acts in a DUS env from its observations.
+
+    Args:
+        env: the (unwrapped) env it acts in: its action mapping and observation layout.
+    """
+
+    def __init__(self, env: DUSEnv) -> None:
+        self.env = env
+
+    def reset(self, seed: int) -> None:  # noqa: B027 (a hook: most agents keep no state)
+        """A new episode, reset with ``seed``."""
+
+    @abstractmethod
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The action for ``obs``."""
+
+
+class SamplerAgent(ReferenceAgent):
+    """A rule sampler acting through the env: observation -> CMD state -> counts -> action."""
+
+    def __init__(self, env: DUSEnv, sampler: Sampler) -> None:
+        super().__init__(env)
+        self.sampler = sampler
+
+    def state(self, obs: np.ndarray) -> SamplerState:
+        """The sampler's view of the observation."""
+        s = self.env.layout.decode(obs)
+        T = self.env.n_iterations
+        return SamplerState(iteration=int(round(s["progress"] * T)), n_iterations=T,
+                            batch_size=self.env.learner_config.batch_size, cumulative=s["cumulative"],
+                            discrepancy=s["discrepancy"], status=s["status"], counts=s["counts"].astype(np.int64),
+                            observation=np.asarray(obs, dtype=np.float32))
+
+    def reset(self, seed: int) -> None:
+        """Reset the sampler."""
+        self.sampler.reset()
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The sampler's counts for the observed state, as the nearest action."""
+        return self.env.actions.to_action(self.sampler.counts(self.state(obs)))
+
+
+class RandomAgent(ReferenceAgent):
+    """Uniform random actions from the env's action space, seeded with the episode's seed."""
+
+    def reset(self, seed: int) -> None:
+        """Seed the action space's generator."""
+        self.env.action_space.seed(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """A random action."""
+        return self.env.action_space.sample()
+
+
+@dataclass
+class Episode:
+    """One agent's episode on one seed."""
+
+    seed: int
+    initial_val_acc: float
+    final_val_acc: float = 0.0
+    episode_return: float = 0.0
+    steps: int = 0
+    counts: list[list[int]] = field(default_factory=list)
+    """The counts of every step (as the env used them)."""
+
+
+def run_episode(env: gym.Env, agent: ReferenceAgent, seed: int) -> Episode:
+    """Run ``agent`` for one episode of ``env`` reset with ``seed``."""
+    agent.reset(seed)
+    obs, info = env.reset(seed=seed)
+    episode = Episode(seed, float(info["val_acc"]))
+    done = False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(agent.act(obs))
+        done = terminated or truncated
+        episode.episode_return += float(reward)
+        episode.steps += 1
+        if "counts" in info:
+            episode.counts.append([int(n) for n in info["counts"]])
+    episode.final_val_acc = float(info["val_acc"])
+    return episode
+
+
+def grid_counts(n_modalities: int) -> list[tuple[int, ...]]:
+    """The constant counts tried (two modalities: the grid of ``dus-gym compare --grid``)."""
+    if n_modalities != 2:
+        raise ConfigError(f"the constant-count grid is defined for 2 modalities, this env has {n_modalities}")
+    return [tuple(c) for c in DEFAULT_GRID]
+
+
+def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] | None = None,
+                  agents: Sequence[str] = AGENTS, out_dir: Path | None = None, progress: bool = True
+                  ) -> dict[str, Any]:
+    """Run the reference agents on ``env_id`` over ``seeds``; return (and write) the record and its table.
+
+    Args:
+        env_id: a registered DUS env id.
+        seeds: episode seeds (the same for every agent).
+        env_kwargs: overrides of the env's spec (``gymnasium.make`` kwargs).
+        agents: among :data:`AGENTS` (uniform is always run: it is the score's zero).
+        out_dir: where ``reference.json`` and ``table.md`` go (None: nowhere).
+        progress: print a line per agent.
+    """
+    registry_spec(env_id)  # a registered DUS id, else a ConfigError naming the registered ones
+    check_seeds(list(seeds))
+    unknown = sorted(set(agents) - set(AGENTS))
+    if unknown:
+        raise ConfigError(f"unknown reference agents {unknown}; choose among {list(AGENTS)}")
+    if "heuristic-replay" in agents and len(seeds) < 2:
+        raise ConfigError("heuristic-replay replays another seed's counts: give at least 2 seeds")
+    env = gym.make(env_id, **(env_kwargs or {}))
+    core: DUSEnv = env.unwrapped  # type: ignore[assignment]
+    B, M = core.learner_config.batch_size, core.n_modalities
+    heuristic = {**sampler_settings("heuristic", core.task.name)}
+    heuristic.update(n_min=core.config.n_min, n_max=core.config.n_max,
+                     allocation=core.config.action_type == "allocation")
+    plan: list[tuple[str, Any]] = [(UNIFORM, SamplerAgent(core, UniformSampler(B, M)))]
+    if "heuristic" in agents or "heuristic-replay" in agents:
+        plan.append(("heuristic", SamplerAgent(core, HeuristicSampler(B, M, **heuristic))))
+    if "random" in agents:
+        plan.append(("random", RandomAgent(core)))
+    if "constant" in agents:
+        for counts in grid_counts(M):
+            label = f"constant[{','.join(map(str, counts))}]"
+            plan.append((label, SamplerAgent(core, ConstantSampler(B, M, counts))))
+    episodes: dict[str, list[Episode]] = {}
+    for label, agent in plan:
+        start = time.perf_counter()
+        episodes[label] = [run_episode(env, agent, seed) for seed in seeds]
+        if progress:
+            print(f"{env_id} {label}: mean return {np.mean([e.episode_return for e in episodes[label]]):.4f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    if "heuristic-replay" in agents:
+        chosen = episodes["heuristic"]
+        episodes["heuristic-replay"] = [
+            run_episode(env, SamplerAgent(core, ScheduleSampler(B, M, chosen[(i + 1) % len(seeds)].counts)), seed)
+            for i, seed in enumerate(seeds)]
+    if "heuristic" not in agents:
+        episodes.pop("heuristic", None)
+    env.close()
+    record = reference_record(env_id, core, list(seeds), env_kwargs or {}, episodes)
+    if out_dir is not None:
+        write_text_atomic(Path(out_dir) / "reference.json", json.dumps(record, indent=2))
+        write_text_atomic(Path(out_dir) / "table.md", record["table"] + "\n")
+    return record
+
+
+@dataclass(frozen=True)
+class NormalisedScores:
+    """The normalised score of every agent, and the reference it is normalised by."""
+
+    scores: dict[str, float]
+    """(R - R_uniform) / (R_best - R_uniform) per agent (nan for all when undefined)."""
+    best: str
+    """The best constant (or uniform): the highest mean return among them."""
+    gain: tuple[float, float, float]
+    """The best constant's paired return difference to uniform: mean and 95 % interval."""
+
+    @property
+    def defined(self) -> bool:
+        """True when the best constant beats uniform: the 95 % interval of the gain lies above zero."""
+        return bool(self.gain[1] > 0)
+
+
+def normalised_scores(returns: dict[str, Sequence[float]]) -> NormalisedScores:
+    """The normalised scores of agents' returns (same seeds, in the same order for every agent).
+
+    0 is ``uniform``, 1 the agent among ``uniform`` and ``constant[...]`` with the highest mean
+    return. The score is defined only when that constant beats uniform with a paired 95 %
+    interval above zero: otherwise the scale R_best - R_uniform is noise, and dividing by it makes
+    tiny differences look large (every score is then nan).
+    """
+    mean = {label: float(np.mean(r)) for label, r in returns.items()}
+    best = max((label for label in returns if label == UNIFORM or label.startswith("constant[")), key=mean.get)
+    gain = paired_interval(returns[best], returns[UNIFORM]) if best != UNIFORM else (0.0, float("nan"), float("nan"))
+    scale = mean[best] - mean[UNIFORM]
+    ok = bool(gain[1] > 0)
+    scores = {label: (m - mean[UNIFORM]) / scale if ok else float("nan") for label, m in mean.items()}
+    return NormalisedScores(scores, best, gain)
+
+
+def reference_record(env_id: str, env: DUSEnv, seeds: list[int], env_kwargs: dict[str, Any],
+                     episodes: dict[str, list[Episode]]) -> dict[str, Any]:
+    """The JSON record of the episodes: per agent the returns, final accuracies, mean counts, normalised score."""
+    scores = normalised_scores({label: [e.episode_return for e in es] for label, es in episodes.items()})
+    agents = {}
+    for label, es in episodes.items():
+        agents[label] = {
+            "returns": [e.episode_return for e in es], "final_val_acc": [e.final_val_acc for e in es],
+            "initial_val_acc": [e.initial_val_acc for e in es], "steps": [e.steps for e in es],
+            "mean_counts": np.mean([np.mean(e.counts, axis=0) for e in es], axis=0).tolist(),
+            "normalised_score": scores.scores[label],
+        }
+    record = {"env_id": env_id, "seeds": seeds, "env_kwargs": env_kwargs, "modalities": list(env.task.modalities),
+              "n_iterations": env.n_iterations, "iterations_per_step": env.config.iterations_per_step,
+              "action_type": env.config.action_type, "best_constant": scores.best,
+              "best_constant_gain": list(scores.gain), "score_defined": scores.defined, "agents": agents}
+    record["table"] = format_reference_table(record)
+    return record
+
+
+def format_reference_table(record: dict[str, Any]) -> str:
+    """A markdown table: return and final validation accuracy (mean ± std), Δ return vs uniform, normalised score."""
+    modalities = record["modalities"]
+    head = ["agent", "return", "final val acc", "Δ return vs uniform [95% CI]", "normalised score",
+            *(f"mean count {m}" for m in modalities)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    agents = record["agents"]
+    uniform = agents[UNIFORM]["returns"]
+    rows = list(agents.items()) + [(f"{BEST} = {record['best_constant']}", agents[record["best_constant"]])]
+    for label, a in rows:
+        if label == UNIFORM:
+            delta = "—"
+        else:
+            d, lo, hi = (round(v, 4) + 0.0 for v in paired_interval(a["returns"], uniform))  # no "-0.0000"
+            delta = f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) else f"{d:+.4f}"
+        score = a["normalised_score"]
+        shown = "—" if not np.isfinite(score) else f"{round(score, 2) + 0.0:.2f}"
+        lines.append("| " + " | ".join([
+            label, format_mean_std(a["returns"], scale=1.0, digits=4), format_mean_std(a["final_val_acc"]) + " %",
+            delta, shown, *(f"{n:.1f}" for n in a["mean_counts"]),
+        ]) + " |")
+    return "\n".join(lines)

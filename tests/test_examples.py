@@ -1,0 +1,33 @@
+"""The examples run (tiny budgets)."""
+
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TINY = {"n_iterations": 20, "iterations_per_step": 10, "task_kwargs": {"n_samples": 300, "hidden_dim": 8}}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cleanrl_ppo_trains_on_the_gymnasium_vector_env():
+    script = runpy.run_path(str(EXAMPLES / "cleanrl_ppo.py"))
+    record = script["main"](["--total-timesteps", "16", "--num-envs", "2", "--num-steps", "4", "--update-epochs", "2",
+                             "--num-minibatches", "2", "--env-kwargs", json.dumps(TINY)])
+    assert len(record["policy_loss"]) == 2  # 16 steps = 2 rollouts of 2 envs x 4 steps
+    assert np.isfinite(record["policy_loss"]).all() and np.isfinite(record["value_loss"]).all()
+    assert len(record["episode_return"]) == 8  # episodes of 2 steps: 4 per env, all ended at a same-step reset
+    # the return of an episode is its final validation accuracy (delta rewards telescope, terminal weight 1),
+    # minus the accuracy at reset: within [-1, 2]
+    assert all(-1.0 <= r <= 2.0 for r in record["episode_return"])
+    assert all(0.0 <= a <= 1.0 for a in record["final_val_acc"])
