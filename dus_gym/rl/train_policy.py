@@ -24,7 +24,7 @@ from dus_gym.core.files import new_run_folder, write_text_atomic
 from dus_gym.core.specs import sampler_settings, specs_dir
 from dus_gym.experiments.compare import SamplerSpec, run_comparison
 from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
-from dus_gym.rl.hyperparams import AgentHyperparams, load_hyperparams
+from dus_gym.rl.hyperparams import FALLBACK_HYPERPARAMS, AgentHyperparams, load_hyperparams
 from dus_gym.rl.policy_run import check_hyperparams_task, load_last_checkpoint, record_resume
 from dus_gym.rl.registration import env_run_config
 from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env, stop_vec_env
@@ -92,7 +92,8 @@ class TrainPolicyConfig:
 def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Path:
     """Train, save and (optionally) evaluate a policy; return the run folder."""
     hp_path = Path(config.hyperparams) if config.hyperparams else specs_dir("agents") / "ppo.yml"
-    hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id)
+    hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id,
+                                            fallback=None if config.hyperparams else FALLBACK_HYPERPARAMS)
     if "task" not in config.env_kwargs:
         check_hyperparams_task(hp.env_kwargs, hp_path, config.allow_task_import)
     env_kwargs = {**hp.env_kwargs, **config.env_kwargs}
