@@ -151,7 +151,11 @@ def load_hyperparams(path: str | Path, env_id: str, fallback: dict[str, Any] | N
         raise ConfigError(f"{path} has no entry for '{env_id}' and no 'default'; add one (keys: {sorted(table)})")
     if not isinstance(entry, dict):
         raise ConfigError(f"{path}: the entry for '{env_id}' must be a mapping")
-    where = f"{path}[{env_id}]"
+    return parse_entry(entry, f"{path}[{env_id}]")
+
+
+def parse_entry(entry: dict[str, Any], where: str) -> AgentHyperparams:
+    """One entry of an RL Zoo style file, as written, checked and parsed (``where`` names it in errors)."""
     valid = ppo_keys()
     for key in entry:
         if key not in valid:
