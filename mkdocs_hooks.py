@@ -57,11 +57,10 @@ def _anchor_pages(docs_dir: Path, text: str) -> dict[str, str]:
     sections = readme_sections(text)
     for page in sorted(docs_dir.rglob("*.md")):
         for marker in MARKER.finditer(page.read_text()):
-            level, title, _ = find_section(text, marker["heading"])
-            start = next(s for lv, t, s, _ in sections if t == title)
-            end = next(e for lv, t, s, e in sections if t == title)
-            for lv, t, s, _ in sections:
-                if start <= s < end:
+            _, title, _ = find_section(text, marker["heading"])
+            start, end = next((s, e) for _, t, s, e in sections if t == title)
+            for _, t, s, _ in sections:
+                if start <= s < end:  # the section and its subsections
                     pages.setdefault(slugify(_plain(t), "-"), page.relative_to(docs_dir).as_posix())
     return pages
 
