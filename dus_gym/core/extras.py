@@ -17,9 +17,10 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     Args:
         module: the module to import (e.g. ``"PIL.Image"``).
         extra: the extra of pyproject.toml that installs it.
-        what: what needs it, for the message (e.g. ``"the bench plots"``).
+        what: what needs it, for the message, in the plural (e.g. ``"the bench plots"``).
     """
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"{what} needs {module.split('.')[0]}: pip install 'dus-gym[{extra}]' ({err})") from err
+        raise ImportError(f"{module.split('.')[0]} is not installed ({what} need it): pip install "
+                          f"'dus-gym[{extra}]' ({err})") from err

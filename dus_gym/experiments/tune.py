@@ -41,7 +41,7 @@ STUDY_FILE = "study.db"
 
 def import_optuna() -> Any:
     """Optuna, or an ImportError that says how to install it."""
-    optuna = require("optuna", "tune", "dus-gym tune")
+    optuna = require("optuna", "tune", "dus-gym tune's studies")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 

@@ -70,7 +70,7 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 def save_jpeg(path: Path, pixels: np.ndarray) -> None:
     """Write a (H, W, 3) or (H, W) uint8 array as a JPEG of quality :data:`JPEG_QUALITY`."""
-    Image = require("PIL.Image", "av", "writing frames")  # noqa: N806
+    Image = require("PIL.Image", "av", "the prepared frames")  # noqa: N806
 
     Image.fromarray(np.ascontiguousarray(pixels)).save(path, format="JPEG", quality=JPEG_QUALITY)
 

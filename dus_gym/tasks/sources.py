@@ -71,7 +71,7 @@ def load_image(path: Path, size: int, mode: str = "RGB", crop: float = 1.0) -> t
     ``crop`` < 1 first takes the central ``crop`` fraction of each side (a centre crop), then the
     image is resized to ``size`` x ``size`` (bilinear). An unreadable file is an error that names it.
     """
-    Image = require("PIL.Image", "av", "reading frames and images")  # noqa: N806
+    Image = require("PIL.Image", "av", "the audio-visual and image tasks")  # noqa: N806
 
     try:
         with Image.open(path) as image:

@@ -243,7 +243,7 @@ def resize_image(source: str | None, target: str, size: int) -> bool:
 
     Returns False when a black image was written instead. Runs in a worker process.
     """
-    Image = require("PIL.Image", "imagetext", "resizing the images")  # noqa: N806
+    Image = require("PIL.Image", "imagetext", "the image-text images")  # noqa: N806
 
     pixels = None
     if source is not None:
