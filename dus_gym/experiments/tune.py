@@ -4,8 +4,8 @@ A study lives in one folder: ``study.db`` (Optuna's RDB storage on SQLite), so a
 stopped (Ctrl-C, a crash, ``--timeout``) continues where it was when the same command is run again:
 the trial budget counts the finished trials (complete or pruned), and a trial that a killed process
 left running is marked failed and queued again with its parameters. Trials are pruned on the
-intermediate validation accuracy (Optuna's median rule). The best settings are written in the
-formats ``agents/`` uses.
+intermediate validation accuracy (Optuna's median rule); a trial whose learner diverges ends as
+pruned at its last validation. The best settings are written in the formats ``agents/`` uses.
 
 This module tunes the DUS heuristic (alpha, n_min, warm-up) on training runs of a task, then
 measures the tuned settings against the default ones on held-out seeds, paired (the table says
@@ -237,13 +237,17 @@ def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
         scores = []
         for i, seed in enumerate(config.seeds):
             run = replace(base, sampler_kwargs=kwargs, seed=seed)
-            result = run_training(run, task=task, progress=False, probe=False,
-                                  callbacks=[PruneOnValidation(trial, run_index=i)])
+            try:
+                result = run_training(run, task=task, progress=False, probe=False,
+                                      callbacks=[PruneOnValidation(trial, run_index=i)])
+            except DivergedError as err:  # a setting that diverges ends as pruned at its last validation
+                trial.set_user_attr("diverged", str(err))
+                raise import_optuna().TrialPruned(f"diverged on seed {seed}") from err
             scores.append(result.summary["val_curve"][-1]["fused_acc"])
         trial.set_user_attr("val_acc_per_seed", scores)
         return float(np.mean(scores))
 
-    run_study(study, objective, config.n_trials, config.timeout, catch=(DivergedError,), progress=config.progress)
+    run_study(study, objective, config.n_trials, config.timeout, progress=config.progress)
     best = best_trial(study)
     tuned = tuned_settings(best.params, default)
     folder = Path(config.folder)
