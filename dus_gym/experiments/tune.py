@@ -100,7 +100,13 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
         if not progress:
             return
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            value = f"{trial.value:.4f}"
+        elif trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+            step = max(trial.intermediate_values)
+            value = f"pruned at step {step} ({trial.intermediate_values[step]:.4f})"
+        else:
+            value = trial.state.name.lower()
         best = (f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
                 if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
                 else "")
