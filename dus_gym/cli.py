@@ -1,7 +1,8 @@
-"""Command line: ``dus-gym run``, ``compare``, ``bench``, ``train-policy``, ``reference`` and ``prepare``.
+"""Command line: ``dus-gym run``, ``compare``, ``bench``, ``train-policy``, ``tune``, ``reference`` and ``prepare``.
 
 ``run`` trains one task with one sampler; ``compare`` runs samplers x seeds; ``bench`` runs
 tasks x methods x samplers x seeds; ``train-policy`` trains a sampling policy with PPO;
+``tune`` searches the heuristic's or PPO's settings with Optuna (the ``tune`` extra);
 ``reference`` runs the reference agents of an env id and their normalised scores;
 ``prepare`` preprocesses a raw data set release (audio-visual, image-text, gesture).
 
@@ -37,10 +38,13 @@ from dus_gym.experiments.compare import SamplerSpec, check_controls, run_compari
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
 from dus_gym.experiments.readme import check_readme_block, write_readme_block
 from dus_gym.experiments.run import CHECKPOINT_NAME, check_resumable, run_training
-from dus_gym.rl.policy_run import resumed_settings
+from dus_gym.experiments.tune import HeuristicTuneConfig, tune_heuristic
+from dus_gym.rl.hyperparams import load_hyperparams
+from dus_gym.rl.policy_run import check_hyperparams_task, resumed_settings
 from dus_gym.rl.reference import AGENTS as REFERENCE_AGENTS
 from dus_gym.rl.reference import run_reference
 from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+from dus_gym.rl.tune_ppo import PPOTuneConfig, tune_ppo
 from dus_gym.rl.vec_envs import VEC_ENVS
 from dus_gym.samplers import SAMPLERS, overrides_per_sampler
 from dus_gym.tasks import OPT_IN, TASKS, check_spec_sources, check_task_source
@@ -184,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     reference.add_argument("--readme-block", help="name of that block (default reference-<env name>, e.g. "
                                                   "reference-Synthetic-v0)")
     reference.add_argument("--no-progress", action="store_true")
+    add_tune_parser(sub)
     prepare = sub.add_parser("prepare", help="preprocess a raw data set release (CREMA-D, Kinetics-Sounds, "
                                              "Twitter2015, Sarcasm, NVGesture)")
     prepare.add_argument("dataset", choices=PREPARERS.names())
@@ -206,6 +211,80 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     prepare.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def add_tune_parser(sub: Any) -> None:
+    """``dus-gym tune heuristic`` and ``dus-gym tune ppo`` (Optuna; studies resume from STUDY/study.db)."""
+    tune = sub.add_parser("tune", help="search the heuristic's or PPO's settings with Optuna (resumable studies)")
+    targets = tune.add_subparsers(dest="target", required=True)
+    h, hc = targets.add_parser("heuristic", help="alpha, n_min and warm-up of the DUS heuristic on a task"), \
+        HeuristicTuneConfig
+    _common(h)
+    h.add_argument("--trials", type=int, default=hc.n_trials, help=f"finished trials the study should hold "
+                                                                 f"(default {hc.n_trials})")
+    h.add_argument("--timeout", type=float, help="seconds of search in this call (the study resumes later)")
+    h.add_argument("--seeds", type=int, nargs="+", default=list(hc.seeds), help="learner seeds of every trial")
+    h.add_argument("--eval-seeds", type=int, nargs="+", default=list(hc.eval_seeds),
+                   help="held-out seeds of the tuned-vs-default comparison")
+    h.add_argument("--study", help="study folder (default RUN_DIR/tune-TASK-heuristic; run again to resume)")
+    h.add_argument("--sampler-seed", type=int, default=hc.sampler_seed, help="seed of Optuna's TPE sampler")
+    h.add_argument("--readme", help="also write the comparison table into this file's block")
+    h.add_argument("--readme-block", help="name of that block (default tune-heuristic-TASK)")
+    p, pc = targets.add_parser("ppo", help="PPO's hyper-parameters on a DUS env"), PPOTuneConfig
+    p.add_argument("--env", default=pc.env_id, help=f"registered env id (default {pc.env_id})")
+    p.add_argument("-conf", "--conf-file", dest="hyperparams", help="RL Zoo style YAML whose entry is the start "
+                                                                    "(default agents/ppo.yml)")
+    p.add_argument("--env-kwargs", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="env kwargs overrides, e.g. n_iterations=400")
+    p.add_argument("--trials", type=int, default=pc.n_trials, help=f"default {pc.n_trials}")
+    p.add_argument("--timeout", type=float, help="seconds of search in this call (the study resumes later)")
+    p.add_argument("--trial-timesteps", type=int, default=pc.trial_timesteps,
+                   help=f"PPO env steps per trial (default {pc.trial_timesteps})")
+    p.add_argument("--eval-episodes", type=int, default=pc.n_eval_episodes, help="episodes scoring a trial")
+    p.add_argument("--seed", type=int, default=pc.seed)
+    p.add_argument("--sampler-seed", type=int, default=pc.sampler_seed)
+    p.add_argument("--vec-env", choices=["dummy", "subproc", "vectorized"], default=pc.vec_env)
+    p.add_argument("--study", help="study folder (default runs/tune-ENV-ppo; run again to resume)")
+    p.add_argument("--no-progress", action="store_true")
+    _allow_task_import(p)
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    """``dus-gym tune heuristic|ppo``."""
+    if args.target == "ppo":
+        env_kwargs = parse_overrides(args.env_kwargs)
+        if "task" not in env_kwargs and args.hyperparams:
+            check_hyperparams_task(load_hyperparams(args.hyperparams, args.env).env_kwargs, Path(args.hyperparams),
+                                   args.allow_task_import)
+        folder = args.study or f"runs/tune-{args.env.split('/')[-1]}-ppo"
+        record = tune_ppo(PPOTuneConfig(
+            env_id=args.env, folder=folder, hyperparams=args.hyperparams, env_kwargs=env_kwargs,
+            n_trials=args.trials, timeout=args.timeout, trial_timesteps=args.trial_timesteps,
+            n_eval_episodes=args.eval_episodes, seed=args.seed, sampler_seed=args.sampler_seed,
+            vec_env=args.vec_env, progress=not args.no_progress))
+        print(f"best trial {record['best_trial']} of {record['trials_finished']}: final val acc "
+              f"{100 * record['best_val_acc']:.1f} %; its entry: {Path(folder) / 'ppo.yml'} "
+              f"(train_policy.py -conf {Path(folder) / 'ppo.yml'})")
+        return 0
+    base = from_dict(RunConfig, resolve_config(args, sampler="heuristic"))
+    task = base.task.split(":")[-1]
+    block = args.readme_block or f"tune-heuristic-{task}"
+    if args.readme:
+        check_readme_block(Path(args.readme), block)  # before the search, not after
+    folder = Path(args.study or Path(base.run_dir) / f"tune-{task}-heuristic")
+    record = tune_heuristic(HeuristicTuneConfig(
+        base=base, folder=str(folder), n_trials=args.trials, timeout=args.timeout, seeds=tuple(args.seeds),
+        eval_seeds=tuple(args.eval_seeds), sampler_seed=args.sampler_seed, progress=not args.no_progress))
+    print(f"{record['task']}: best trial {record['best_trial']} of {record['trials_finished']} (val acc "
+          f"{100 * record['best_val_acc']:.1f} % over seeds {record['tuning_seeds']}); test accuracy in % on "
+          f"held-out seeds {record['eval_seeds']}:")
+    print(record["table"])
+    print(f"settings: {folder / 'heuristic.yml'} (agents/heuristic.yml format), {folder / 'best.yaml'} "
+          f"(dus-gym run --config); results: {folder / 'evaluation.json'}")
+    if args.readme:
+        write_readme_block(Path(args.readme), block, record["table"], "dus-gym " + " ".join(args.argv))
+        print(f"table written into {args.readme}")
+    return 0
 
 
 def prepare_command(args: argparse.Namespace) -> int:
@@ -511,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     handlers = {"run": run_command, "compare": compare_command, "bench": bench_command,
-                "train-policy": train_policy_command, "reference": reference_command,
+                "train-policy": train_policy_command, "tune": tune_command, "reference": reference_command,
                 "prepare": prepare_command}
     try:
         return handlers[args.command](args)

@@ -146,3 +146,32 @@ def test_audiovisual_envs_pass_both_checkers(prepared, env_id, folder):
     assert env.spec.nondeterministic  # registered for a GPU learner
     gym_check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped)
+
+
+@pytest.mark.parametrize("n_mels", [112, 80, 40])
+def test_kinetics_fbank_matches_kaldi_native_fbank(n_mels):
+    knf = pytest.importorskip("kaldi_native_fbank", reason="kaldi-native-fbank (the test extra) is not installed")
+    rng = np.random.default_rng(0)
+    t = np.arange(2 * 16000) / 16000
+    wave = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.1 * rng.standard_normal(t.size)).astype(np.float32)
+    options = knf.FbankOptions()
+    options.frame_opts.dither = 0.0
+    options.frame_opts.window_type = "hanning"
+    options.mel_opts.num_bins = n_mels
+    options.mel_opts.low_freq = 20.0
+    fbank = knf.OnlineFbank(options)
+    fbank.accept_waveform(16000, wave.tolist())
+    fbank.input_finished()
+    reference = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)])
+    ours = kinetics_fbank(wave, n_mels=n_mels)
+    assert reference.shape == (198, n_mels) and not ours[198:].any()  # 1 + (32000 - 400) // 160 frames, then zeros
+    np.testing.assert_allclose(ours[:198], reference, atol=1e-3)
+
+
+def test_kaldi_native_fbank_refuses_the_128_bins_we_keep():
+    knf = pytest.importorskip("kaldi_native_fbank", reason="kaldi-native-fbank (the test extra) is not installed")
+    options = knf.FbankOptions()
+    options.mel_opts.num_bins = 128
+    with pytest.raises(ValueError, match="num_mel_bins too large"):
+        knf.OnlineFbank(options)
+    assert (kaldi_mel_banks(128, 512, 16000, 20.0).sum(1) == 0).any()  # empty filters: the published features have them

@@ -37,3 +37,18 @@ def test_default_entry_and_bad_files(tmp_path):
         load_hyperparams(path, "dus_gym/X-v0")
     with pytest.raises(ConfigError, match="no entry"):
         load_hyperparams(path, "dus_gym/Y-v0")
+
+
+def test_shipped_ppo_yml_is_per_env_id_and_the_fallback_is_dus_gyms():
+    import gymnasium as gym
+
+    import dus_gym  # noqa: F401  (registers the ids)
+    from dus_gym.rl.hyperparams import FALLBACK_HYPERPARAMS
+
+    path = specs_dir("agents") / "ppo.yml"
+    table = yaml.safe_load(path.read_text())
+    assert "default" not in table and all(env_id in gym.registry for env_id in table)  # what the RL Zoo reads
+    hp = load_hyperparams(path, "dus_gym/Unlisted-v0", fallback=FALLBACK_HYPERPARAMS)
+    assert hp.raw == FALLBACK_HYPERPARAMS and hp.n_timesteps == 10_000 and hp.model_kwargs["n_steps"] == 160
+    with pytest.raises(ConfigError, match="no entry for 'dus_gym/Unlisted-v0'"):
+        load_hyperparams(path, "dus_gym/Unlisted-v0")  # a file without the id and without a fallback

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dus_gym.core.config import MAX_SHOWN, ConfigError, RunConfig, check_seeds, from_dict, to_dict
+from dus_gym.core.extras import require
 from dus_gym.core.files import atomic_path, write_bytes_atomic, write_text_atomic
 from dus_gym.core.methods import METHODS, check_method_fusion, make_method
 from dus_gym.core.specs import deep_merge, resolve_run_config
@@ -296,6 +297,7 @@ def execute_cells(cells: list[Cell], cells_dir: Path, workers: int | None = None
 
 def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every cell, then write results.csv, table.md and the plots; returns a summary."""
+    require("matplotlib", "bench", "the bench plots")  # before the runs, not after
     out = Path(bench.out_dir)
     cells_dir = out / "cells"
     cells = plan_cells(bench)
@@ -492,8 +494,7 @@ def results_csv(records: list[dict[str, Any]]) -> str:
 
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float]) -> Any:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "bench", "the bench plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

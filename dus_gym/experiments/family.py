@@ -31,7 +31,7 @@ from dus_gym.core.config import ConfigError, RunConfig, from_dict, to_dict
 from dus_gym.core.files import read_yaml, write_text_atomic
 from dus_gym.core.specs import deep_merge
 from dus_gym.experiments.bench import Cell, execute_cells
-from dus_gym.experiments.stats import format_mean_std, paired_interval
+from dus_gym.experiments.stats import aggregate_scores, format_aggregates, format_mean_std, paired_interval
 from dus_gym.rl.registration import spec_path
 from dus_gym.samplers.action import allocate
 from dus_gym.tasks.families import TaskFamily
@@ -174,7 +174,7 @@ def run_family_evaluation(evaluation: FamilyEvaluationConfig, progress: bool = T
     record = summarise(records, pool, seeds, oracle_labels, family, M_of)
     record.update(alpha=alpha, alpha_scores=tuned, tune_instances=tune, spec=str(evaluation.spec),
                   instances=evaluation.instances, cells=len(first) + len(second), ran=ran + ran_more, workers=workers)
-    record["table"] = format_family_table(record)
+    record["table"] = format_family_table(record) + "\n\n" + format_family_aggregates(record)
     write_text_atomic(out / "family.json", json.dumps(record, indent=1))
     write_text_atomic(out / "table.md", record["table"] + "\n")
     return record
@@ -242,3 +242,20 @@ def format_family_table(record: dict[str, Any]) -> str:
             f"{len(ok)}" + (f" (+{diverged} diverged)" if diverged else ""),
         ]) + " |")
     return "\n".join(lines)
+
+
+def format_family_aggregates(record: dict[str, Any]) -> str:
+    """Markdown: per row, the IQM of the test accuracy and the probability of improvement over uniform.
+
+    The IQM is over every (seed, instance) case, its interval a bootstrap stratified by instance;
+    the probability of improvement is rliable's (per instance, averaged over instances).
+    """
+    rows, pool, seeds = record["rows"], record["pool"], record["seeds"]
+    scores = {}
+    for label, cases in rows.items():
+        acc = {(c["instance"], c["seed"]): c.get("acc") for c in cases}
+        if all(acc[(i, s)] is not None for i in pool for s in seeds):  # a diverged case: no aggregate for the row
+            scores[label] = np.array([[acc[(i, s)] for i in pool] for s in seeds])
+    aggregates = aggregate_scores(scores, reference="uniform")
+    return (f"Interquartile mean over the {len(seeds)} seeds x {len(pool)} instances (stratified bootstrap over "
+            "instances) and the probability of improvement over uniform:\n\n" + format_aggregates(aggregates))

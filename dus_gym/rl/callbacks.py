@@ -25,9 +25,6 @@ class DUSMetricsCallback(BaseCallback):
     - ``episode/diverged``: share of episodes truncated by a NaN/inf loss;
     - ``episode/env_error``: share of episodes truncated because the env raised
       (:class:`dus_gym.rl.wrappers.ErrorRecoveryWrapper`); their other metrics are not averaged in.
-
-    Args:
-        verbose: SB3 verbosity.
     """
 
     def _on_step(self) -> bool:

@@ -1,9 +1,15 @@
 """Agent hyper-parameters in the RL Zoo's YAML form (agents/ppo.yml), parsed without eval.
 
-Each top-level key is an env id (or ``default``); inner keys are PPO keyword arguments plus the
+Each top-level key is an env id; inner keys are PPO keyword arguments plus the
 runner keys ``n_envs``, ``n_timesteps``, ``normalize``, ``policy`` and ``env_kwargs``. Schedules
 are written ``lin_<value>``; ``policy_kwargs`` and ``normalize`` may be mappings or the Zoo's
 ``"dict(...)"`` strings, which are parsed as literals (names limited to torch activations).
+
+The shipped agents/ppo.yml holds one entry per env id, as the RL Zoo reads it. An env id without
+an entry (a user's spec, a new family) falls back, in dus-gym only, to the file's ``default`` entry
+when it has one (as recent Zoo versions also do), else to :data:`FALLBACK_HYPERPARAMS` when the
+caller passes it (``train_policy`` does for the shipped file); the Zoo itself needs an entry per
+id (``dus-gym tune ppo`` writes one).
 """
 
 from __future__ import annotations
@@ -31,6 +37,20 @@ def ppo_keys() -> list[str]:
     from stable_baselines3 import PPO
 
     return [*RUNNER_KEYS, *(k for k in inspect.signature(PPO).parameters if k not in RUNNER_SET and k != "policy")]
+
+FALLBACK_HYPERPARAMS: dict[str, Any] = {
+    "n_envs": 2,
+    "n_timesteps": 10_000,
+    "policy": "MlpPolicy",
+    "n_steps": 160,
+    "batch_size": 64,
+    "n_epochs": 10,
+    "learning_rate": "lin_1e-3",
+    "normalize": "dict(norm_obs=True, norm_reward=False)",
+    "policy_kwargs": "dict(net_arch=dict(pi=[64, 64], vf=[64, 64]))",
+}
+"""The entry an env id without its own entry in the shipped agents/ppo.yml trains with (written as in the file)."""
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     f"{prefix}{name}": getattr(nn, name)
     for prefix in ("nn.", "th.nn.", "torch.nn.")
@@ -110,17 +130,32 @@ class LinearSchedule:
         return progress_remaining * self.start
 
 
-def load_hyperparams(path: str | Path, env_id: str) -> AgentHyperparams:
-    """Read the entry of ``env_id`` (else ``default``) from an RL Zoo style YAML file."""
+def load_hyperparams(path: str | Path, env_id: str, fallback: dict[str, Any] | None = None) -> AgentHyperparams:
+    """Read the entry of ``env_id`` from an RL Zoo style YAML file.
+
+    Args:
+        path: the YAML file.
+        env_id: the env id (the top-level key).
+        fallback: the entry used when the file has neither ``env_id`` nor ``default``
+            (:data:`FALLBACK_HYPERPARAMS` for the shipped file); None: such a file is an error.
+    """
     path = Path(path)
     table = read_yaml(path)
-    key = env_id if env_id in table else "default"
-    if key not in table:
+    if env_id in table:
+        entry = table[env_id]
+    elif "default" in table:
+        entry = table["default"]
+    elif fallback is not None:
+        entry = dict(fallback)
+    else:
         raise ConfigError(f"{path} has no entry for '{env_id}' and no 'default'; add one (keys: {sorted(table)})")
-    entry = table[key]
     if not isinstance(entry, dict):
         raise ConfigError(f"{path}: the entry for '{env_id}' must be a mapping")
-    where = f"{path}[{env_id}]"
+    return parse_entry(entry, f"{path}[{env_id}]")
+
+
+def parse_entry(entry: dict[str, Any], where: str) -> AgentHyperparams:
+    """One entry of an RL Zoo style file, as written, checked and parsed (``where`` names it in errors)."""
     valid = ppo_keys()
     for key in entry:
         if key not in valid:

@@ -25,7 +25,7 @@ from dus_gym.core.specs import sampler_settings, specs_dir
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
 from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
-from dus_gym.rl.hyperparams import AgentHyperparams, load_hyperparams
+from dus_gym.rl.hyperparams import FALLBACK_HYPERPARAMS, AgentHyperparams, load_hyperparams
 from dus_gym.rl.policies import POLICIES
 from dus_gym.rl.policy_run import check_hyperparams_task, load_last_checkpoint, record_resume
 from dus_gym.rl.registration import env_run_config, registry_spec, run_mapping
@@ -100,7 +100,8 @@ class TrainPolicyConfig:
 def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Path:
     """Train, save and (optionally) evaluate a policy; return the run folder."""
     hp_path = Path(config.hyperparams) if config.hyperparams else specs_dir("agents") / "ppo.yml"
-    hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id)
+    hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id,
+                                            fallback=None if config.hyperparams else FALLBACK_HYPERPARAMS)
     if "task" not in config.env_kwargs:
         check_hyperparams_task(hp.env_kwargs, hp_path, config.allow_task_import)
     env_kwargs = {**hp.env_kwargs, **config.env_kwargs}

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from dus_gym.core.extras import require
 from dus_gym.core.files import FILE_MODE, atomic_path
 
 JPEG_QUALITY = 95
@@ -69,7 +70,7 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 def save_jpeg(path: Path, pixels: np.ndarray) -> None:
     """Write a (H, W, 3) or (H, W) uint8 array as a JPEG of quality :data:`JPEG_QUALITY`."""
-    from PIL import Image
+    Image = require("PIL.Image", "av", "the prepared frames")  # noqa: N806
 
     Image.fromarray(np.ascontiguousarray(pixels)).save(path, format="JPEG", quality=JPEG_QUALITY)
 

@@ -1,7 +1,11 @@
 """ResNet encoders (He et al., CVPR 2016): ResNet-18 for spectrograms and frames (as in OGM-GE), ResNet-50 for images.
 
-torchvision is not a dependency (its PyPI build does not import beside every torch build), so the
-architectures are written here by hand. ResNet-18: a 7x7/2 stem, 3x3/2 max-pool, four stages of two
+torchvision is not a dependency: its build from the package index does not load beside every torch
+build this package allows (beside the CPU build of torch 2.13, ``import torchvision`` fails with
+"operator torchvision::nms does not exist"), so the architectures are written here by hand, and
+images are decoded with Pillow (:func:`dus_gym.tasks.sources.load_image`) rather than torchvision.io.
+
+ResNet-18: a 7x7/2 stem, 3x3/2 max-pool, four stages of two
 basic blocks with 64, 128, 256 and 512 channels, then global average pooling to a 512-d feature.
 ResNet-50 (:class:`BottleneckResNet`): the same stem, four stages of 3, 4, 6 and 3 bottleneck blocks,
 a 2048-d feature, with torchvision's parameter names so that its ImageNet weights load.

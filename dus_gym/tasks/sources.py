@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dus_gym.core.extras import require
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -69,7 +71,7 @@ def load_image(path: Path, size: int, mode: str = "RGB", crop: float = 1.0) -> t
     ``crop`` < 1 first takes the central ``crop`` fraction of each side (a centre crop), then the
     image is resized to ``size`` x ``size`` (bilinear). An unreadable file is an error that names it.
     """
-    from PIL import Image
+    Image = require("PIL.Image", "av", "the audio-visual and image tasks")  # noqa: N806
 
     try:
         with Image.open(path) as image:

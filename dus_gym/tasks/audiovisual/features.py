@@ -52,9 +52,15 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float) 
     return np.clip(np.minimum(up, down), 0.0, None)
 
 
-def kinetics_fbank(wave: np.ndarray) -> np.ndarray:
-    """(1024, 128) float32 Kaldi-style log-mel filterbank of a 16 kHz mono clip."""
-    c = KINETICS_AUDIO
+def kinetics_fbank(wave: np.ndarray, n_mels: int | None = None) -> np.ndarray:
+    """(1024, 128) float32 Kaldi-style log-mel filterbank of a 16 kHz mono clip.
+
+    Written here because torchaudio (whose ``compliance.kaldi.fbank`` is the published code's) has no
+    build for every torch this package allows; tested against kaldi-native-fbank
+    (tests/test_audiovisual.py), which refuses 128 bins over a 512-point FFT (empty filters), on
+    the bin counts both accept. ``n_mels`` (default 128) is there for that test.
+    """
+    c = {**KINETICS_AUDIO, **({"n_mels": n_mels} if n_mels is not None else {})}
     sr = c["sample_rate"]
     wave = np.asarray(wave, dtype=np.float64).reshape(-1)
     wave = wave - wave.mean() if wave.size else wave

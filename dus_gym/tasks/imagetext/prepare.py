@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from dus_gym.core.extras import require
 from dus_gym.core.files import atomic_path
 from dus_gym.tasks.bert import import_transformers
 from dus_gym.tasks.layout import write_metadata, write_split_csv
@@ -242,7 +243,7 @@ def resize_image(source: str | None, target: str, size: int) -> bool:
 
     Returns False when a black image was written instead. Runs in a worker process.
     """
-    from PIL import Image
+    Image = require("PIL.Image", "imagetext", "the image-text images")  # noqa: N806
 
     pixels = None
     if source is not None:

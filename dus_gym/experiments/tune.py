@@ -1,0 +1,294 @@
+"""Hyper-parameter search with Optuna, sized for envs whose every step is real training (``dus-gym tune``).
+
+A study lives in one folder: ``study.db`` (Optuna's RDB storage on SQLite), so a study that is
+stopped (Ctrl-C, a crash, ``--timeout``) continues where it was when the same command is run again:
+the trial budget counts the finished trials (complete or pruned), and a trial that a killed process
+left running is marked failed and queued again with its parameters. Trials are pruned on the
+intermediate validation accuracy (Optuna's median rule); a trial whose learner diverges ends as
+pruned at its last validation. The best settings are written in the formats ``agents/`` uses.
+
+This module tunes the DUS heuristic (alpha, n_min, warm-up) on training runs of a task, then
+measures the tuned settings against the default ones on held-out seeds, paired (the table says
+whether tuning helped); :mod:`dus_gym.rl.tune_ppo` tunes PPO on a DUS env with the same study
+machinery. Optuna is the ``tune`` extra (``pip install "dus-gym[tune]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from dus_gym.core.config import ConfigError, RunConfig, check_seeds, to_dict
+from dus_gym.core.extras import require
+from dus_gym.core.files import write_text_atomic
+from dus_gym.experiments.callbacks import RunCallback
+from dus_gym.experiments.run import DivergedError, run_training
+from dus_gym.experiments.stats import aggregate_scores, format_aggregates, format_mean_std, paired_interval
+from dus_gym.tasks import make_task
+
+if TYPE_CHECKING:
+    import optuna
+
+STUDY_FILE = "study.db"
+
+
+def import_optuna() -> Any:
+    """Optuna, or an ImportError that says how to install it."""
+    optuna = require("optuna", "tune", "dus-gym tune's studies")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_study(folder: str | Path, name: str, seed: int, n_startup_trials: int, n_warmup_steps: int) -> optuna.Study:
+    """Create or load the study ``name`` in ``folder/study.db`` (maximised; TPE; median pruner).
+
+    Trials that a killed process left ``RUNNING`` are marked failed and queued again with their
+    parameters. The TPE sampler is seeded with ``seed`` plus the number of trials already in the
+    study, so a resumed study does not draw its first random trials again.
+
+    Args:
+        folder: the study folder (created).
+        name: the study name (one folder may hold several).
+        seed: seed of the sampler.
+        n_startup_trials: random trials before TPE, and finished trials before any pruning.
+        n_warmup_steps: reported steps of a trial before it may be pruned.
+    """
+    optuna = import_optuna()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / STUDY_FILE).resolve()}")
+    done = 0
+    try:
+        done = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        pass  # a new study
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=n_startup_trials),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps))
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+    return study
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count against the budget: complete or pruned."""
+    optuna = import_optuna()
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+              timeout: float | None, catch: tuple[type[BaseException], ...] = (), progress: bool = True) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones (or ``timeout`` seconds have passed)."""
+    optuna = import_optuna()
+    remaining = n_trials - finished_trials(study)
+    if remaining <= 0:
+        print(f"study {study.study_name}: {n_trials} trials already finished", flush=True)
+        return
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if not progress:
+            return
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            value = f"{trial.value:.4f}"
+        elif trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+            step = max(trial.intermediate_values)
+            value = f"pruned at step {step} ({trial.intermediate_values[step]:.4f})"
+        else:
+            value = trial.state.name.lower()
+        best = (f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
+                if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+                else "")
+        print(f"trial {trial.number}: {value} ({params}){best}", flush=True)
+
+    study.optimize(objective, n_trials=remaining, timeout=timeout, catch=catch, callbacks=[report],
+                   gc_after_trial=True)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best complete trial; a ValueError when none has completed."""
+    optuna = import_optuna()
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise ValueError(f"study {study.study_name} has no complete trial yet; run more trials")
+    return study.best_trial
+
+
+def round_significant(value: float, digits: int = 3) -> float:
+    """``value`` rounded to ``digits`` significant digits (what is written is what is evaluated)."""
+    if value == 0 or not math.isfinite(value):
+        return float(value)
+    return float(round(value, digits - 1 - int(math.floor(math.log10(abs(value))))))
+
+
+class PruneOnValidation(RunCallback):
+    """Reports the fused validation accuracy of a training run to an Optuna trial; prunes the trial.
+
+    Args:
+        trial: the trial.
+        run_index: the run's place among the trial's runs (seeds one after the other): the reported step
+            is ``run_index * budget + iteration``.
+    """
+
+    def __init__(self, trial: optuna.Trial, run_index: int = 0) -> None:
+        super().__init__()
+        self.trial = trial
+        self.run_index = run_index
+
+    def _on_iteration(self) -> bool:
+        validation = self.run.validation
+        if validation is not None:
+            step = self.run_index * self.run.n_iterations + self.run.iteration
+            self.trial.report(float(validation.fused["acc"]), step)
+            if self.trial.should_prune():
+                raise import_optuna().TrialPruned(f"fused val acc {validation.fused['acc']:.3f} at step {step}")
+        return True
+
+
+@dataclass(frozen=True)
+class HeuristicTuneConfig:
+    """A search over the DUS heuristic's settings on one task (``dus-gym tune heuristic``).
+
+    Each trial trains the task on every seed of ``seeds`` (validation accuracy after the run, mean
+    over the seeds: the objective); the test split is not looked at. After the search the best
+    settings and the default ones (agents/heuristic.yml) are trained on ``eval_seeds`` and compared
+    on test accuracy, paired.
+    """
+
+    base: RunConfig
+    """The run configuration of every trial (task, learner, budget, the heuristic's default settings)."""
+    folder: str
+    """The study folder (study.db, heuristic.yml, best.yaml, evaluation.json, table.md)."""
+    n_trials: int = 30
+    """Finished trials (complete or pruned) the study should hold."""
+    timeout: float | None = None
+    """Seconds of this call's search (None: no limit); the study resumes later."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Learner seeds of every trial."""
+    eval_seeds: tuple[int, ...] = tuple(range(100, 110))
+    """Held-out learner seeds of the final comparison (disjoint from ``seeds``)."""
+    sampler_seed: int = 0
+    """Seed of Optuna's sampler."""
+    n_startup_trials: int = 8
+    """Random trials before TPE, and trials before pruning starts."""
+    alpha_range: tuple[float, float] = (0.3, 100.0)
+    """Log-uniform range of alpha (the sampler bounds it to [0, 100])."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_seeds(self.seeds, "seeds")
+        check_seeds(self.eval_seeds, "eval_seeds")
+        if set(self.seeds) & set(self.eval_seeds):
+            raise ConfigError(f"the evaluation seeds must be held out: {sorted(set(self.seeds) & set(self.eval_seeds))}"
+                              " are also tuning seeds")
+        if self.n_trials < 1 or (self.timeout is not None and self.timeout <= 0):
+            raise ConfigError(f"trials must be >= 1 and timeout > 0, got {self.n_trials} and {self.timeout}")
+        lo, hi = self.alpha_range
+        if not 0 < lo < hi <= 100:
+            raise ConfigError(f"alpha_range must satisfy 0 < low < high <= 100, got {self.alpha_range}")
+        if self.base.sampler != "heuristic":
+            raise ConfigError(f"dus-gym tune heuristic tunes the heuristic sampler, the config has "
+                              f"'{self.base.sampler}'")
+
+
+def heuristic_space(trial: optuna.Trial, config: HeuristicTuneConfig, n_iterations: int) -> dict[str, Any]:
+    """The heuristic's settings of one trial: alpha (log), n_min (log, up to B), warmup (up to a quarter of the run).
+
+    n_max stays at the task's setting (the ceiling of a modality's count).
+    """
+    n_max = int(config.base.sampler_kwargs.get("n_max", 256))
+    batch = config.base.learner.batch_size
+    step = max(1, n_iterations // 40)
+    return {"alpha": trial.suggest_float("alpha", *config.alpha_range, log=True),
+            "n_min": trial.suggest_int("n_min", 1, max(1, min(batch, n_max)), log=True),
+            "warmup": trial.suggest_int("warmup", 0, (n_iterations // 4) // step * step, step=step)}
+
+
+def tuned_settings(params: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The heuristic's settings as written (agents/heuristic.yml keys): the base with the trial's values."""
+    out = {**base, **params}
+    out["alpha"] = round_significant(float(out["alpha"]))
+    return {k: out[k] for k in ("alpha", "n_min", "n_max", "warmup") if k in out}
+
+
+def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
+    """Search the heuristic's settings, write them, and compare them with the default ones on held-out seeds.
+
+    Returns the record written to ``folder/evaluation.json`` (best trial, settings, per-seed test
+    accuracies, paired difference and its interval, aggregates, the table).
+    """
+    base = config.base
+    task = make_task(base.task, **base.task_kwargs)
+    n_iterations = base.budget(len(task.splits["train"]))  # the whole split (a probe slice shortens it a little)
+    study = open_study(config.folder, f"{task.name}-heuristic", config.sampler_seed, config.n_startup_trials,
+                       n_warmup_steps=n_iterations // 2)
+    default = dict(base.sampler_kwargs)
+
+    def objective(trial: optuna.Trial) -> float:
+        kwargs = {**default, **heuristic_space(trial, config, n_iterations)}
+        scores = []
+        for i, seed in enumerate(config.seeds):
+            run = replace(base, sampler_kwargs=kwargs, seed=seed)
+            try:
+                result = run_training(run, task=task, progress=False, probe=False,
+                                      callbacks=[PruneOnValidation(trial, run_index=i)])
+            except DivergedError as err:  # a setting that diverges ends as pruned at its last validation
+                trial.set_user_attr("diverged", str(err))
+                raise import_optuna().TrialPruned(f"diverged on seed {seed}") from err
+            scores.append(result.summary["val_curve"][-1]["fused_acc"])
+        trial.set_user_attr("val_acc_per_seed", scores)
+        return float(np.mean(scores))
+
+    run_study(study, objective, config.n_trials, config.timeout, progress=config.progress)
+    best = best_trial(study)
+    tuned = tuned_settings(best.params, default)
+    folder = Path(config.folder)
+    write_text_atomic(folder / "heuristic.yml", yaml.safe_dump({base.task: tuned}, sort_keys=False))
+    run_config = {**to_dict(base), "sampler": "heuristic", "sampler_kwargs": tuned}
+    run_config.pop("seed", None)
+    write_text_atomic(folder / "best.yaml", yaml.safe_dump(run_config, sort_keys=False))
+    record = evaluate_heuristic(base, task, default, tuned, config.eval_seeds, config.progress)
+    record.update({"study": study.study_name, "best_trial": best.number, "best_val_acc": best.value,
+                   "trials_finished": finished_trials(study), "tuning_seeds": list(config.seeds)})
+    write_text_atomic(folder / "evaluation.json", json.dumps(record, indent=2))
+    write_text_atomic(folder / "table.md", record["table"] + "\n")
+    return record
+
+
+def evaluate_heuristic(base: RunConfig, task: Any, default: dict[str, Any], tuned: dict[str, Any],
+                       seeds: Sequence[int], progress: bool = True) -> dict[str, Any]:
+    """Train the default and the tuned settings on ``seeds``; the paired difference of test accuracy and its CI."""
+    acc: dict[str, list[float]] = {"default": [], "tuned": []}
+    for label, kwargs in (("default", default), ("tuned", tuned)):
+        for seed in seeds:
+            result = run_training(replace(base, sampler_kwargs=dict(kwargs), seed=seed), task=task,
+                                  progress=progress, probe=False)
+            acc[label].append(result.summary["test"]["fused"]["acc"])
+    d, lo, hi = paired_interval(acc["tuned"], acc["default"])
+    aggregates = aggregate_scores(acc, reference="default")
+
+    def settings(kwargs: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {_short(kwargs[k])}" for k in ("alpha", "n_min", "n_max", "warmup") if k in kwargs)
+
+    lines = ["| heuristic | settings | test fused acc | Δ tuned vs default [95% CI] |", "|---|---|---|---|",
+             f"| default | {settings(default)} | {format_mean_std(acc['default'])} | — |",
+             f"| tuned | {settings(tuned)} | {format_mean_std(acc['tuned'])} | "
+             f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |"]
+    table = ("\n".join(lines) + "\n\n" + format_aggregates(aggregates, "default", label="heuristic"))
+    return {"task": task.name, "eval_seeds": list(seeds), "default": default, "tuned": tuned, "test_acc": acc,
+            "paired_difference": {"mean": d, "low": lo, "high": hi},
+            "aggregates": {k: asdict(v) for k, v in aggregates.items()}, "table": table}

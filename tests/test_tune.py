@@ -1,0 +1,92 @@
+"""dus-gym tune: the heuristic's and PPO's searches, resumable studies, pruning, the written settings."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from dus_gym.cli import main
+from dus_gym.core.config import RunConfig, from_dict
+from dus_gym.experiments.stats import paired_interval
+from dus_gym.rl.hyperparams import load_hyperparams
+from tests.conftest import TINY_PPO
+
+optuna = pytest.importorskip("optuna", reason="optuna (the tune extra) is not installed")
+
+SMALL = ["--task", "synthetic", "--iterations", "30", "--set", "eval_every=10",
+         "--set", "task_kwargs={n_samples: 300, dominant_dim: 32, hidden_dim: 16}"]
+
+
+def test_tune_heuristic_writes_settings_and_a_paired_comparison(tmp_path, capsys):
+    study = tmp_path / "study"
+    argv = ["tune", "heuristic", *SMALL, "--trials", "2", "--seeds", "0", "--eval-seeds", "7", "8",
+            "--study", str(study), "--no-progress"]
+    assert main(argv) == 0
+    assert "Δ tuned vs default" in capsys.readouterr().out
+    tuned = yaml.safe_load((study / "heuristic.yml").read_text())["synthetic"]
+    assert set(tuned) == {"alpha", "n_min", "n_max", "warmup"} and 0.3 <= tuned["alpha"] <= 100
+    assert 1 <= tuned["n_min"] <= 64 and tuned["n_max"] == 256 and 0 <= tuned["warmup"] <= 30 // 4
+    best = from_dict(RunConfig, yaml.safe_load((study / "best.yaml").read_text()))
+    assert best.sampler == "heuristic" and best.sampler_kwargs == tuned and best.n_iterations == 30
+    record = json.loads((study / "evaluation.json").read_text())
+    acc = record["test_acc"]
+    d, lo, hi = paired_interval(acc["tuned"], acc["default"])
+    assert record["paired_difference"] == {"mean": d, "low": lo, "high": hi} and len(acc["tuned"]) == 2
+    # resumable: the same command with more trials adds only the missing ones; a stale running trial is redone
+    stale = optuna.load_study(study_name="synthetic-heuristic", storage=f"sqlite:///{study / 'study.db'}")
+    left = stale.ask()  # left RUNNING after drawing its alpha, as by a killed process
+    alpha = left.suggest_float("alpha", 0.3, 100.0, log=True)
+    assert main([*argv[:argv.index("--trials")], "--trials", "3", *argv[argv.index("--trials") + 2:]]) == 0
+    trials = optuna.load_study(study_name="synthetic-heuristic", storage=f"sqlite:///{study / 'study.db'}").trials
+    states = [t.state.name for t in trials]
+    assert states.count("FAIL") == 1 and states.count("RUNNING") == 0
+    assert len([s for s in states if s in ("COMPLETE", "PRUNED")]) == 3
+    assert trials[-1].params["alpha"] == alpha  # the stale trial's parameters, queued again
+
+
+def test_pruning_on_validation_accuracy():
+    from dataclasses import replace
+
+    from dus_gym.experiments.run import run_training
+    from dus_gym.experiments.tune import PruneOnValidation
+
+    config = from_dict(RunConfig, {"task": "synthetic", "n_iterations": 30, "eval_every": 10,
+                                   "task_kwargs": {"n_samples": 300, "dominant_dim": 32, "hidden_dim": 16}})
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="step 10"):  # below the threshold at the first validation
+        run_training(replace(config, seed=0), progress=False, probe=False,
+                     callbacks=[PruneOnValidation(trial, run_index=0)])
+    assert list(trial.storage.get_trial(trial._trial_id).intermediate_values) == [10]
+    kept = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.0))
+    trial = kept.ask()
+    run_training(replace(config, seed=0), progress=False, probe=False, callbacks=[PruneOnValidation(trial, 1)])
+    assert sorted(kept.trials[0].intermediate_values) == [40, 50, 60]  # steps offset by one run's budget
+
+
+def test_tune_ppo_writes_a_zoo_entry(tmp_path, capsys):
+    study, start = tmp_path / "ppo", tmp_path / "start.yml"
+    start.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": TINY_PPO}))
+    argv = ["tune", "ppo", "-conf", str(start), "--env-kwargs", "n_iterations=20", "iterations_per_step=10",
+            "task_kwargs={n_samples: 300, dominant_dim: 32, hidden_dim: 16}", "--trials", "1",
+            "--trial-timesteps", "8", "--eval-episodes", "1", "--study", str(study), "--no-progress"]
+    assert main(argv) == 0
+    table = yaml.safe_load((study / "ppo.yml").read_text())
+    assert list(table) == ["dus_gym/Synthetic-v0"]
+    entry = table["dus_gym/Synthetic-v0"]
+    assert entry["n_steps"] in (2, 4, 8) and entry["learning_rate"].startswith("lin_")
+    hp = load_hyperparams(study / "ppo.yml", "dus_gym/Synthetic-v0")  # loads as train_policy loads it
+    assert hp.n_envs == 1 and hp.model_kwargs["n_steps"] == entry["n_steps"]
+    assert entry["n_timesteps"] == TINY_PPO["n_timesteps"]  # tuned on top of the entry it started from
+    best = json.loads((study / "best.json").read_text())
+    assert 0.0 <= best["best_val_acc"] <= 1.0 and best["trials_finished"] == 1
+    assert np.isfinite(best["best_val_acc"])
+
+
+def test_tune_bad_input(tmp_path, capsys):
+    assert main(["tune", "heuristic", *SMALL, "--seeds", "1", "--eval-seeds", "1", "--study",
+                 str(tmp_path / "s")]) == 2
+    assert "held out" in capsys.readouterr().err
+    assert main(["tune", "ppo", "--env", "dus_gym/Nope-v0", "--study", str(tmp_path / "p")]) == 2
+    assert "dus-gym: error:" in capsys.readouterr().err
