@@ -247,7 +247,7 @@ def format_family_table(record: dict[str, Any]) -> str:
 def format_family_aggregates(record: dict[str, Any]) -> str:
     """Markdown: per row, the IQM of the test accuracy and the probability of improvement over uniform.
 
-    The IQM is over every (seed, instance) case, its interval a bootstrap stratified by instance;
+    The IQM is over every (seed, instance) case, its interval a bootstrap of the seeds within each instance;
     the probability of improvement is rliable's (per instance, averaged over instances).
     """
     rows, pool, seeds = record["rows"], record["pool"], record["seeds"]
@@ -257,5 +257,6 @@ def format_family_aggregates(record: dict[str, Any]) -> str:
         if all(acc[(i, s)] is not None for i in pool for s in seeds):  # a diverged case: no aggregate for the row
             scores[label] = np.array([[acc[(i, s)] for i in pool] for s in seeds])
     aggregates = aggregate_scores(scores, reference="uniform")
-    return (f"Interquartile mean over the {len(seeds)} seeds x {len(pool)} instances (stratified bootstrap over "
-            "instances) and the probability of improvement over uniform:\n\n" + format_aggregates(aggregates))
+    return (f"Interquartile mean over the {len(seeds)} seeds x {len(pool)} instances (stratified bootstrap: seeds "
+            "resampled within each instance) and the probability of improvement over uniform:\n\n"
+            + format_aggregates(aggregates))
