@@ -39,3 +39,14 @@ def tiny_family_policy(tmp_path_factory):
                                run_dir=str(root / "runs"), env_kwargs=TINY_FAMILY_ENV, eval_freq=0,
                                checkpoint_freq=32, evaluate=False, progress=False)
     return config, train_policy(config, argv=["train_policy.py"])
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread, as every subproc and Ray env gets (two threads on two busy cores mostly wait)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -54,17 +54,6 @@ def _train(tmp_path, vec_env, **extra):
     return train_policy(config, argv=["train_policy.py"])
 
 
-@pytest.fixture
-def one_torch_thread():
-    """One torch thread, as every subproc and Ray env gets (two threads on two busy cores mostly wait)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_train_policy_with_the_vectorised_env(tmp_path, one_torch_thread):
     # with the EvalCallback and VecNormalize: the eval env must mirror the training env's wrappers
     folder = _train(tmp_path, "vectorized", eval_freq=32)

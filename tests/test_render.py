@@ -7,7 +7,6 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 import yaml
 from gymnasium.utils.env_checker import check_env
 
@@ -17,12 +16,7 @@ TINY = {"n_iterations": 20, "iterations_per_step": 10, "task_kwargs": {"n_sample
 ENV_ID = "dus_gym/Synthetic-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_ansi_is_one_line_per_step_with_counts_cmd_and_val_accuracy():

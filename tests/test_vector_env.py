@@ -3,7 +3,6 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.vector import AutoresetMode
 
 import dus_gym  # noqa: F401 (registers the ids)
@@ -14,12 +13,7 @@ TINY = {"n_iterations": 20, "iterations_per_step": 10, "task_kwargs": {"n_sample
 ENV_ID = "dus_gym/Synthetic-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _assert_infos_equal(a, b, path="info"):
