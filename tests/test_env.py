@@ -20,10 +20,11 @@ BUILT_IN = ["dus_gym/MFeat-v0", "dus_gym/Synthetic-v0"]
 NEED_DATA = {"dus_gym/CremaD-v0", "dus_gym/KineticsSounds-v0",  # checked on a fixture in test_audiovisual.py,
              "dus_gym/Twitter2015-v0", "dus_gym/Sarcasm-v0",  # test_imagetext.py
              "dus_gym/NVGesture-v0"}  # and test_gesture.py
+FAMILIES = {"dus_gym/SyntheticFamily-v0", "dus_gym/MFeatFamily-v0"}  # checked in test_families.py
 
 
 def test_every_registered_id_is_checked_somewhere():
-    assert set(dus_gym.ENV_IDS) == set(BUILT_IN) | NEED_DATA
+    assert set(dus_gym.ENV_IDS) == set(BUILT_IN) | NEED_DATA | FAMILIES
 
 
 @pytest.mark.parametrize("env_id", BUILT_IN)

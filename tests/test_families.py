@@ -92,8 +92,10 @@ def test_family_env_draws_training_instances_and_reset_options_choose_any():
     assert step_info["instance"] == held and step_info["counts"].sum() == M * env.learner_config.batch_size
 
 
-def test_family_env_passes_both_checkers():
-    env = family_env()
+@pytest.mark.parametrize("env_id", ["dus_gym/SyntheticFamily-v0", "dus_gym/MFeatFamily-v0"])
+def test_family_env_passes_both_checkers(env_id):
+    small = TINY if env_id == "dus_gym/SyntheticFamily-v0" else {"n_iterations": 20, "iterations_per_step": 10}
+    env = gym.make(env_id, **small).unwrapped
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gym_check_env(env, skip_render_check=True)

@@ -74,7 +74,8 @@ def test_rows_of_the_throughput_and_vec_env_outputs(suite):
 def _record(task, method, sampler, seed, acc, seconds, alone=None):
     test = {"fused": {"acc": acc, "f1": acc, "map": acc}, "a": {"acc": 0.5, "f1": 0.5}, "b": {"acc": 0.5, "f1": 0.5}}
     summary = {"modalities": ["a", "b"], "iterations": 200, "epochs": 1.0, "train_seconds": seconds, "test": test,
-               "final_gap": 0.1, "mean_counts": {"a": 64, "b": 64}, "final_cmd": {"a": 0.05, "b": -0.05}}
+               "final_gap": 0.1, "mean_counts": {"a": 64, "b": 64}, "samples_seen": {"a": 12800, "b": 12800},
+               "final_cmd": {"a": 0.05, "b": -0.05}}
     return {"task": task, "method": method, "sampler": sampler, "seed": seed, "alone": alone, "summary": summary,
             "diverged": None}
 

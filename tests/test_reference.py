@@ -99,7 +99,7 @@ def test_reference_command_bad_input_is_one_line(tmp_path, capsys):
     assert "dus-gym: error: " in capsys.readouterr().err
     (tmp_path / "r.md").write_text("no block\n")
     assert main(["reference", "--readme", str(tmp_path / "r.md"), "--run-dir", str(tmp_path)]) == 2
-    assert "reference-Synthetic-v0:start" in capsys.readouterr().err
+    assert "reference-SyntheticFamily-v0:start" in capsys.readouterr().err
     assert main(["reference", "--seeds", "0", "--agents", "heuristic-replay", "--run-dir", str(tmp_path)]) == 2
     assert "at least 2 seeds" in capsys.readouterr().err
     assert not list(tmp_path.glob("reference-*"))  # nothing half-written
