@@ -179,7 +179,8 @@ class Episodes:
         """What the per-modality info keys end with.
 
         The modality names, or ``slot<k>`` for every slot of a "modalities" observation (fixed whatever
-        instance a family env draws; nan for an unused slot).
+        instance a family env draws; 0 for an unused slot: no samples, no accuracy, and equal infos for
+        equal seeds, as Gymnasium's determinism check wants, which a nan is not).
         """
         if self.layout.kind == "modalities":
             return [f"slot{k}" for k in range(self.layout.slots)]
@@ -191,8 +192,8 @@ class Episodes:
         done = max(int(self.count_iterations[i]), 1)
         M = len(self.modalities)
         for k, name in enumerate(self.keyword_names):
-            info[f"val_acc_{name}"] = float(self.per_modality[i, k]) if k < M else float("nan")
-            info[f"mean_count_{name}"] = float(self.count_sum[i, k] / done) if k < M else float("nan")
+            info[f"val_acc_{name}"] = float(self.per_modality[i, k]) if k < M else 0.0
+            info[f"mean_count_{name}"] = float(self.count_sum[i, k] / done) if k < M else 0.0
         return info
 
     def info_keywords(self) -> tuple[str, ...]:
