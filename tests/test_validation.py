@@ -806,6 +806,14 @@ def test_policy_resume_continues_with_the_runs_settings_and_keeps_its_provenance
     assert policy["env"]["iterations_per_step"] == 4 and policy["timesteps"] == 24  # 8 + two rollouts of 8
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C as in a terminal. A test runner started in the background (``cmd &``
+    from a script) ignores SIGINT, and a child inherits that: it would then rightly ignore the test's Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_train_policy_with_subprocess_envs_is_one_line_and_130(tmp_path):
     import os
     import signal
@@ -825,7 +833,7 @@ def test_ctrl_c_on_train_policy_with_subprocess_envs_is_one_line_and_130(tmp_pat
                              str(tmp_path / "runs"), "--env-kwargs", "n_iterations=8", "iterations_per_step=4",
                              "task_kwargs.hidden_dim=4", "task_kwargs.dominant_dim=8"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 240
     while not list((tmp_path / "runs").glob("*/checkpoints/ppo_*_steps.zip")):  # the workers are training
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
