@@ -41,9 +41,10 @@ def tiny_family_policy(tmp_path_factory):
     return config, train_policy(config, argv=["train_policy.py"])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_torch_thread():
-    """One torch thread, as every subproc and Ray env gets (two threads on two busy cores mostly wait)."""
+    """One torch thread for a module's tiny models, as every subproc and Ray env gets (two threads on two busy
+    cores mostly wait for each other)."""
     import torch
 
     threads = torch.get_num_threads()

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from dus_gym.core.backend import LearnerBackend
 from dus_gym.core.batched_learner import BatchedLearner
@@ -10,13 +9,7 @@ from dus_gym.core.config import LearnerConfig
 from dus_gym.core.learner import LearnerGroup
 from dus_gym.tasks import make_task
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

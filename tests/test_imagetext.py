@@ -32,13 +32,7 @@ CPU_LEARNER = {"device": "cpu", "batch_size": 4, "eval_batch_size": 16, "num_wor
                "channels_last": False, "count_sizes": None, "optimizer": "sgd", "lr": 0.01}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: these tiny models only pay for thread synchronisation (much so on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
