@@ -116,11 +116,19 @@ def test_unknown_env_id_is_one_line(tmp_path, capsys):
 def test_compare_rows_for_labelled_policies_and_a_compute_fair_heuristic(tiny_policy, tmp_path):
     _, folder = tiny_policy
     code = main(["compare", "--task", "synthetic", "--samplers", "uniform", "heuristic", "--allocation",
-                 "--policy", f"first={folder}", "--policy", f"second={folder}", "--seeds", "0", "--no-alone",
+                 "--policy", str(folder), "--policy", f"second={folder}", "--seeds", "0", "1", "--no-alone",
                  "--iterations", "20", "--run-dir", str(tmp_path), "--no-progress", "--set", "eval_every=20"])
     assert code == 0
     record = json.loads(next(tmp_path.glob("compare-synthetic-*/compare.json")).read_text())
-    assert list(record["runs"]) == ["uniform", "heuristic", "first", "second"]
-    assert record["runs"]["first"][0]["test"] == record["runs"]["second"][0]["test"]  # one policy, two labels
+    assert list(record["runs"]) == ["uniform", "heuristic", "ppo", "second"]
+    assert record["runs"]["ppo"][0]["test"] == record["runs"]["second"][0]["test"]  # one policy, two labels
+    # the paired difference of ppo to every other row (e.g. a specialist): zero for the same policy
+    lines = record["table"].splitlines()
+    column = [c.strip() for c in lines[0].split("|")].index("ppo − row [95% CI]")
+    cells = {row.split("|")[1].strip(): row.split("|")[column].strip() for row in lines[2:6]}
+    assert cells["second"] == "+0.0 [+0.0, +0.0]" and cells["ppo"] == "—"
+    gain = np.mean([a["test"]["fused"]["acc"] - b["test"]["fused"]["acc"]
+                    for a, b in zip(record["runs"]["ppo"], record["runs"]["uniform"], strict=True)])
+    assert cells["uniform"].startswith(f"{100 * gain:+.1f} [")
     heuristic = np.load(next(tmp_path.glob("compare-synthetic-*/heuristic/seed0/counts.npy")))
     assert (heuristic.sum(1) == 2 * 64).all() and heuristic[:, 0].min() < 64  # M x B per iteration, reallocated

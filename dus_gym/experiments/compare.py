@@ -147,14 +147,17 @@ def aggregate_table(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
 def format_table(record: dict[str, Any]) -> str:
     """A markdown table: mean ± std over seeds, paired differences with their 95 % CI, and each row's cost.
 
-    The differences are to uniform and to the heuristic (same seeds); the cost is samples seen per
+    The differences are to uniform and to the heuristic (same seeds) and, with a ``ppo`` row, ppo minus
+    every other row (a labelled policy such as a specialist, or a control); the cost is samples seen per
     modality, epochs, optimiser steps, FLOPs per iteration and wall time per run.
     """
     modalities = record["modalities"]
     runs = record["runs"]
+    policy = runs.get("ppo")
     head = (["sampler", "fused acc"] + [f"acc {m}" for m in modalities] + [f"probe {m}" for m in modalities]
             + [f"Shapley {m}" for m in modalities]
-            + [f"Δ fused vs {ref} [95% CI]" for ref in REFERENCES] + ["final abs(CMD)", "iterations"]
+            + [f"Δ fused vs {ref} [95% CI]" for ref in REFERENCES] + (["ppo − row [95% CI]"] if policy else [])
+            + ["final abs(CMD)", "iterations"]
             + [f"samples {m}" for m in modalities] + ["epochs", "steps", "MFLOP/iter", "wall s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, rs in runs.items():
@@ -174,6 +177,12 @@ def format_table(record: dict[str, Any]) -> str:
             reference = runs.get(ref)
             if reference is not None and alone_of is None and label != ref and len(reference) == len(rs):
                 d, lo, hi = paired_interval(fused, [r["test"]["fused"]["acc"] for r in reference])
+                row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+            else:
+                row.append("—")
+        if policy:
+            if alone_of is None and label != "ppo" and len(policy) == len(rs):
+                d, lo, hi = paired_interval([r["test"]["fused"]["acc"] for r in policy], fused)
                 row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
             else:
                 row.append("—")
