@@ -37,7 +37,13 @@ from dus_gym.core.methods import METHODS, check_method_fusion, make_method
 from dus_gym.core.specs import deep_merge, resolve_run_config
 from dus_gym.experiments import readme as readme_block
 from dus_gym.experiments.run import DivergedError, run_training
-from dus_gym.experiments.stats import format_mean_std, late_fusion_accuracy, mean_interval, paired_interval
+from dus_gym.experiments.stats import (
+    format_difference,
+    format_mean_std,
+    late_fusion_accuracy,
+    mean_interval,
+    paired_interval,
+)
 from dus_gym.samplers import make_sampler, overrides_per_sampler
 from dus_gym.tasks import cached_task
 
@@ -404,10 +410,7 @@ def _mean(values: Iterable[float] | None, digits: int = 0, scale: float = 1.0) -
 
 def format_delta(delta: tuple[float, float, float] | None) -> str:
     """A paired difference in points with its interval, or a dash (nan bounds: one seed)."""
-    if delta is None:
-        return "—"
-    d, lo, hi = delta
-    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return "—" if delta is None else format_difference(delta)
 
 
 def format_bench_table(rows: list[dict[str, Any]]) -> str:

@@ -16,8 +16,8 @@ from dus_gym.experiments.stats import (
     aggregate_scores,
     format_aggregates,
     format_mean_std,
+    format_paired,
     late_fusion_accuracy,
-    paired_interval,
 )
 from dus_gym.tasks import make_task
 
@@ -176,14 +176,12 @@ def format_table(record: dict[str, Any]) -> str:
         for ref in REFERENCES:
             reference = runs.get(ref)
             if reference is not None and alone_of is None and label != ref and len(reference) == len(rs):
-                d, lo, hi = paired_interval(fused, [r["test"]["fused"]["acc"] for r in reference])
-                row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+                row.append(format_paired(fused, [r["test"]["fused"]["acc"] for r in reference]))
             else:
                 row.append("—")
         if policy:
             if alone_of is None and label != "ppo" and len(policy) == len(rs):
-                d, lo, hi = paired_interval([r["test"]["fused"]["acc"] for r in policy], fused)
-                row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+                row.append(format_paired([r["test"]["fused"]["acc"] for r in policy], fused))
             else:
                 row.append("—")
         row.append("—" if alone_of else format_mean_std([r["final_gap"] for r in rs], scale=1.0, digits=3))

@@ -31,7 +31,7 @@ from dus_gym.core.config import ConfigError, RunConfig, from_dict, to_dict
 from dus_gym.core.files import read_yaml, write_text_atomic
 from dus_gym.core.specs import deep_merge
 from dus_gym.experiments.bench import Cell, execute_cells
-from dus_gym.experiments.stats import aggregate_scores, format_aggregates, format_mean_std, paired_interval
+from dus_gym.experiments.stats import aggregate_scores, format_aggregates, format_mean_std, format_paired
 from dus_gym.rl.registration import spec_path
 from dus_gym.samplers.action import allocate
 from dus_gym.tasks.families import TaskFamily
@@ -218,8 +218,7 @@ def _delta(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
     pairs = [(x["acc"], y["acc"]) for x, y in zip(a, b, strict=True) if "acc" in x and "acc" in y]
     if len(pairs) < 2:
         return "—"
-    d, lo, hi = paired_interval([p for p, _ in pairs], [q for _, q in pairs])
-    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return format_paired([p for p, _ in pairs], [q for _, q in pairs])
 
 
 def format_family_table(record: dict[str, Any]) -> str:

@@ -60,6 +60,17 @@ def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int =
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def format_difference(delta: tuple[float, float, float]) -> str:
+    """A difference and its interval ``(d, lo, hi)`` of accuracies as ``"+d [+lo, +hi]"`` in points."""
+    d, lo, hi = delta
+    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def format_paired(values: Sequence[float], reference: Sequence[float]) -> str:
+    """The paired difference ``values - reference`` of accuracies with its 95 % interval, in points."""
+    return format_difference(paired_interval(values, reference))
+
+
 
 @dataclass(frozen=True)
 class Aggregate:

@@ -30,7 +30,13 @@ from dus_gym.core.extras import require
 from dus_gym.core.files import write_text_atomic
 from dus_gym.experiments.callbacks import RunCallback
 from dus_gym.experiments.run import DivergedError, run_training
-from dus_gym.experiments.stats import aggregate_scores, format_aggregates, format_mean_std, paired_interval
+from dus_gym.experiments.stats import (
+    aggregate_scores,
+    format_aggregates,
+    format_difference,
+    format_mean_std,
+    paired_interval,
+)
 from dus_gym.tasks import make_task
 
 if TYPE_CHECKING:
@@ -287,7 +293,7 @@ def evaluate_heuristic(base: RunConfig, task: Any, default: dict[str, Any], tune
     lines = ["| heuristic | settings | test fused acc | Δ tuned vs default [95% CI] |", "|---|---|---|---|",
              f"| default | {settings(default)} | {format_mean_std(acc['default'])} | — |",
              f"| tuned | {settings(tuned)} | {format_mean_std(acc['tuned'])} | "
-             f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |"]
+             f"{format_difference((d, lo, hi))} |"]
     table = ("\n".join(lines) + "\n\n" + format_aggregates(aggregates, "default", label="heuristic"))
     return {"task": task.name, "eval_seeds": list(seeds), "default": default, "tuned": tuned, "test_acc": acc,
             "paired_difference": {"mean": d, "low": lo, "high": hi},
