@@ -18,7 +18,6 @@ def test_shipped_ppo_yml_resolves_for_every_env():
         assert "n_envs" not in hp.model_kwargs and "normalize" not in hp.model_kwargs
 
 
-
 def test_shipped_family_entries_train_their_policies_the_same_way():
     # the mfeat family policy is the synthetic one's recipe on other instances: a difference between
     # them must come from the instances, not from the PPO settings
@@ -26,6 +25,7 @@ def test_shipped_family_entries_train_their_policies_the_same_way():
     synthetic, mfeat = (load_hyperparams(path, f"dus_gym/{name}-v0") for name in ("SyntheticFamily", "MFeatFamily"))
     assert synthetic.raw == mfeat.raw and synthetic.policy == "ModalityPolicy"
     assert synthetic.n_envs == 8 and synthetic.n_timesteps == 16_000
+
 
 def test_zoo_strings_are_parsed_without_eval():
     parsed = parse_literal_call("dict(net_arch=[32, 32], activation_fn=nn.Tanh, ortho_init=False)", "x")

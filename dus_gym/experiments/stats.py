@@ -71,7 +71,6 @@ def format_paired(values: Sequence[float], reference: Sequence[float]) -> str:
     return format_difference(paired_interval(values, reference))
 
 
-
 @dataclass(frozen=True)
 class Aggregate:
     """The aggregates of one sampler (or method) over runs x tasks.
