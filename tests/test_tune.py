@@ -10,7 +10,7 @@ from dus_gym.cli import main
 from dus_gym.core.config import RunConfig, from_dict
 from dus_gym.experiments.stats import paired_interval
 from dus_gym.rl.hyperparams import load_hyperparams
-from tests.conftest import TINY_PPO
+from tests.conftest import TINY_FAMILY_PPO, TINY_PPO
 
 optuna = pytest.importorskip("optuna", reason="optuna (the tune extra) is not installed")
 
@@ -64,6 +64,18 @@ def test_pruning_on_validation_accuracy():
     run_training(replace(config, seed=0), progress=False, probe=False, callbacks=[PruneOnValidation(trial, 1)])
     assert sorted(kept.trials[0].intermediate_values) == [40, 50, 60]  # steps offset by one run's budget
 
+
+
+def test_tune_ppo_on_a_family_env_trains_its_modality_policy(tmp_path):
+    # the default env's entry names dus-gym's ModalityPolicy, which SB3 does not know by name
+    study, start = tmp_path / "ppo", tmp_path / "start.yml"
+    start.write_text(yaml.safe_dump({"dus_gym/SyntheticFamily-v0": TINY_FAMILY_PPO}))
+    argv = ["tune", "ppo", "--env", "dus_gym/SyntheticFamily-v0", "-conf", str(start), "--env-kwargs",
+            "n_iterations=20", "iterations_per_step=10", "task_kwargs={n_samples: 300, hidden_dim: 8}",
+            "--trials", "1", "--trial-timesteps", "8", "--eval-episodes", "1", "--study", str(study), "--no-progress"]
+    assert main(argv) == 0
+    best = json.loads((study / "best.json").read_text())
+    assert best["entry"]["policy"] == "ModalityPolicy" and 0.0 <= best["best_val_acc"] <= 1.0
 
 def test_tune_ppo_writes_a_zoo_entry(tmp_path, capsys):
     study, start = tmp_path / "ppo", tmp_path / "start.yml"

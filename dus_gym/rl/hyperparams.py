@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 
 from dus_gym.core.config import ConfigError, did_you_mean
 from dus_gym.core.files import read_yaml
+from dus_gym.rl.policies import POLICIES
 
 RUNNER_KEYS = ("n_envs", "n_timesteps", "normalize", "policy", "env_kwargs")
 RUNNER_SET = ("env", "tensorboard_log", "seed", "device", "verbose", "_init_setup_model")
@@ -72,6 +74,11 @@ class AgentHyperparams:
     """Keyword arguments of the PPO constructor (schedules already turned into callables)."""
     raw: dict[str, Any] = field(default_factory=dict)
     """The entry as written in the file (saved next to the trained policy)."""
+
+    @property
+    def policy_class(self) -> str | type[BasePolicy]:
+        """What PPO's constructor takes: dus-gym's policy class for a name it registers, else SB3's name."""
+        return POLICIES.get(self.policy) if self.policy in POLICIES else self.policy
 
 
 def parse_literal_call(text: str, where: str) -> Any:

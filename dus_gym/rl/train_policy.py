@@ -26,7 +26,6 @@ from dus_gym.experiments.compare import SamplerSpec, check_controls, run_compari
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
 from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
 from dus_gym.rl.hyperparams import FALLBACK_HYPERPARAMS, AgentHyperparams, load_hyperparams
-from dus_gym.rl.policies import POLICIES
 from dus_gym.rl.policy_run import check_hyperparams_task, load_last_checkpoint, record_resume
 from dus_gym.rl.registration import env_run_config, registry_spec, run_mapping
 from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env, stop_vec_env
@@ -141,8 +140,7 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
             model.set_random_seed(config.seed + model.num_timesteps)  # a resumed run is reproducible too
             print(f"resuming from {model_path} at {model.num_timesteps} steps")
         else:
-            policy = POLICIES.get(hp.policy) if hp.policy in POLICIES else hp.policy
-            model = PPO(policy, venv, seed=config.seed, device="cpu", tensorboard_log=str(folder / "tb"),
+            model = PPO(hp.policy_class, venv, seed=config.seed, device="cpu", tensorboard_log=str(folder / "tb"),
                         verbose=0, **hp.model_kwargs)
         callbacks = [DUSMetricsCallback(),
                      AtomicCheckpointCallback(max(1, config.checkpoint_freq // hp.n_envs), str(folder / "checkpoints"),

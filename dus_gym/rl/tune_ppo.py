@@ -171,7 +171,7 @@ def tune_ppo(config: PPOTuneConfig) -> dict[str, Any]:
         try:
             if hp.normalize:
                 venv = VecNormalize(venv, **hp.normalize)
-            model = PPO(hp.policy, venv, seed=config.seed, device="cpu", verbose=0, **hp.model_kwargs)
+            model = PPO(hp.policy_class, venv, seed=config.seed, device="cpu", verbose=0, **hp.model_kwargs)
             callback = PruneOnEpisodes(trial)
             model.learn(config.trial_timesteps, callback=callback)
             if callback.pruned:
