@@ -1,8 +1,8 @@
 """Train a DUS sampling policy with Stable-Baselines3 PPO, then evaluate it on held-out seeds.
 
-    python train_policy.py                              # dus_gym/SyntheticFamily-v0, agents/ppo.yml
+    python train_policy.py                              # dus_gym/SyntheticFamily-v1, agents/ppo.yml
     python train_policy.py --env dus_gym/MFeat-v0 --seed 1
-    python train_policy.py --resume runs/ppo-SyntheticFamily-v0-seed0-<time>
+    python train_policy.py --resume runs/ppo-SyntheticFamily-v1-seed0-<time>
 
 Same as ``dus-gym train-policy``; see ``python train_policy.py --help``.
 """

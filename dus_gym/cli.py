@@ -140,10 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(instance, seed) cases of the family's held-out instances, paired case by case (docs/protocol.md)")
     family.add_argument("--instances", choices=["held-out", "train", "all"], default="held-out")
     family.add_argument("--n-instances", type=int, help="the first N instances of that pool (default: all)")
-    family.add_argument("--blind-policy", help="a policy trained with env blind=true, for the ppo-blind row")
+    family.add_argument("--no-cmd-policy", action="append", default=[], metavar="PATH",
+                        help="a policy trained with env hide=[cmd] by the same recipe (repeatable: its seeds), for "
+                             "the ppo-no-cmd row")
+    family.add_argument("--no-val-policy", action="append", default=[], metavar="PATH",
+                        help="a policy trained with env hide=[val] (repeatable), for the ppo-no-val row")
+    family.add_argument("--blind-policy", help="a policy trained with env blind=true, for the equivariant-blind row "
+                        "(uniform by construction for a modality-agnostic policy)")
+    family.add_argument("--no-policy-controls", action="store_true",
+                        help="skip the policies' replays and commit rows")
     family.add_argument("--alphas", type=float, nargs="+", default=list(FamilyEvaluationConfig.alpha_grid),
                         help="the heuristic's alphas tried on training instances")
+    family.add_argument("--sources", nargs="+", choices=["train", "val", "probe"],
+                        default=list(FamilyEvaluationConfig.sources), help="the heuristic's CMD sources tried")
     family.add_argument("--tune-instances", type=int, default=FamilyEvaluationConfig.tune_instances)
+    family.add_argument("--tune-seeds", type=int, nargs="+", default=list(FamilyEvaluationConfig.tune_seeds))
+    family.add_argument("--no-reversed", action="store_true", help="skip the reversed-sign heuristic")
     family.add_argument("--no-oracle", action="store_true", help="skip the per-instance best constant allocation")
     family.add_argument("--no-ogm-ge", action="store_true", help="skip OGM-GE with uniform sampling")
     family.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
@@ -446,14 +458,17 @@ def family_command(args: argparse.Namespace, run_dir: str) -> int:
     if args.samplers or args.controls or args.grid or args.config or args.iterations or args.epochs:
         raise ConfigError("a family comparison runs its own rows on the spec's budget: drop --samplers, --controls, "
                           "--grid, --config, --iterations and --epochs (use --set for other settings)")
-    policies = parse_policies(args.policy)
-    if set(policies) - {"ppo"}:
-        raise ConfigError("a family comparison takes one --policy PATH (and --blind-policy for its blind twin)")
+    if any("=" in text for text in args.policy or []):
+        raise ConfigError("a family comparison takes --policy PATH, repeated for the training seeds of one recipe "
+                          "(rows ppo#k and ppo), not LABEL=PATH")
     name = Path(args.task).stem
     evaluation = FamilyEvaluationConfig(
         spec=args.task, instances=args.instances, n_instances=args.n_instances,
-        seeds=tuple(args.seeds) if args.seeds else FamilyEvaluationConfig.seeds, policy=policies.get("ppo"),
-        blind_policy=args.blind_policy, alpha_grid=tuple(args.alphas), tune_instances=args.tune_instances,
+        seeds=tuple(args.seeds) if args.seeds else FamilyEvaluationConfig.seeds, policies=tuple(args.policy or ()),
+        no_cmd_policies=tuple(args.no_cmd_policy), no_val_policies=tuple(args.no_val_policy),
+        blind_policy=args.blind_policy, controls=not args.no_policy_controls, alpha_grid=tuple(args.alphas),
+        sources=tuple(args.sources), tune_instances=args.tune_instances, tune_seeds=tuple(args.tune_seeds),
+        reversed_heuristic=not args.no_reversed,
         oracle=not args.no_oracle, ogm_ge=not args.no_ogm_ge, workers=args.workers,
         out_dir=args.out or str(Path(run_dir) / f"family-{name}"), overrides=parse_overrides(args.set))
     block = args.readme_block or f"family-{name}"
@@ -461,7 +476,7 @@ def family_command(args: argparse.Namespace, run_dir: str) -> int:
         check_readme_block(Path(args.readme), block)
     record = run_family_evaluation(evaluation, progress=not args.no_progress)
     return report(args, block, f"{name}: {len(record['pool'])} {args.instances} instances x seeds "
-                  f"{list(evaluation.seeds)}, test accuracy in %, differences paired per (instance, seed):",
+                  f"{list(evaluation.seeds)}:",
                   record["table"], Path(evaluation.out_dir) / "family.json")
 
 

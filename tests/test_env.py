@@ -20,7 +20,8 @@ BUILT_IN = ["dus_gym/MFeat-v0", "dus_gym/Synthetic-v0"]
 NEED_DATA = {"dus_gym/CremaD-v0", "dus_gym/KineticsSounds-v0",  # checked on a fixture in test_audiovisual.py,
              "dus_gym/Twitter2015-v0", "dus_gym/Sarcasm-v0",  # test_imagetext.py
              "dus_gym/NVGesture-v0"}  # and test_gesture.py
-FAMILIES = {"dus_gym/SyntheticFamily-v0", "dus_gym/MFeatFamily-v0"}  # checked in test_families.py
+FAMILIES = {"dus_gym/SyntheticFamily-v0", "dus_gym/MFeatFamily-v1",  # checked in test_families.py,
+            "dus_gym/SyntheticFamily-v1", "dus_gym/SyntheticFamilyOOD-v0"}  # and test_strength.py
 
 
 def test_every_registered_id_is_checked_somewhere():
@@ -194,7 +195,7 @@ def test_import_reads_no_spec_and_make_reads_it(tmp_path):
             "import dus_gym\n"
             "pathlib.Path.read_text = real\n"
             "from dus_gym.rl.registration import SHIPPED_ENVS\n"
-            "assert len(dus_gym.ENV_IDS) == len(SHIPPED_ENVS) == 9, dus_gym.ENV_IDS\n"
+            "assert len(dus_gym.ENV_IDS) == len(SHIPPED_ENVS) == 11, dus_gym.ENV_IDS\n"
             "assert 'torch' not in sys.modules, sys.modules.keys()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -92,7 +92,7 @@ def test_family_env_draws_training_instances_and_reset_options_choose_any():
     assert step_info["instance"] == held and step_info["counts"].sum() == M * env.learner_config.batch_size
 
 
-@pytest.mark.parametrize("env_id", ["dus_gym/SyntheticFamily-v0", "dus_gym/MFeatFamily-v0"])
+@pytest.mark.parametrize("env_id", ["dus_gym/SyntheticFamily-v0", "dus_gym/MFeatFamily-v1"])
 def test_family_env_passes_both_checkers(env_id):
     small = TINY if env_id == "dus_gym/SyntheticFamily-v0" else {"n_iterations": 20, "iterations_per_step": 10}
     env = gym.make(env_id, **small).unwrapped
@@ -192,30 +192,45 @@ def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy,
 
     _, folder = tiny_family_policy
     argv = ["compare", "--task", "synthetic-family", "--n-instances", "3", "--seeds", "0", "1", "--alphas", "3", "10",
-            "--tune-instances", "2", "--no-ogm-ge", "--policy", str(folder), "--blind-policy", str(folder),
-            "--workers", "1", "--out", str(tmp_path / "fam"), "--no-progress", "--set", "n_iterations=20",
-            "--set", "task_kwargs.hidden_dim=8", "--set", "task_kwargs.n_samples=300", "--set", "eval_every=20"]
+            "--sources", "train", "val", "probe", "--tune-instances", "2", "--tune-seeds", "0", "--no-ogm-ge",
+            "--policy", str(folder), "--policy", str(folder), "--no-cmd-policy", str(folder),
+            "--blind-policy", str(folder), "--workers", "1", "--out", str(tmp_path / "fam"), "--no-progress",
+            "--set", "n_iterations=20", "--set", "task_kwargs.hidden_dim=8", "--set", "task_kwargs.n_samples=300",
+            "--set", "eval_every=20"]
     assert main(argv) == 0
     record = json.loads((tmp_path / "fam" / "family.json").read_text())
     rows = record["rows"]
-    assert set(rows) == {"uniform", "heuristic", "ppo", "ppo-replay", "ppo-blind", "oracle"}
+    pooled = {"ppo", "ppo-replay", "ppo-replay-other", "ppo-commit@1", "ppo-commit@3", "ppo-no-cmd"}
+    assert set(rows) == {"uniform", "heuristic-train", "heuristic-val", "heuristic-probe", "heuristic-reversed",
+                         "oracle", "equivariant-blind", *pooled, *(f"{p}#0" for p in pooled),
+                         *(f"{p}#1" for p in pooled - {"ppo-no-cmd"})}
     cases = [(c["instance"], c["seed"]) for c in rows["uniform"]]
     assert len(cases) == 6 and all([(c["instance"], c["seed"]) for c in r] == cases for r in rows.values())
     from dus_gym.experiments.family import family_config
 
     base = family_config("synthetic-family")
     assert record["pool"] == list(TaskFamily.from_config(base.task, base.task_kwargs, base.family).held_out[:3])
-    assert record["alpha"] in (3.0, 10.0) and set(record["alpha_scores"]) == {"3.0", "10.0"}
-    samples = {label: {c["samples"] for c in r} for label, r in rows.items()}
+    assert record["alpha"] in (3.0, 10.0) and len(record["tuning"]) == 6 and record["tuning_runs"] == 12
+    assert record["heuristic"] in ("heuristic-train", "heuristic-val", "heuristic-probe")
+    samples = {label: {round(c["samples"], 6) for c in r} for label, r in rows.items()}
     assert all(s == samples["uniform"] for s in samples.values())  # equal samples per iteration, every row
     cells = tmp_path / "fam" / "cells"
-    ppo = {(c["instance"], c["seed"]): c for c in rows["ppo"]}
-    for c in rows["ppo-replay"]:  # replays another instance's and seed's ppo counts
-        replayed = np.load(next(cells.glob(f"ppo-replay_i{c['instance']}_seed{c['seed']}.npz")))["counts"]
-        sources = [np.load(next(cells.glob(f"ppo_i{i}_seed{s}.npz")))["counts"] for (i, s) in ppo
-                   if (i, s) != (c["instance"], c["seed"])]
-        assert any(np.array_equal(replayed, s) for s in sources)
-    assert "ppo − row" in capsys.readouterr().out
+
+    def counts(stem: str) -> np.ndarray:
+        return np.load(cells / f"{stem}.npz")["counts"]
+
+    for c in rows["ppo-replay#0"]:  # the same instance's counts from the other seed
+        other = 1 - c["seed"]
+        assert np.array_equal(counts(f"ppo-replay_0_i{c['instance']}_seed{c['seed']}"),
+                              counts(f"ppo_0_i{c['instance']}_seed{other}"))
+    for c in rows["ppo-replay-other#0"]:  # another instance's counts (as many modalities), the other seed
+        replayed = counts(f"ppo-replay-other_0_i{c['instance']}_seed{c['seed']}")
+        sources = [counts(f"ppo_0_i{i}_seed{1 - c['seed']}") for i in record["pool"] if i != c["instance"]]
+        assert any(np.array_equal(replayed, s) for s in sources) or len(record["pool"]) == 1
+    two = {(c["instance"], c["seed"]): c["acc"] for c in rows["ppo#1"]}
+    assert all(c["acc"] == pytest.approx(two[(c["instance"], c["seed"])]) for c in rows["ppo"])  # mean of equal seeds
+    out = capsys.readouterr().out
+    assert "ppo − row" in out and "df = 2" in out and "harmful" in out and "normalised" in out
     assert main(argv) == 0  # a rerun resumes: nothing runs again
     assert json.loads((tmp_path / "fam" / "family.json").read_text())["ran"] == 0
 

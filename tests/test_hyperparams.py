@@ -22,8 +22,9 @@ def test_shipped_family_entries_train_their_policies_the_same_way():
     # the mfeat family policy is the synthetic one's recipe on other instances: a difference between
     # them must come from the instances, not from the PPO settings
     path = specs_dir("agents") / "ppo.yml"
-    synthetic, mfeat = (load_hyperparams(path, f"dus_gym/{name}-v0") for name in ("SyntheticFamily", "MFeatFamily"))
-    assert synthetic.raw == mfeat.raw and synthetic.policy == "ModalityPolicy"
+    synthetic, strength, mfeat = (load_hyperparams(path, f"dus_gym/{name}")
+                                  for name in ("SyntheticFamily-v0", "SyntheticFamily-v1", "MFeatFamily-v1"))
+    assert synthetic.raw == mfeat.raw == strength.raw and synthetic.policy == "ModalityPolicy"
     assert synthetic.n_envs == 8 and synthetic.n_timesteps == 16_000
 
 

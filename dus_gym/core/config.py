@@ -119,10 +119,12 @@ class CMDConfig:
         _check(self.window is None or self.window >= 1, f"cmd.window must be >= 1 or null, got {self.window}")
 
 
-ACTION_TYPES = ("box", "multidiscrete", "allocation")
+ACTION_TYPES = ("box", "multidiscrete", "allocation", "strength")
 """The actions of a sampling policy (see dus_gym.samplers.action.CountsAction)."""
 OBSERVATIONS = ("cmd", "modalities")
 """The observation layouts (see dus_gym.core.observation)."""
+FEATURE_GROUPS = ("cmd", "val")
+"""Feature groups of the "modalities" observation an ablation can hide (see dus_gym.core.observation.HIDDEN)."""
 INSTANCE_POOLS = ("train", "held-out", "all")
 """The instances of a task family an env draws from."""
 
@@ -147,6 +149,9 @@ class FamilyConfig:
     """Share of the instances held out of policy training (at least one when there are two or more)."""
     split_seed: int = 0
     """Seed of the train / held-out split."""
+    group_by: str | None = None
+    """Hold out whole groups: instances whose task kwarg ``group_by`` has the same value (a list counts as the
+    set of its items, so ordered view tuples group by view set) are all held out or all trained on."""
 
     def __post_init__(self) -> None:
         _check((len(self.instances) > 0) != (self.generator is not None),
@@ -168,11 +173,15 @@ class EnvConfig:
     """Count at action +1 (box action)."""
     action_type: str = "box"
     """"box": [-1, 1]^M mapped affinely to [n_min, n_max]; "multidiscrete": one of count_levels each;
-    "allocation": M x B samples split by softmax(temperature x action), n_min each at least (compute-fair)."""
+    "allocation": M x B samples split by softmax(temperature x action), n_min each at least (compute-fair);
+    "strength": one number in [-1, 1], the DUS heuristic's alpha for the step (0 at -1, max_alpha at +1): the M x B
+    samples of every iteration are split by softmax(-alpha d_t), d_t read at that iteration (compute-fair)."""
     count_levels: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     """Counts of the multidiscrete action."""
     temperature: float = 3.0
     """Allocation action: the softmax temperature on the [-1, 1] preferences."""
+    max_alpha: float = 60.0
+    """Strength action: the heuristic's alpha at action +1 (action 0 gives max_alpha / 2)."""
     observation: str = "cmd"
     """"cmd": c, d, s, count/B per modality and the progress (4M + 1); "modalities": one row of features per
     modality slot, padded to max_modalities with a mask (docs/env.md)."""
@@ -180,6 +189,9 @@ class EnvConfig:
     """The modality slots of a "modalities" observation and of the action (None: the task's M)."""
     blind: bool = False
     """Zero every CMD-derived feature of the observation: a control policy that sees only the progress."""
+    hide: tuple[str, ...] = ()
+    """"modalities" observation: feature groups zeroed (an ablation): "cmd" (c, d, relative d, s and the
+    memorisation gap), "val" (v, the memorisation gap and the fused validation accuracy)."""
     instances: str = "train"
     """With a task family: the instances a reset draws from, "train", "held-out" or "all"."""
     reward_delta_weight: float = 1.0
@@ -202,6 +214,11 @@ class EnvConfig:
         _check(self.observation in OBSERVATIONS,
                f"env.observation must be one of {list(OBSERVATIONS)}, got '{self.observation}'")
         _check(self.temperature > 0, f"env.temperature must be > 0, got {self.temperature}")
+        _check(0 < self.max_alpha <= 100, f"env.max_alpha must be in (0, 100], got {self.max_alpha}")
+        _check(all(g in FEATURE_GROUPS for g in self.hide) and len(set(self.hide)) == len(self.hide),
+               f"env.hide must list distinct feature groups of {list(FEATURE_GROUPS)}, got {shown(list(self.hide))}")
+        _check(not self.hide or self.observation == "modalities",
+               "env.hide applies to the 'modalities' observation only")
         _check(self.max_modalities is None or self.max_modalities >= 2,
                f"env.max_modalities must be >= 2 or null, got {self.max_modalities}")
         _check(self.instances in INSTANCE_POOLS,

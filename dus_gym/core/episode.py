@@ -16,6 +16,7 @@ and is the one owner of what happens around each learner iteration and each env 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -113,12 +114,15 @@ class Episodes:
         """The progress t / T of episode ``i`` (at most 1)."""
         return min((self.learners.iteration[i] - self.start_iteration[i]) / self.n_iterations, 1.0)
 
-    def step(self, counts: np.ndarray, active: np.ndarray | None = None
+    def step(self, counts: np.ndarray | Callable[[np.ndarray], np.ndarray], active: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """One env step of the ``active`` episodes (default all): K iterations with its counts, its reward, its info.
 
-        An inactive episode (one a Gymnasium next-step auto-reset is resetting instead) runs nothing and
-        gets reward 0, no termination and an empty info. Returns (observations, rewards, terminated,
+        ``counts`` is (N, M), the same at every iteration of the step, or a rule that gives them before
+        each iteration from the episodes' discrepancies d_t, (N, M) -> (N, M) (the strength action: the
+        policy chose how strongly to react, the rule reacts at every iteration). An inactive episode (one a
+        Gymnasium next-step auto-reset is resetting instead) runs nothing and gets reward 0, no termination
+        and an empty info. Returns (observations, rewards, terminated,
         truncated, infos), one row per episode.
         """
         N, K = self.n_episodes, self.env.iterations_per_step
@@ -135,7 +139,8 @@ class Episodes:
             active = (it < n_run) & ~diverged
             if not active.any():
                 break
-            stats = self.iterate(counts, active)
+            now = counts(np.stack([m.discrepancy for m in self.monitors])) if callable(counts) else counts
+            stats = self.iterate(now, active)
             for i in np.flatnonzero(active & ~np.isfinite(stats.loss)):
                 diverged[i] = True
                 iteration = int(self.learners.iteration[i])

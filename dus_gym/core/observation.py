@@ -8,7 +8,9 @@
   (``dus_gym.rl.policies.ModalityPolicy``) serves any M up to ``n_slots`` and any modality order.
 
 With ``blind``, every CMD-derived feature is zero: only the mask and the progress remain (the
-control that tells a policy reading the state from a schedule over training progress).
+control that tells a policy reading the state from a schedule over training progress). With
+``hide``, the feature groups of :data:`HIDDEN` are zero (ablations: does a policy use the CMD, the
+validation features, or both?).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ training-batch status s(m); the validation status v(m) (mean true-class probabil
 split at the last evaluation); the memorisation gap s(m) - v(m); count(m) / B; 1 for a real modality (0: padding)."""
 GLOBAL_FEATURES = ("progress", "val_acc")
 """The progress t / T and the last fused validation accuracy."""
+HIDDEN = {"cmd": ("cumulative", "discrepancy", "relative_discrepancy", "status", "memorisation"),
+          "val": ("val_status", "memorisation", "val_acc")}
+"""The features each ablation group zeroes: "cmd", those computed from the training-batch (or probe) CMD;
+"val", those computed from the validation split. The memorisation gap s - v is in both."""
 
 
 class CMDState(Protocol):
@@ -52,6 +58,7 @@ class ObservationLayout:
         max_count: the largest count the action can give (the bound of count / B).
         n_slots: "modalities": the number of modality rows (None: M).
         blind: zero every CMD-derived feature (progress and mask only).
+        hide: "modalities": feature groups of :data:`HIDDEN` to zero.
     """
 
     kind: str
@@ -60,8 +67,13 @@ class ObservationLayout:
     max_count: int
     n_slots: int | None = None
     blind: bool = False
+    hide: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if any(group not in HIDDEN for group in self.hide):
+            raise ValueError(f"hide must list groups of {list(HIDDEN)}, got {list(self.hide)}")
+        if self.hide and self.kind != "modalities":
+            raise ValueError("hide applies to the 'modalities' observation only")
         if self.kind not in OBSERVATIONS:
             raise ValueError(f"observation must be one of {list(OBSERVATIONS)}, got '{self.kind}'")
         if self.n_slots is not None and self.n_slots < self.n_modalities:
@@ -74,7 +86,7 @@ class ObservationLayout:
     def of(cls, env: EnvConfig, n_modalities: int, batch_size: int, max_count: int) -> ObservationLayout:
         """The layout an env's settings ask for, for a task of ``n_modalities`` (M)."""
         slots = env.max_modalities if env.observation == "modalities" else None
-        return cls(env.observation, n_modalities, batch_size, max_count, slots, env.blind)
+        return cls(env.observation, n_modalities, batch_size, max_count, slots, env.blind, tuple(env.hide))
 
     @property
     def slots(self) -> int:
@@ -130,7 +142,14 @@ class ObservationLayout:
                 rows[:M, 5] = monitor.status - np.asarray(val_status)
                 rows[:M, 6] = np.asarray(counts, dtype=np.float64) / self.batch_size
             rows[:M, 7] = 1.0
-            obs = np.append(rows.reshape(-1), [progress, 0.0 if self.blind else val_acc])
+            globals_ = np.array([progress, 0.0 if self.blind else val_acc])
+            for group in self.hide:
+                for name in HIDDEN[group]:
+                    if name in MODALITY_FEATURES:
+                        rows[:, MODALITY_FEATURES.index(name)] = 0.0
+                    else:
+                        globals_[GLOBAL_FEATURES.index(name)] = 0.0
+            obs = np.append(rows.reshape(-1), globals_)
         low, high = self.bounds()
         return np.clip(obs, low, high).astype(np.float32)
 
@@ -140,8 +159,8 @@ class ObservationLayout:
         The inverse of :meth:`build` for a rule that acts on observations (a reference agent); values are
         as clipped by the bounds. Raises a ValueError for a ``blind`` layout (it carries no CMD state).
         """
-        if self.blind:
-            raise ValueError("a blind observation carries no CMD state")
+        if self.blind or "cmd" in self.hide:
+            raise ValueError("a blind observation (or one with the CMD hidden) carries no CMD state")
         obs = np.asarray(obs, dtype=np.float64)
         if obs.shape != (self.size,):
             raise ValueError(f"expected an observation of shape ({self.size},), got {obs.shape}")

@@ -171,3 +171,79 @@ def format_aggregates(aggregates: Mapping[str, Aggregate], reference: str = "uni
                                                  f"{a.improvement_interval[1]:.2f}]")
         lines.append(f"| {name} | {scale * a.iqm:.1f} [{scale * lo:.1f}, {scale * hi:.1f}] | {poi} |")
     return "\n".join(lines)
+
+
+def clustered_difference(values: Mapping[int, Sequence[float]], reference: Mapping[int, Sequence[float]],
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """Paired difference with the instance as the unit: per-instance means over seeds, then a t interval.
+
+    Args:
+        values: per instance, the scores of its cases (seeds; any number, at least one).
+        reference: per instance, the reference's scores on the same cases.
+        level: confidence level.
+
+    Returns ``(mean, low, high)`` of the per-instance mean differences, with df = instances - 1 (nan
+    bounds for a single instance). Instances missing from either side are left out.
+    """
+    common = [i for i in values if i in reference and len(values[i]) and len(reference[i])]
+    d = [float(np.mean(values[i])) - float(np.mean(reference[i])) for i in common]
+    if not d:
+        return float("nan"), float("nan"), float("nan")
+    return mean_interval(d, level)
+
+
+def format_clustered(values: Mapping[int, Sequence[float]], reference: Mapping[int, Sequence[float]]) -> str:
+    """:func:`clustered_difference` of accuracies as ``"+d [+lo, +hi]"`` in points ("—" for fewer than 2 instances)."""
+    common = [i for i in values if i in reference]
+    if len(common) < 2:
+        return "—"
+    return format_difference(clustered_difference(values, reference))
+
+
+def _trimmed_rows(a: np.ndarray) -> np.ndarray:
+    """IQM over the last axis."""
+    return stats.trim_mean(a, 0.25, axis=-1)
+
+
+def two_level_aggregates(scores: Mapping[str, np.ndarray], reference: str | None = "uniform", reps: int = 2000,
+                         level: float = 0.95, seed: int = 0) -> dict[str, Aggregate]:
+    """IQM over instances of per-instance mean scores, and the probability of improvement, by two-level bootstrap.
+
+    Instances are resampled, then seeds within each resampled instance. The instance is the unit: unlike
+    :func:`aggregate_scores` (which holds the tasks fixed), the interval includes the variation between the
+    instances of a family.
+
+    Args:
+        scores: per row, a (seeds, instances) array of scores (e.g. normalised per instance: 0 = uniform,
+            1 = oracle); every row has the same instances in the same column order.
+        reference: the row the probability of improvement compares with (None: none).
+        reps: bootstrap resamples.
+        level: confidence level of the percentile intervals.
+        seed: seed of the bootstrap.
+    """
+    table = {name: np.asarray(a, dtype=np.float64) for name, a in scores.items()}
+    shapes = {a.shape[1] for a in table.values() if a.ndim == 2}
+    if len(shapes) != 1 or any(a.ndim != 2 or a.size == 0 or not np.isfinite(a).all() for a in table.values()):
+        raise ValueError("two_level_aggregates needs finite (seeds, instances) arrays with the same instances")
+    rng = np.random.default_rng(seed)
+    n = shapes.pop()
+    instances = rng.integers(0, n, size=(reps, n))
+    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    boots = {}
+    for name, a in table.items():
+        runs = a.shape[0]
+        picks = rng.integers(0, runs, size=(reps, n, runs))
+        columns = a.T[instances]  # (reps, n, runs): the resampled instances' seeds
+        boots[name] = np.take_along_axis(columns, picks, axis=2)
+    out = {}
+    for name, a in table.items():
+        iqm = float(_trimmed_rows(a.mean(0)))
+        lo, hi = np.percentile(_trimmed_rows(boots[name].mean(2)), tails)
+        improvement = interval = None
+        if reference in table and name != reference:
+            improvement = float(_improvement(a, table[reference]))
+            x, y = boots[name].transpose(0, 2, 1), boots[reference].transpose(0, 2, 1)  # (reps, runs, n)
+            p_lo, p_hi = np.percentile(_improvement(x, y), tails)
+            interval = (float(p_lo), float(p_hi))
+        out[name] = Aggregate(iqm, (float(lo), float(hi)), improvement, interval, a.shape[0], n)
+    return out

@@ -227,8 +227,13 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Run K learner iterations with the counts of ``action``."""
-        counts = self.actions.to_counts(action)
-        obs, rewards, terminated, truncated, infos = self.episodes.step(counts[None])
+        counts = self.actions.to_counts(action)  # validates the action
+        if self.actions.reacts:
+            actions = self.actions
+            obs, rewards, terminated, truncated, infos = self.episodes.step(
+                lambda d: actions.to_counts(action, d[0])[None])
+        else:
+            obs, rewards, terminated, truncated, infos = self.episodes.step(counts[None])
         info = infos[0]
         if self.instance is not None:
             info["instance"] = self.instance

@@ -58,7 +58,9 @@ SHIPPED_ENVS: dict[str, ShippedEnv] = {
     "dus_gym/Sarcasm-v0": ShippedEnv("sarcasm.yaml", nondeterministic=True, batchable=False),
     "dus_gym/NVGesture-v0": ShippedEnv("nvgesture.yaml", nondeterministic=True, batchable=False),
     "dus_gym/SyntheticFamily-v0": ShippedEnv("synthetic-family.yaml"),
-    "dus_gym/MFeatFamily-v0": ShippedEnv("mfeat-family.yaml"),
+    "dus_gym/SyntheticFamily-v1": ShippedEnv("synthetic-family-v1.yaml"),
+    "dus_gym/SyntheticFamilyOOD-v0": ShippedEnv("synthetic-family-ood.yaml"),
+    "dus_gym/MFeatFamily-v1": ShippedEnv("mfeat-family.yaml"),
 }
 """The registered ids of the shipped specs (a test checks that this table matches the files)."""
 

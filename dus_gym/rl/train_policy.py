@@ -39,7 +39,7 @@ EVAL_SEED_OFFSET = 10_000
 class TrainPolicyConfig:
     """A policy-training run (what ``train_policy.py`` parses)."""
 
-    env_id: str = "dus_gym/SyntheticFamily-v0"
+    env_id: str = "dus_gym/SyntheticFamily-v1"
     """A registered DUS env id."""
     hyperparams: str | None = None
     """RL Zoo style YAML of PPO hyper-parameters (default: the shipped agents/ppo.yml)."""
@@ -178,11 +178,11 @@ def evaluate_policy(config: TrainPolicyConfig, folder: Path, env_kwargs: dict[st
     if base.family is not None:
         evaluation = FamilyEvaluationConfig(
             spec=str(registry_spec(config.env_id)), n_instances=config.eval_instances, seeds=config.eval_seeds[:2],
-            policy=str(folder), alpha_grid=(3.0, 10.0, 30.0), tune_instances=8, oracle=False, ogm_ge=False,
+            policies=(str(folder),), commit_steps=(1,), alpha_grid=(10.0, 30.0, 60.0), sources=("train",),
+            tune_instances=8, tune_seeds=(0,), reversed_heuristic=False, oracle=False, ogm_ge=False,
             out_dir=str(folder / "family"), overrides=run_mapping(env_kwargs, config.env_id))
         record = run_family_evaluation(evaluation, progress=config.progress)
-        print(f"{config.env_id}: {len(record['pool'])} held-out instances x seeds {list(evaluation.seeds)}, "
-              "test accuracy in %, differences paired per (instance, seed):")
+        print(f"{config.env_id}: {len(record['pool'])} held-out instances x seeds {list(evaluation.seeds)}:")
         print(record["table"])
         return record
     specs = [SamplerSpec("uniform", "uniform", {}),

@@ -40,6 +40,13 @@ def allocate(weights: np.ndarray | Sequence[float], total: int, n_min: int) -> n
     return counts + n_min
 
 
+def heuristic_weights(discrepancy: np.ndarray | Sequence[float], alpha: float) -> np.ndarray:
+    """The DUS heuristic's shares softmax_m(-alpha d(m)): the modality ahead (d > 0) gets less."""
+    logits = -float(alpha) * np.asarray(discrepancy, dtype=np.float64)
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
+
 @dataclass(frozen=True)
 class CountsAction:
     """Maps a policy's action to per-modality sample counts.
@@ -48,7 +55,13 @@ class CountsAction:
     - ``"multidiscrete"``: one choice per modality among ``count_levels``;
     - ``"allocation"``: a Box in [-1, 1]^M of preferences; the iteration's M x B samples are split
       by :func:`allocate` with weights softmax(temperature x action), at least n_min each, so every
-      iteration costs the same samples whatever the policy does (a compute-fair budget).
+      iteration costs the same samples whatever the policy does (a compute-fair budget);
+    - ``"strength"``: a Box in [-1, 1]^1, the DUS heuristic's alpha for the step, alpha = max_alpha x
+      (a + 1) / 2: -1 is uniform sampling, +1 the sharpest heuristic. The counts of every iteration are
+      the heuristic's allocation softmax(-alpha d_t) of M x B samples, with d_t the discrepancy at that
+      iteration (:meth:`to_counts` needs it), so the policy chooses how strongly to react and the rule
+      reacts within the step (the heuristic with allocation, :class:`dus_gym.samplers.rules.HeuristicSampler`,
+      is this action held constant).
 
     With ``n_slots`` > M (a policy that serves tasks of up to ``n_slots`` modalities) the action has
     ``n_slots`` entries and those past the task's M are ignored.
@@ -62,6 +75,7 @@ class CountsAction:
         batch_size: B (allocation: the iteration's total is M x B).
         temperature: allocation: the softmax temperature on the [-1, 1] preferences.
         n_slots: the action's length (None: M).
+        max_alpha: strength: the alpha of action +1.
     """
 
     n_modalities: int
@@ -72,6 +86,7 @@ class CountsAction:
     batch_size: int = 64
     temperature: float = 3.0
     n_slots: int | None = None
+    max_alpha: float = 60.0
 
     def __post_init__(self) -> None:
         check_count_range(self.n_min, self.n_max, "the action")
@@ -84,7 +99,7 @@ class CountsAction:
         if self.n_slots is not None and self.n_slots < self.n_modalities:
             raise ValueError(f"the action has {self.n_slots} slots, fewer than the task's {self.n_modalities} "
                              "modalities")
-        if self.action_type == "allocation" and self.n_min * self.n_modalities > self.total:
+        if self.action_type in ("allocation", "strength") and self.n_min * self.n_modalities > self.total:
             raise ValueError(f"allocation needs M x n_min <= M x B, got n_min = {self.n_min} > B = {self.batch_size}")
 
     @classmethod
@@ -92,12 +107,17 @@ class CountsAction:
         """The action an env's settings ask for, for a task of ``n_modalities`` (M) at base batch size B."""
         slots = env.max_modalities if env.observation == "modalities" else None
         return cls(n_modalities, env.n_min, env.n_max, env.action_type, env.count_levels, batch_size,
-                   env.temperature, slots)
+                   env.temperature, slots, env.max_alpha)
 
     @property
     def slots(self) -> int:
-        """The action's length."""
-        return self.n_slots or self.n_modalities
+        """The action's length (1 for the strength action)."""
+        return 1 if self.action_type == "strength" else self.n_slots or self.n_modalities
+
+    @property
+    def reacts(self) -> bool:
+        """The counts depend on the discrepancy at every iteration (strength), not on the action alone."""
+        return self.action_type == "strength"
 
     @property
     def total(self) -> int:
@@ -114,12 +134,21 @@ class CountsAction:
     @property
     def max_count(self) -> int:
         """The largest count an action can give."""
-        if self.action_type == "allocation":
+        if self.action_type in ("allocation", "strength"):
             return self.total - (self.n_modalities - 1) * self.n_min
         return self.n_max if self.action_type == "box" else self.count_levels[-1]
 
-    def to_counts(self, action: np.ndarray | Sequence[float]) -> np.ndarray:
+    def alpha(self, action: np.ndarray | Sequence[float]) -> float:
+        """Strength: the heuristic's alpha of a (valid) action."""
+        return float(self.max_alpha * (np.clip(float(np.asarray(action).reshape(-1)[0]), -1.0, 1.0) + 1.0) / 2.0)
+
+    def to_counts(self, action: np.ndarray | Sequence[float], discrepancy: np.ndarray | None = None) -> np.ndarray:
         """Validate ``action`` and return the counts (int64, length M).
+
+        Args:
+            action: an action of :attr:`space`.
+            discrepancy: d_t(m) of the task's M modalities; the strength action needs it (None: zero,
+                which gives uniform counts: only the action is validated).
 
         Raises:
             ActionError: wrong shape, NaN/inf, non-integer or out-of-range entries; the message names
@@ -139,6 +168,11 @@ class CountsAction:
             raise ActionError(f"action {a.tolist()} has NaN/inf; {expected}")
         if self.action_type != "multidiscrete" and (np.abs(a) > 1.0 + 1e-6).any():
             raise ActionError(f"action {a.tolist()} is outside [-1, 1]; {expected}")
+        if self.action_type == "strength":
+            d = np.zeros(self.n_modalities) if discrepancy is None else np.asarray(discrepancy, dtype=np.float64)
+            if d.shape != (self.n_modalities,) or not np.isfinite(d).all():
+                raise ValueError(f"the strength action needs {self.n_modalities} finite discrepancies, got {d}")
+            return allocate(heuristic_weights(d, self.alpha(a)), self.total, self.n_min)
         a = a[: self.n_modalities]
         if self.action_type == "allocation":
             logits = self.temperature * np.clip(a, -1.0, 1.0)
@@ -161,7 +195,13 @@ class CountsAction:
           largest is 1 (exact when the counts sum to M x B and their shares span at most e^(2 temperature)).
 
         Entries past M (``n_slots``) are 0. Returns float32 (box, allocation) or int64 (multidiscrete).
+
+        Raises:
+            ValueError: the strength action, whose counts follow the discrepancy: no action gives chosen counts.
         """
+        if self.action_type == "strength":
+            raise ValueError("the strength action chooses the heuristic's alpha, not counts: no action gives "
+                             "chosen counts (use the allocation action for count-based agents)")
         n = np.asarray(counts, dtype=np.float64)
         if n.shape != (self.n_modalities,) or not np.isfinite(n).all() or (n < 0).any():
             raise ValueError(f"expected {self.n_modalities} finite non-negative counts, got {np.asarray(counts)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,20 @@ class PolicySampler(Sampler):
         n_modalities: M (the policy's M, or at most its modality slots).
         policy: folder of the saved policy, or its policy.zip (trusted input only: it is unpickled).
         deterministic: take the mean action (True) or sample from the policy.
+        commit_after: a control: after this many decisions, hold the counts of the last one to the end of
+            the run (identify, then commit); None: decide every K iterations throughout.
     """
 
     name = "ppo"
 
-    def __init__(self, batch_size: int, n_modalities: int, policy: str = "", deterministic: bool = True) -> None:
+    def __init__(self, batch_size: int, n_modalities: int, policy: str = "", deterministic: bool = True,
+                 commit_after: int | None = None) -> None:
         super().__init__(batch_size, n_modalities)
         if not policy:
             raise ValueError("the ppo sampler needs a policy: --policy PATH (a folder written by train_policy.py)")
+        if commit_after is not None and commit_after < 1:
+            raise ValueError(f"commit_after must be >= 1 decisions (or null), got {commit_after}")
+        self.commit_after = commit_after
         folder = resolve_policy_dir(policy)
         settings = read_policy_settings(folder)
         try:
@@ -96,9 +103,9 @@ class PolicySampler(Sampler):
         if env.observation == "cmd" and len(settings["modalities"]) != n_modalities:
             raise ValueError(f"policy at {folder} was trained for {len(settings['modalities'])} modalities "
                              f"{settings['modalities']}, this task has {n_modalities}")
-        if env.observation == "modalities" and n_modalities > env.max_modalities:
-            raise ValueError(f"policy at {folder} serves tasks of up to {env.max_modalities} modalities, this task "
-                             f"has {n_modalities}")
+        widen = env.observation == "modalities" and n_modalities > env.max_modalities
+        if widen:  # a modality-agnostic policy serves more modalities than it was trained with
+            env = replace(env, max_modalities=n_modalities)
         if env.observation == "cmd" and settings["batch_size"] != batch_size:  # "modalities" is relative to B
             raise ValueError(f"policy at {folder} was trained with B = {settings['batch_size']}, this run has "
                              f"B = {batch_size}; set learner.batch_size={settings['batch_size']}")
@@ -115,6 +122,12 @@ class PolicySampler(Sampler):
         except Exception as err:  # a truncated zip, another SB3's pickles, a file that is no model
             raise ValueError(f"{folder / 'policy.zip'} is not a loadable SB3 PPO model ({type(err).__name__}: "
                              f"{err}); retrain it with train_policy.py") from err
+        if widen:
+            if not hasattr(self.model.policy, "widened"):
+                raise ValueError(f"policy at {folder} serves tasks of up to {settings['env']['max_modalities']} "
+                                 f"modalities, this task has {n_modalities}")
+            self.model.policy = self.model.policy.widened(n_modalities)
+            self.model.observation_space = self.model.policy.observation_space
         if self.model.observation_space.shape != (self.layout.size,):
             raise ValueError(f"policy at {folder} expects observations of shape "
                              f"{self.model.observation_space.shape}, this task gives {(self.layout.size,)}")
@@ -132,19 +145,26 @@ class PolicySampler(Sampler):
             if vec_normalize.norm_obs:
                 self.obs_rms = vec_normalize
         self._held: np.ndarray | None = None
+        self._decisions = 0
+        self._committed: np.ndarray | None = None
 
     def reset(self) -> None:
-        """Forget the held counts."""
+        """Forget the held action and counts."""
         self._held = None
+        self._decisions = 0
+        self._committed = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The counts held until the next decision."""
-        return {"held": None if self._held is None else self._held.tolist()}
+        """The action held until the next decision, the decisions so far and the committed counts."""
+        return {"held": None if self._held is None else self._held.tolist(), "decisions": self._decisions,
+                "committed": None if self._committed is None else self._committed.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the held counts."""
-        held = state.get("held")
-        self._held = None if held is None else np.asarray(held, dtype=np.int64)
+        """Restore :meth:`state_dict`."""
+        held, committed = state.get("held"), state.get("committed")
+        self._held = None if held is None else np.asarray(held)
+        self._decisions = int(state.get("decisions", 0))
+        self._committed = None if committed is None else np.asarray(committed, dtype=np.int64)
 
     def observation(self, state: SamplerState) -> np.ndarray:
         """The observation the policy was trained on, built from ``state``."""
@@ -158,15 +178,29 @@ class PolicySampler(Sampler):
             return observation
         return self.obs_rms.normalize_obs(observation[None])[0].astype(np.float32)
 
-    def act(self, observation: np.ndarray) -> np.ndarray:
-        """The counts the policy chooses for an observation of its layout."""
+    def decide(self, observation: np.ndarray) -> np.ndarray:
+        """The action the policy chooses for an observation of its layout (clipped to the box)."""
         action, _ = self.model.predict(self.normalize(observation), deterministic=self.deterministic)
         if self.actions.action_type != "multidiscrete":
             action = np.clip(action, -1.0, 1.0)  # a Gaussian policy's sample may leave the box, as SB3 clips it
-        return self.actions.to_counts(action)
+        return np.asarray(action)
+
+    def act(self, observation: np.ndarray, discrepancy: np.ndarray | None = None) -> np.ndarray:
+        """The counts the policy chooses for an observation of its layout (and d_t, for the strength action)."""
+        return self.actions.to_counts(self.decide(observation), discrepancy)
 
     def counts(self, state: SamplerState) -> np.ndarray:
-        """A new decision every K iterations; the held counts in between."""
+        """A new decision every K iterations, held in between.
+
+        The strength action reacts to d_t at every iteration with the held alpha. With ``commit_after``, once
+        that many decisions are made, the counts the last one gives at that iteration are held to the end.
+        """
+        if self._committed is not None:
+            return self._committed.copy()
         if self._held is None or state.iteration % self.iterations_per_step == 0:
-            self._held = self.act(self.observation(state))
-        return self._held.copy()
+            if self.commit_after is not None and self._decisions >= self.commit_after:
+                self._committed = self.actions.to_counts(self._held, state.discrepancy)
+                return self._committed.copy()
+            self._held = self.decide(self.observation(state))
+            self._decisions += 1
+        return self.actions.to_counts(self._held, state.discrepancy)

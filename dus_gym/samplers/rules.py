@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from dus_gym.core.config import check_count_range, check_counts, shown
-from dus_gym.samplers.action import allocate
+from dus_gym.samplers.action import allocate, heuristic_weights
 from dus_gym.samplers.base import Sampler, SamplerState
 
 
@@ -36,6 +36,12 @@ class HeuristicSampler(Sampler):
     (:func:`dus_gym.samplers.action.allocate`, n_min each at least, n_max unused): every iteration
     then costs M B samples, as uniform sampling does (a compute-fair comparison).
 
+    The discrepancy comes from ``source``: "train", the run's CMD monitor (training batches, or the
+    probe slice when the run's ``cmd.source`` is "probe"); "val", the running mean over evaluations of
+    each head's validation status v(m) (the split is scored every ``val_every`` iterations), minus its
+    mean over modalities. With ``reverse`` the sign is flipped (the modality ahead gets *more*): the
+    control that tells whether the direction of the discrepancy matters.
+
     Args:
         batch_size: B.
         n_modalities: M.
@@ -44,10 +50,14 @@ class HeuristicSampler(Sampler):
         n_max: largest count (>= n_min).
         warmup: iterations at B each before the heuristic acts (default 0: none).
         allocation: split exactly M B samples (True) or clip each count to [n_min, n_max] (False).
+        source: where d comes from, "train" (the run's CMD) or "val" (validation statuses).
+        reverse: flip the sign of the rule.
+        val_every: with source "val", iterations between evaluations.
     """
 
     name = "heuristic"
     max_alpha: ClassVar[float] = 100.0
+    sources: ClassVar[tuple[str, ...]] = ("train", "val")
 
     def __init__(
         self,
@@ -58,6 +68,9 @@ class HeuristicSampler(Sampler):
         n_max: int = 256,
         warmup: int = 0,
         allocation: bool = False,
+        source: str = "train",
+        reverse: bool = False,
+        val_every: int = 20,
     ) -> None:
         super().__init__(batch_size, n_modalities)
         if not 0.0 <= alpha <= self.max_alpha:
@@ -72,14 +85,53 @@ class HeuristicSampler(Sampler):
         self.allocation = bool(allocation)
         if self.allocation and self.n_min > self.batch_size:
             raise ValueError(f"heuristic allocation needs n_min <= B, got n_min={n_min}, B={batch_size}")
+        if source not in self.sources:
+            raise ValueError(f"heuristic source must be one of {list(self.sources)}, got '{shown(source)}'")
+        if val_every < 1:
+            raise ValueError(f"heuristic val_every must be >= 1, got {val_every}")
+        self.source = source
+        self.reverse = bool(reverse)
+        if source == "val":
+            self.validation_every = int(val_every)
+        self._val_sum = np.zeros(n_modalities)
+        self._val_seen = 0
+        self._val_iteration = -1
+
+    def reset(self) -> None:
+        """Forget the validation statuses seen (source "val")."""
+        self._val_sum = np.zeros(self.n_modalities)
+        self._val_seen = 0
+        self._val_iteration = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running sum of validation statuses (source "val")."""
+        return {"val_sum": self._val_sum.tolist(), "val_seen": self._val_seen, "val_iteration": self._val_iteration}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if state:
+            self._val_sum = np.asarray(state["val_sum"], dtype=np.float64)
+            self._val_seen = int(state["val_seen"])
+            self._val_iteration = int(state["val_iteration"])
+
+    def discrepancy(self, state: SamplerState) -> np.ndarray:
+        """d(m) of the chosen source."""
+        if self.source == "train":
+            return np.asarray(state.discrepancy, dtype=np.float64)
+        if state.val_status is None:
+            raise ValueError("the heuristic's 'val' source needs the validation statuses in the sampler state")
+        if state.iteration % self.validation_every == 0 and state.iteration != self._val_iteration:
+            self._val_sum += np.asarray(state.val_status, dtype=np.float64)
+            self._val_seen += 1
+            self._val_iteration = state.iteration
+        mean = self._val_sum / max(self._val_seen, 1)
+        return mean - mean.mean()
 
     def counts(self, state: SamplerState) -> np.ndarray:
         """The formula above, from the state's discrepancy."""
         if state.iteration < self.warmup:
             return np.full(self.n_modalities, self.batch_size, dtype=np.int64)
-        logits = -self.alpha * np.asarray(state.discrepancy, dtype=np.float64)
-        weights = np.exp(logits - logits.max())
-        weights /= weights.sum()
+        weights = heuristic_weights(self.discrepancy(state), -self.alpha if self.reverse else self.alpha)
         if self.allocation:
             return allocate(weights, self.n_modalities * self.batch_size, self.n_min)
         raw = np.rint(self.n_modalities * self.batch_size * weights)

@@ -35,35 +35,49 @@ FAMILIES: Registry[FamilyGenerator] = Registry("family", {
 """Family name -> generator (keyword arguments -> list of task-kwargs overrides)."""
 
 
-def synthetic_family(n_instances: int = 160, seed: int = 0) -> list[dict[str, Any]]:
+def synthetic_family(n_instances: int = 160, seed: int = 0, modalities: tuple[int, ...] = (2, 3),
+                     dominant_dims: tuple[int, ...] = (256, 512), weak_signal: tuple[float, float] = (1.5, 2.5),
+                     harmless_share: float = 0.4) -> list[dict[str, Any]]:
     """Instances of the synthetic task with drawn parameters (``make_synthetic`` keyword arguments).
 
-    Each instance draws: the number of modalities M in {2, 3} (one dominant, M - 1 weak); the slot of
-    the dominant modality (any position); its dimension (256 or 512), coarse signal (6 to 10) and
-    noise (0.8 to 2: how memorisable it is); the weak modalities' dimension (8 or 16), signal (1.5 to
-    2.5) and noise (0.5 to 0.9): how weak they are; and, for 40 % of the instances, a fine-class
-    signal (3 to 6) in the dominant modality that makes it able to separate every class on its own,
-    so that the imbalance is harmless there and starving the dominant modality can hurt. The data of
-    each instance come from its own ``data_seed``.
+    Each instance draws: the number of modalities M in ``modalities`` (one dominant, M - 1 weak); the
+    slot of the dominant modality (any position); its dimension (``dominant_dims``), coarse signal (6
+    to 10) and noise (0.8 to 2: how memorisable it is); the weak modalities' dimension (8 or 16),
+    signal (``weak_signal``) and noise (0.5 to 0.9): how weak they are; and, for a share
+    ``harmless_share`` of the instances, a fine-class signal (3 to 6) in the dominant modality that
+    makes it able to separate every class on its own, so that the imbalance is harmless there and
+    starving the dominant modality can hurt. The data of each instance come from its own ``data_seed``.
+    The defaults are the training family; other ranges give out-of-distribution instances (the spec
+    ``synthetic-family-ood.yaml``: M = 4, a 1024-d dominant modality, weaker weak modalities).
 
     Args:
         n_instances: how many instances.
         seed: seed of the draw (the same seed gives the same family).
+        modalities: the numbers of modalities M drawn from (each >= 2).
+        dominant_dims: the dominant modality's dimensions drawn from.
+        weak_signal: the range of the weak modalities' signal.
+        harmless_share: the probability of a harmless instance (dominant fine-class signal).
     """
+    if not modalities or min(modalities) < 2 or not dominant_dims or min(dominant_dims) < 1:
+        raise ValueError(f"synthetic_family needs M >= 2 and positive dimensions, got {list(modalities)} and "
+                         f"{list(dominant_dims)}")
+    if len(weak_signal) != 2 or not 0 < weak_signal[0] <= weak_signal[1] or not 0 <= harmless_share <= 1:
+        raise ValueError("synthetic_family needs weak_signal = (low, high) with 0 < low <= high and harmless_share "
+                         f"in [0, 1], got {list(weak_signal)} and {harmless_share}")
     rng = np.random.default_rng(seed)
     instances = []
     for _ in range(n_instances):
-        M = int(rng.choice([2, 3]))
+        M = int(rng.choice(list(modalities)))
         instances.append({
             "n_weak": M - 1,
             "dominant_slot": int(rng.integers(M)),
-            "dominant_dim": int(rng.choice([256, 512])),
+            "dominant_dim": int(rng.choice(list(dominant_dims))),
             "coarse_signal": round(float(rng.uniform(6.0, 10.0)), 2),
             "dominant_noise": round(float(rng.uniform(0.8, 2.0)), 2),
             "weak_dim": int(rng.choice([8, 16])),
-            "weak_signal": round(float(rng.uniform(1.5, 2.5)), 2),
+            "weak_signal": round(float(rng.uniform(weak_signal[0], weak_signal[1])), 2),
             "weak_noise": round(float(rng.uniform(0.5, 0.9)), 2),
-            "dominant_fine_signal": round(float(rng.uniform(3.0, 6.0)), 2) if rng.random() < 0.4 else 0.0,
+            "dominant_fine_signal": round(float(rng.uniform(3.0, 6.0)), 2) if rng.random() < harmless_share else 0.0,
             "data_seed": int(rng.integers(2**31 - 1)),
         })
     return instances
@@ -72,6 +86,29 @@ def synthetic_family(n_instances: int = 160, seed: int = 0) -> list[dict[str, An
 def mfeat_family(sizes: tuple[int, ...] = (2, 3)) -> list[dict[str, Any]]:
     """Every ordered tuple of ``sizes`` distinct mfeat views (pairs and triples: 30 + 120 instances)."""
     return [{"views": list(views)} for size in sizes for views in itertools.permutations(VIEW_DIMS, size)]
+
+
+def _held_out_groups(instances: list[dict[str, Any]], key: str, n_held: int, seed: int) -> list[int]:
+    """Held-out instances drawn by whole groups (same value of ``key``; a list as the set of its items).
+
+    Groups are drawn in a seeded order until at least ``n_held`` instances are held out, always leaving one
+    group to train on.
+    """
+    groups: dict[Any, list[int]] = {}
+    for i, instance in enumerate(instances):
+        if key not in instance:
+            raise ValueError(f"family.group_by '{key}': instance {i} has no such task kwarg")
+        value = instance[key]
+        groups.setdefault(frozenset(value) if isinstance(value, (list, tuple)) else value, []).append(i)
+    ordered = list(groups.values())
+    if len(ordered) < 2:
+        raise ValueError(f"family.group_by '{key}' puts every instance in one group: nothing would be left to train on")
+    held: list[int] = []
+    for g in np.random.default_rng(seed).permutation(len(ordered))[: len(ordered) - 1]:
+        if len(held) >= n_held:
+            break
+        held += ordered[int(g)]
+    return held
 
 
 @dataclass(frozen=True)
@@ -103,7 +140,10 @@ class TaskFamily:
         n = len(instances)
         n_held = round(family.held_out * n) if n > 1 else 0
         n_held = min(max(n_held, 1 if family.held_out > 0 and n > 1 else 0), n - 1)
-        held = np.random.default_rng(family.split_seed).permutation(n)[:n_held]
+        if family.group_by is None:
+            held = np.random.default_rng(family.split_seed).permutation(n)[:n_held]
+        else:
+            held = _held_out_groups(instances, family.group_by, n_held, family.split_seed)
         return cls(task, dict(task_kwargs), tuple(instances), tuple(sorted(int(i) for i in held)))
 
     @property
