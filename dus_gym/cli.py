@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default=list(FamilyEvaluationConfig.sources), help="the heuristic's CMD sources tried")
     family.add_argument("--tune-instances", type=int, default=FamilyEvaluationConfig.tune_instances)
     family.add_argument("--tune-seeds", type=int, nargs="+", default=list(FamilyEvaluationConfig.tune_seeds))
+    family.add_argument("--heuristic-from", metavar="FAMILY_JSON",
+                        help="use the heuristic tuned by an earlier evaluation (its family.json) instead of tuning "
+                             "here: for a family without training instances (out of distribution)")
     family.add_argument("--no-reversed", action="store_true", help="skip the reversed-sign heuristic")
     family.add_argument("--no-oracle", action="store_true", help="skip the per-instance best constant allocation")
     family.add_argument("--no-ogm-ge", action="store_true", help="skip OGM-GE with uniform sampling")
@@ -468,6 +471,7 @@ def family_command(args: argparse.Namespace, run_dir: str) -> int:
         no_cmd_policies=tuple(args.no_cmd_policy), no_val_policies=tuple(args.no_val_policy),
         blind_policy=args.blind_policy, controls=not args.no_policy_controls, alpha_grid=tuple(args.alphas),
         sources=tuple(args.sources), tune_instances=args.tune_instances, tune_seeds=tuple(args.tune_seeds),
+        heuristic_from=args.heuristic_from,
         reversed_heuristic=not args.no_reversed,
         oracle=not args.no_oracle, ogm_ge=not args.no_ogm_ge, workers=args.workers,
         out_dir=args.out or str(Path(run_dir) / f"family-{name}"), overrides=parse_overrides(args.set))

@@ -93,6 +93,8 @@ class FamilyEvaluationConfig:
         sources: the heuristic's discrepancy sources tried ("train", "val", "probe").
         tune_instances: how many training instances the heuristic is tuned on.
         tune_seeds: the seeds of every tuning instance.
+        heuristic_from: the ``family.json`` of an evaluation whose tuned heuristic to use instead of tuning here
+            (an out-of-distribution family has no training instances to tune on).
         probe_size: the probe slice of the "probe" source (samples of the training split).
         reversed_heuristic: add the best heuristic with its sign flipped.
         oracle: add the per-instance best constant allocation.
@@ -116,6 +118,7 @@ class FamilyEvaluationConfig:
     sources: tuple[str, ...] = ("train", "val", "probe")
     tune_instances: int = 16
     tune_seeds: tuple[int, ...] = (0, 1)
+    heuristic_from: str | None = None
     probe_size: int = 100
     reversed_heuristic: bool = True
     oracle: bool = True
@@ -143,8 +146,22 @@ class FamilyEvaluationConfig:
 
     @property
     def tuning_runs(self) -> int:
-        """The heuristic's tuning budget in learner runs."""
+        """The heuristic's tuning budget in learner runs (0 when it comes from another evaluation)."""
+        if self.heuristic_from is not None:
+            return 0
         return len(self.alpha_grid) * len(self.sources) * self.tune_instances * len(self.tune_seeds)
+
+
+def read_tuning(path: str | Path) -> dict[str, Any]:
+    """The tuned heuristic of an earlier evaluation's ``family.json``: its scores, best alphas and best source."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        tuned = {key: record[key] for key in ("tuning", "best_alpha", "heuristic", "tune_instances", "tune_seeds",
+                                              "tuning_runs", "spec")}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"--heuristic-from {path}: not the family.json of a family evaluation ({err})") from err
+    return tuned
 
 
 def family_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -265,25 +282,37 @@ def run_family_evaluation(evaluation: FamilyEvaluationConfig, progress: bool = T
                 grid[i].append(label)
                 first.append(_cell(label, i, seeds[0], case_config(plan.base, plan.family, i, seeds[0], "constant",
                                                                    {"counts": counts})))
-    tune = list(plan.family.train)[: evaluation.tune_instances]
-    if not tune:
-        raise ConfigError("the family has no training instances to tune the heuristic on")
-    for source, alpha in itertools.product(evaluation.sources, evaluation.alpha_grid):
-        kwargs, cmd = plan.heuristic(source, alpha)
-        first += [_cell(f"tune-{source}-alpha{alpha:g}", i, s,
-                        case_config(plan.base, plan.family, i, s, "heuristic", kwargs, cmd=cmd))
-                  for i in tune for s in evaluation.tune_seeds]
+    reused = read_tuning(evaluation.heuristic_from) if evaluation.heuristic_from is not None else None
+    tune = list(plan.family.train)[: evaluation.tune_instances] if reused is None else reused["tune_instances"]
+    if reused is None:
+        if not tune:
+            raise ConfigError("the family has no training instances to tune the heuristic on: give --heuristic-from")
+        for source, alpha in itertools.product(evaluation.sources, evaluation.alpha_grid):
+            kwargs, cmd = plan.heuristic(source, alpha)
+            first += [_cell(f"tune-{source}-alpha{alpha:g}", i, s,
+                            case_config(plan.base, plan.family, i, s, "heuristic", kwargs, cmd=cmd))
+                      for i in tune for s in evaluation.tune_seeds]
     records, ran, _ = run(first)
 
     # stage 2: the tuned heuristics, the oracle's choice on the other seeds, the replays
-    scores = {(source, alpha): float(np.mean([_final_val(records[f"tune-{source}-alpha{alpha:g}/i{i}/seed{s}"])
-                                              for i in tune for s in evaluation.tune_seeds]))
-              for source, alpha in itertools.product(evaluation.sources, evaluation.alpha_grid)}
-    best_alpha = {source: max(evaluation.alpha_grid, key=lambda a, src=source: scores[(src, a)])
-                  for source in evaluation.sources}
-    best_source = max(evaluation.sources, key=lambda src: scores[(src, best_alpha[src])])
+    if reused is None:
+        scores = {f"{source}/{alpha:g}": float(np.mean([
+            _final_val(records[f"tune-{source}-alpha{alpha:g}/i{i}/seed{s}"]) for i in tune
+            for s in evaluation.tune_seeds])) for source, alpha in itertools.product(evaluation.sources,
+                                                                                      evaluation.alpha_grid)}
+        best_alpha = {source: max(evaluation.alpha_grid, key=lambda a, src=source: scores[f"{src}/{a:g}"])
+                      for source in evaluation.sources}
+        best_source = max(evaluation.sources, key=lambda src: scores[f"{src}/{best_alpha[src]:g}"])
+        tune_seeds, tuning_runs, tuned_on = list(evaluation.tune_seeds), evaluation.tuning_runs, str(evaluation.spec)
+    else:
+        scores, best_alpha = reused["tuning"], {k: float(v) for k, v in reused["best_alpha"].items()}
+        best_source = reused["heuristic"].split("-", 1)[1]
+        tune_seeds, tuning_runs, tuned_on = reused["tune_seeds"], reused["tuning_runs"], reused["spec"]
+    sources = [src for src in evaluation.sources if src in best_alpha]
+    if best_source not in sources:
+        sources.append(best_source)
     second: list[Cell] = []
-    for source in evaluation.sources:
+    for source in sources:
         kwargs, cmd = plan.heuristic(source, best_alpha[source])
         second += plan.cases(f"heuristic-{source}", "heuristic", lambda i, s, kw=kwargs: kw, cmd=cmd)
     if evaluation.reversed_heuristic:
@@ -314,8 +343,8 @@ def run_family_evaluation(evaluation: FamilyEvaluationConfig, progress: bool = T
     record: dict[str, Any] = {
         "rows": rows, "pool": pool, "seeds": seeds, "spec": str(evaluation.spec), "instances": evaluation.instances,
         "heuristic": f"heuristic-{best_source}", "alpha": best_alpha[best_source], "best_alpha": best_alpha,
-        "tuning": {f"{src}/{a:g}": v for (src, a), v in scores.items()}, "tune_instances": tune,
-        "tune_seeds": list(evaluation.tune_seeds), "tuning_runs": evaluation.tuning_runs,
+        "tuning": scores, "tune_instances": tune, "tune_seeds": tune_seeds, "tuning_runs": tuning_runs,
+        "tuned_on": tuned_on,
         "policies": [str(p) for p in evaluation.policies], "oracle_choice": {str(i): c for i, c in chosen.items()},
         "cells": len(first) + len(second), "ran": ran + ran_more, "workers": workers,
     }
@@ -554,8 +583,9 @@ def format_family_report(record: dict[str, Any]) -> str:
         parts += ["Each policy training seed (differences in points, instance-clustered 95 % intervals):", policy_seeds]
     parts += ["Subgroups (harmful: the dominant modality cannot separate the classes alone; harmless: it can):",
               format_subgroups(record)]
-    parts += [f"The heuristic's tuning: mean validation accuracy (%) on {len(record['tune_instances'])} training "
-              f"instances x seeds {record['tune_seeds']}, {record['tuning_runs']} learner runs:", format_tuning(record)]
+    parts += [f"The heuristic's tuning on {record.get('tuned_on', record['spec'])}: mean validation accuracy (%) on "
+              f"{len(record['tune_instances'])} training instances x seeds {record['tune_seeds']}, "
+              f"{record['tuning_runs']} learner runs:", format_tuning(record)]
     return "\n\n".join(parts)
 
 
