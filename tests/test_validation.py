@@ -876,3 +876,94 @@ def test_three_env_failures_in_a_row_stop_the_run_as_documented():
     with pytest.raises(RuntimeError, match="broken"):
         env.step(np.zeros(1))
     assert Broken.steps == 3
+
+# --- a task spec is a file: it names code only under the opt-in ---------------------------------------
+
+def _family_spec(tmp_path, **changes):
+    spec = {"task": "synthetic", "task_kwargs": {"hidden_dim": 4, "n_samples": 300}, "n_iterations": 4,
+            "env": {"observation": "modalities", "max_modalities": 3},
+            "family": {"generator": "synthetic", "generator_kwargs": {"n_instances": 4}}}
+    for key, value in changes.items():
+        spec = {**spec, key: {**spec[key], **value} if isinstance(value, dict) and key != "task_kwargs" else value}
+    path = tmp_path / "user-family.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _victim(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir(exist_ok=True)
+    (victim / "keep.txt").write_text("still here")
+    return victim
+
+
+SPEC_CODE = {
+    "generator os:system": lambda t: {"family": {"generator": "os:system",
+                                                 "generator_kwargs": {"command": f"touch {t / 'pwned'}"}}},
+    "generator builtins:eval": lambda t: {"family": {"generator": "builtins:eval",
+                                                     "generator_kwargs": {"source": f"open('{t / 'pwned'}', 'w')"}}},
+    "task shutil:rmtree": lambda t: {"task": "shutil:rmtree", "task_kwargs": {"path": str(t / "victim")}},
+    "task subprocess:getoutput": lambda t: {"task": "subprocess:getoutput",
+                                            "task_kwargs": {"cmd": f"touch {t / 'pwned'}"}},
+    "task this:s": lambda t: {"task": "this:s", "task_kwargs": {}},
+}
+
+
+@pytest.mark.parametrize("command", [["run"], ["compare", "--no-progress"], ["tune", "heuristic", "--no-progress"],
+                                     ["bench", "--no-progress"]])
+@pytest.mark.parametrize("code", list(SPEC_CODE))
+def test_a_task_spec_given_as_task_names_code_only_under_the_opt_in(command, code, capsys, tmp_path):
+    victim = _victim(tmp_path)
+    spec = _family_spec(tmp_path, **SPEC_CODE[code](tmp_path))
+    where = ["--tasks", str(spec), "--out", str(tmp_path / "bench")] if command[0] == "bench" else ["--task", str(spec)]
+    err = one_line(capsys, [*command, *where], tmp_path)
+    named = code.split()[1]
+    assert f"the task spec {spec}" in err and f"'{named}'" in err and "--allow-task-import" in err
+    assert not (tmp_path / "pwned").exists() and (victim / "keep.txt").is_file()
+
+
+@pytest.mark.parametrize("generator, message", [
+    ("os:system", "family generator 'os:system' is <built-in function system>, not a function"),
+    ("builtins:eval", "family generator 'builtins:eval' is <built-in function eval>, not a function"),
+    ("builtins:dict", "is <class 'dict'>, not a function"),
+    ("json:loads", "family generator 'json:loads' failed: JSONDecodeError: Expecting value"),
+])
+def test_family_generators_under_the_opt_in_are_functions_and_fail_in_one_line(generator, message, capsys,
+                                                                                tmp_path):
+    kwargs = {"s": "x"} if generator == "json:loads" else {"command": f"touch {tmp_path / 'pwned'}"}
+    if generator == "builtins:eval":
+        kwargs = {"source": f"open('{tmp_path / 'pwned'}', 'w')"}
+    spec = _family_spec(tmp_path, family={"generator": generator, "generator_kwargs": kwargs})
+    err = one_line(capsys, ["compare", "--task", str(spec), "--allow-task-import", "--no-progress",
+                            "--out", str(tmp_path / "family")], tmp_path)
+    assert message in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_resumed_policy_runs_args_yml_cannot_grant_itself_trust(capsys, tmp_path):
+    folder = tmp_path / "policy-run"
+    folder.mkdir()
+    (folder / "args.yml").write_text(yaml.safe_dump({
+        "env_id": "dus_gym/Synthetic-v0", "allow_task_import": True,
+        "env_kwargs": {"task": EVIL, "task_kwargs": _marker_kwargs(tmp_path)}}))
+    (folder / "config.yml").write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": {}}))
+    err = one_line(capsys, ["train-policy", "--resume", str(folder)], tmp_path)
+    assert f"names the task '{EVIL}'" in err and "--allow-task-import" in err
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("planted", ["gymnasium", "torch", "yaml", "numpy"])
+def test_python_m_dus_gym_does_not_import_from_the_working_folder(planted, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / f"{planted}.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w')\nraise SystemExit('planted')\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "dus_gym", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: dus-gym" in proc.stdout, proc.stderr
+    assert not (tmp_path / "pwned").exists()
+
