@@ -244,16 +244,19 @@ def test_run_checkpoint_of_another_version_is_one_line(capsys, tmp_path):
 def _policy_folder(tmp_path, **changes):
     folder = tmp_path / "policy"
     folder.mkdir(exist_ok=True)
-    settings = {"format": "dus-gym-policy", "version": 1, "modalities": ["dominant", "weak"], "batch_size": 64,
-                "env": {"n_min": 8, "n_max": 256, "action_type": "box", "count_levels": [8, 256],
-                        "iterations_per_step": 10}, **changes}
-    (folder / "policy.json").write_text(json.dumps(settings))
+    from dus_gym.core.files import sha256_of
+
     (folder / "policy.zip").write_bytes(b"PK\x03\x04 not a model")
+    settings = {"format": "dus-gym-policy", "version": 2, "modalities": ["dominant", "weak"], "batch_size": 64,
+                "env": {"n_min": 8, "n_max": 256, "action_type": "box", "count_levels": [8, 256],
+                        "iterations_per_step": 10}, "digests": {"policy.zip": sha256_of(folder / "policy.zip")},
+                **changes}
+    (folder / "policy.json").write_text(json.dumps(settings))
     return folder
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"version": 2}, "format version 2"),
+    ({"version": 1}, "format version 1, this dus-gym reads version 2; retrain it"),
     ({"modalities": ["a", "b", "c"]}, "trained for 3 modalities"),
     ({"batch_size": 32}, "trained with B = 32"),
     ({}, "not a loadable SB3 PPO model"),
@@ -741,10 +744,15 @@ def test_policy_json_lacking_keys_is_one_line(changes, message, capsys, tmp_path
 def test_corrupt_vecnormalize_of_a_policy_is_one_line(tiny_policy, capsys, tmp_path):
     import shutil
 
+    from dus_gym.core.files import sha256_of
+
     _, trained = tiny_policy
     folder = tmp_path / "policy"
     shutil.copytree(trained, folder)
     (folder / "vecnormalize.pkl").write_bytes(b"\x80\x04\x95 truncated")
+    policy = json.loads((folder / "policy.json").read_text())  # a damaged file saved with its digest
+    policy["digests"]["vecnormalize.pkl"] = sha256_of(folder / "vecnormalize.pkl")
+    (folder / "policy.json").write_text(json.dumps(policy))
     err = one_line(capsys, ["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), *TINY,
                             "--set", "env.iterations_per_step=10"], tmp_path)
     assert "vecnormalize.pkl is not readable VecNormalize statistics" in err
@@ -877,6 +885,7 @@ def test_three_env_failures_in_a_row_stop_the_run_as_documented():
         env.step(np.zeros(1))
     assert Broken.steps == 3
 
+
 # --- a task spec is a file: it names code only under the opt-in ---------------------------------------
 
 def _family_spec(tmp_path, **changes):
@@ -967,3 +976,54 @@ def test_python_m_dus_gym_does_not_import_from_the_working_folder(planted, tmp_p
     assert proc.returncode == 0 and "usage: dus-gym" in proc.stdout, proc.stderr
     assert not (tmp_path / "pwned").exists()
 
+
+# --- a policy's pickled files are checked against their digests before they are unpickled ------------
+
+class Touch:
+    """Unpickling this creates the file ``path``: a stand-in for any code a pickle can run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("policy.zip replaced", "policy.zip does not match its SHA-256 digest"),
+    ("vecnormalize.pkl replaced", "vecnormalize.pkl does not match its SHA-256 digest"),
+    ("vecnormalize.pkl without digest", "vecnormalize.pkl has no digest in"),
+    ("vecnormalize.pkl missing", "vecnormalize.pkl is missing (policy.json lists its digest)"),
+    ("no digests", "lacks a valid 'digests'"),
+    ("digest not a string", "vecnormalize.pkl does not match its SHA-256 digest"),
+])
+def test_policy_pickles_are_checked_against_their_digests_before_unpickling(damage, message, tiny_policy, capsys,
+                                                                            tmp_path):
+    import shutil
+
+    from dus_gym.core.files import sha256_of
+
+    _, trained = tiny_policy
+    folder = tmp_path / "policy"
+    shutil.copytree(trained, folder)
+    policy = json.loads((folder / "policy.json").read_text())
+    assert policy["digests"] == {name: sha256_of(folder / name) for name in ("vecnormalize.pkl", "policy.zip")}
+    payload = pickle.dumps(Touch(tmp_path / "pwned"))
+    if damage == "policy.zip replaced":
+        (folder / "policy.zip").write_bytes(payload)
+    elif damage == "vecnormalize.pkl replaced":
+        (folder / "vecnormalize.pkl").write_bytes(payload)
+    elif damage == "vecnormalize.pkl without digest":
+        del policy["digests"]["vecnormalize.pkl"]
+        (folder / "vecnormalize.pkl").write_bytes(payload)
+    elif damage == "vecnormalize.pkl missing":
+        (folder / "vecnormalize.pkl").unlink()
+    elif damage == "no digests":
+        del policy["digests"]
+    else:
+        policy["digests"]["vecnormalize.pkl"] = 42
+    (folder / "policy.json").write_text(json.dumps(policy))
+    err = one_line(capsys, ["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), *TINY,
+                            "--set", "env.iterations_per_step=10"], tmp_path)
+    assert message in err
+    assert not (tmp_path / "pwned").exists()
