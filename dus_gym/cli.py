@@ -552,6 +552,9 @@ def reference_command(args: argparse.Namespace) -> int:
     scale = (f"normalised score 0 = uniform, 1 = {record['best_constant']}" if record["score_defined"] else
              f"normalised score undefined: the best constant, {record['best_constant']}, does not beat uniform "
              f"(return {gain:+.4f} [{lo:+.4f}, {hi:+.4f}])")
+    if record["skipped"]:
+        print(f"{args.env} is a task family (each seed draws an instance with its own number of modalities): "
+              f"{' and '.join(record['skipped'])} skipped")
     print(f"{args.env}: reference agents on seeds {args.seeds} ({record['n_iterations']} iterations, "
           f"{record['action_type']} action); {scale}:")
     print(record["table"])
