@@ -15,7 +15,30 @@ The package is layered; each layer imports only those before it:
 - :mod:`dus_gym.cli`: the ``dus-gym`` command.
 """
 
-from dus_gym.rl.registration import SHIPPED_ENVS, register_envs
+import os
+import sys
+
+
+def _drop_working_folder() -> None:
+    """``python -m dus_gym``: take the working folder off ``sys.path`` before anything else is imported.
+
+    Python puts the working folder first on ``sys.path`` for ``-m`` (unless ``-P``), so a ``gymnasium.py``
+    or ``torch.py`` lying there would be imported instead of the installed package. While ``-m`` locates
+    this package ``sys.argv[0]`` is ``"-m"``; the package itself is already found, and its modules are
+    found through its own path. A ``module:function`` task is still imported with the working folder
+    searched last (:mod:`dus_gym.tasks`), as the ``dus-gym`` console script does.
+    """
+    orig = list(getattr(sys, "orig_argv", []))
+    run_as_module = sys.argv[:1] == ["-m"] and any(
+        a == "-m" and b.split(".")[0] == __name__ for a, b in zip(orig, orig[1:], strict=False))
+    if run_as_module:
+        cwd = os.getcwd()
+        sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
+
+
+_drop_working_folder()
+
+from dus_gym.rl.registration import SHIPPED_ENVS, register_envs  # noqa: E402 (after the sys.path guard)
 
 __version__ = "0.1.0"
 

@@ -31,7 +31,7 @@ import yaml
 from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, check_seeds, from_dict, to_dict
 from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty, write_text_atomic
 from dus_gym.core.methods import METHODS
-from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config
+from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config, task_spec_path
 from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
 from dus_gym.experiments.bench import BenchConfig, bench_config_from_args, run_bench
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
@@ -43,6 +43,7 @@ from dus_gym.rl.hyperparams import load_hyperparams
 from dus_gym.rl.policy_run import check_hyperparams_task, resumed_settings
 from dus_gym.rl.reference import AGENTS as REFERENCE_AGENTS
 from dus_gym.rl.reference import run_reference
+from dus_gym.rl.registration import is_shipped
 from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
 from dus_gym.rl.tune_ppo import PPOTuneConfig, tune_ppo
 from dus_gym.rl.vec_envs import VEC_ENVS
@@ -74,14 +75,29 @@ def resolve_config(args: argparse.Namespace, sampler: str | None = None,
     overrides = parse_overrides(args.set) if overrides is None else overrides
     if config and args.task is None and "task" not in overrides:  # the task would come from the file
         check_spec_sources(config, f"the config file {args.config}", args.allow_task_import)
+    check_task_spec(args.task, args.allow_task_import)
     return resolve_run_config(args.task, config=config, sampler=sampler or getattr(args, "sampler", None),
                               flags=flags, overrides=overrides)
 
 
+def check_task_spec(task: str | None, allow_import: bool) -> None:
+    """Refuse a user's task spec (``--task path/to/spec.yaml``) that names code without the opt-in.
+
+    The spec is a file: its ``task`` and its ``family.generator`` may be ``module:function`` paths only
+    with ``--allow-task-import``, whatever typed its path. The shipped specs (envs/) are trusted like the code.
+    """
+    if not task:
+        return
+    path = task_spec_path(task)
+    if path.suffix in (".yaml", ".yml") and path.is_file() and not is_shipped(path):
+        check_spec_sources(read_yaml(path), f"the task spec {path}", allow_import)
+
+
 def _allow_task_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(OPT_IN, action="store_true",
-                        help="let files read here (config, run folder, bench config, PPO YAML) name a task as "
-                             "module:function, which imports and runs that code: only for files you trust")
+                        help="let files read here (config, task spec, run folder, bench config, PPO YAML, a "
+                             "resumed run's args.yml) name a task or family generator as module:function, "
+                             "which imports and runs that code: only for files you trust")
 
 
 def _names(table: Any) -> str:
@@ -555,6 +571,9 @@ def reference_command(args: argparse.Namespace) -> int:
     scale = (f"normalised score 0 = uniform, 1 = {record['best_constant']}" if record["score_defined"] else
              f"normalised score undefined: the best constant, {record['best_constant']}, does not beat uniform "
              f"(return {gain:+.4f} [{lo:+.4f}, {hi:+.4f}])")
+    if record["skipped"]:
+        print(f"{args.env} is a task family (each seed draws an instance with its own number of modalities): "
+              f"{' and '.join(record['skipped'])} skipped")
     print(f"{args.env}: reference agents on seeds {args.seeds} ({record['n_iterations']} iterations, "
           f"{record['action_type']} action); {scale}:")
     print(record["table"])
@@ -576,6 +595,9 @@ def bench_command(args: argparse.Namespace) -> int:
     overrides = deep_merge(dict(values.get("overrides") or {}), parse_overrides(args.set))
     values.update({k: getattr(args, k) for k in ("tasks", "methods", "samplers", "seeds", "workers", "out_dir",
                                                   "policy") if getattr(args, k) is not None})
+    for task in values.get("tasks") or []:
+        if isinstance(task, str):
+            check_task_spec(task, args.allow_task_import)
     if args.iterations is not None:
         values["n_iterations"] = args.iterations
     if args.no_alone:

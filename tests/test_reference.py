@@ -103,3 +103,21 @@ def test_reference_command_bad_input_is_one_line(tmp_path, capsys):
     assert main(["reference", "--seeds", "0", "--agents", "heuristic-replay", "--run-dir", str(tmp_path)]) == 2
     assert "at least 2 seeds" in capsys.readouterr().err
     assert not list(tmp_path.glob("reference-*"))  # nothing half-written
+
+
+@pytest.mark.parametrize("env_id, kwargs", [
+    ("dus_gym/SyntheticFamily-v0", TINY),
+    ("dus_gym/MFeatFamily-v0", ["n_iterations=20", "iterations_per_step=10"]),
+])
+def test_reference_agents_act_on_every_instance_of_a_family(env_id, kwargs, tmp_path, capsys):
+    seeds = [str(s) for s in range(6)]
+    assert main(["reference", "--env", env_id, "--seeds", *seeds, "--run-dir", str(tmp_path), "--no-progress",
+                 "--env-kwargs", *kwargs]) == 0
+    record = json.loads(next(tmp_path.glob("reference-*/reference.json")).read_text())
+    assert set(record["agents"]) == {"uniform", "heuristic", "random"}  # constants and replay: one M per schedule
+    assert record["modalities"] == ["slot0", "slot1", "slot2"] and not record["score_defined"]
+    for agent in record["agents"].values():
+        assert agent["steps"] == [2] * 6
+    assert np.isfinite(record["agents"]["uniform"]["mean_counts"][2])  # some seeds drew a 3-modality instance
+    assert record["skipped"] == ["heuristic-replay", "constant"]
+    assert "heuristic-replay and constant skipped" in capsys.readouterr().out

@@ -244,16 +244,19 @@ def test_run_checkpoint_of_another_version_is_one_line(capsys, tmp_path):
 def _policy_folder(tmp_path, **changes):
     folder = tmp_path / "policy"
     folder.mkdir(exist_ok=True)
-    settings = {"format": "dus-gym-policy", "version": 1, "modalities": ["dominant", "weak"], "batch_size": 64,
-                "env": {"n_min": 8, "n_max": 256, "action_type": "box", "count_levels": [8, 256],
-                        "iterations_per_step": 10}, **changes}
-    (folder / "policy.json").write_text(json.dumps(settings))
+    from dus_gym.core.files import sha256_of
+
     (folder / "policy.zip").write_bytes(b"PK\x03\x04 not a model")
+    settings = {"format": "dus-gym-policy", "version": 2, "modalities": ["dominant", "weak"], "batch_size": 64,
+                "env": {"n_min": 8, "n_max": 256, "action_type": "box", "count_levels": [8, 256],
+                        "iterations_per_step": 10}, "digests": {"policy.zip": sha256_of(folder / "policy.zip")},
+                **changes}
+    (folder / "policy.json").write_text(json.dumps(settings))
     return folder
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"version": 2}, "format version 2"),
+    ({"version": 1}, "format version 1, this dus-gym reads version 2; retrain it"),
     ({"modalities": ["a", "b", "c"]}, "trained for 3 modalities"),
     ({"batch_size": 32}, "trained with B = 32"),
     ({}, "not a loadable SB3 PPO model"),
@@ -741,10 +744,15 @@ def test_policy_json_lacking_keys_is_one_line(changes, message, capsys, tmp_path
 def test_corrupt_vecnormalize_of_a_policy_is_one_line(tiny_policy, capsys, tmp_path):
     import shutil
 
+    from dus_gym.core.files import sha256_of
+
     _, trained = tiny_policy
     folder = tmp_path / "policy"
     shutil.copytree(trained, folder)
     (folder / "vecnormalize.pkl").write_bytes(b"\x80\x04\x95 truncated")
+    policy = json.loads((folder / "policy.json").read_text())  # a damaged file saved with its digest
+    policy["digests"]["vecnormalize.pkl"] = sha256_of(folder / "vecnormalize.pkl")
+    (folder / "policy.json").write_text(json.dumps(policy))
     err = one_line(capsys, ["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), *TINY,
                             "--set", "env.iterations_per_step=10"], tmp_path)
     assert "vecnormalize.pkl is not readable VecNormalize statistics" in err
@@ -876,3 +884,285 @@ def test_three_env_failures_in_a_row_stop_the_run_as_documented():
     with pytest.raises(RuntimeError, match="broken"):
         env.step(np.zeros(1))
     assert Broken.steps == 3
+
+
+# --- a task spec is a file: it names code only under the opt-in ---------------------------------------
+
+def _family_spec(tmp_path, **changes):
+    spec = {"task": "synthetic", "task_kwargs": {"hidden_dim": 4, "n_samples": 300}, "n_iterations": 4,
+            "env": {"observation": "modalities", "max_modalities": 3},
+            "family": {"generator": "synthetic", "generator_kwargs": {"n_instances": 4}}}
+    for key, value in changes.items():
+        spec = {**spec, key: {**spec[key], **value} if isinstance(value, dict) and key != "task_kwargs" else value}
+    path = tmp_path / "user-family.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _victim(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir(exist_ok=True)
+    (victim / "keep.txt").write_text("still here")
+    return victim
+
+
+SPEC_CODE = {
+    "generator os:system": lambda t: {"family": {"generator": "os:system",
+                                                 "generator_kwargs": {"command": f"touch {t / 'pwned'}"}}},
+    "generator builtins:eval": lambda t: {"family": {"generator": "builtins:eval",
+                                                     "generator_kwargs": {"source": f"open('{t / 'pwned'}', 'w')"}}},
+    "task shutil:rmtree": lambda t: {"task": "shutil:rmtree", "task_kwargs": {"path": str(t / "victim")}},
+    "task subprocess:getoutput": lambda t: {"task": "subprocess:getoutput",
+                                            "task_kwargs": {"cmd": f"touch {t / 'pwned'}"}},
+    "task this:s": lambda t: {"task": "this:s", "task_kwargs": {}},
+}
+
+
+@pytest.mark.parametrize("command", [["run"], ["compare", "--no-progress"], ["tune", "heuristic", "--no-progress"],
+                                     ["bench", "--no-progress"]])
+@pytest.mark.parametrize("code", list(SPEC_CODE))
+def test_a_task_spec_given_as_task_names_code_only_under_the_opt_in(command, code, capsys, tmp_path):
+    victim = _victim(tmp_path)
+    spec = _family_spec(tmp_path, **SPEC_CODE[code](tmp_path))
+    where = ["--tasks", str(spec), "--out", str(tmp_path / "bench")] if command[0] == "bench" else ["--task", str(spec)]
+    err = one_line(capsys, [*command, *where], tmp_path)
+    named = code.split()[1]
+    assert f"the task spec {spec}" in err and f"'{named}'" in err and "--allow-task-import" in err
+    assert not (tmp_path / "pwned").exists() and (victim / "keep.txt").is_file()
+
+
+@pytest.mark.parametrize("generator, message", [
+    ("os:system", "family generator 'os:system' is <built-in function system>, not a function"),
+    ("builtins:eval", "family generator 'builtins:eval' is <built-in function eval>, not a function"),
+    ("builtins:dict", "is <class 'dict'>, not a function"),
+    ("json:loads", "family generator 'json:loads' failed: JSONDecodeError: Expecting value"),
+])
+def test_family_generators_under_the_opt_in_are_functions_and_fail_in_one_line(generator, message, capsys,
+                                                                                tmp_path):
+    kwargs = {"s": "x"} if generator == "json:loads" else {"command": f"touch {tmp_path / 'pwned'}"}
+    if generator == "builtins:eval":
+        kwargs = {"source": f"open('{tmp_path / 'pwned'}', 'w')"}
+    spec = _family_spec(tmp_path, family={"generator": generator, "generator_kwargs": kwargs})
+    err = one_line(capsys, ["compare", "--task", str(spec), "--allow-task-import", "--no-progress",
+                            "--out", str(tmp_path / "family")], tmp_path)
+    assert message in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_resumed_policy_runs_args_yml_cannot_grant_itself_trust(capsys, tmp_path):
+    folder = tmp_path / "policy-run"
+    folder.mkdir()
+    (folder / "args.yml").write_text(yaml.safe_dump({
+        "env_id": "dus_gym/Synthetic-v0", "allow_task_import": True,
+        "env_kwargs": {"task": EVIL, "task_kwargs": _marker_kwargs(tmp_path)}}))
+    (folder / "config.yml").write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": {}}))
+    err = one_line(capsys, ["train-policy", "--resume", str(folder)], tmp_path)
+    assert f"names the task '{EVIL}'" in err and "--allow-task-import" in err
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("planted", ["gymnasium", "torch", "yaml", "numpy"])
+def test_python_m_dus_gym_does_not_import_from_the_working_folder(planted, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / f"{planted}.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w')\nraise SystemExit('planted')\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "dus_gym", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: dus-gym" in proc.stdout, proc.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+# --- a policy's pickled files are checked against their digests before they are unpickled ------------
+
+class Touch:
+    """Unpickling this creates the file ``path``: a stand-in for any code a pickle can run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("policy.zip replaced", "policy.zip does not match its SHA-256 digest"),
+    ("vecnormalize.pkl replaced", "vecnormalize.pkl does not match its SHA-256 digest"),
+    ("vecnormalize.pkl without digest", "vecnormalize.pkl has no digest in"),
+    ("vecnormalize.pkl missing", "vecnormalize.pkl is missing (policy.json lists its digest)"),
+    ("no digests", "lacks a valid 'digests'"),
+    ("digest not a string", "vecnormalize.pkl does not match its SHA-256 digest"),
+])
+def test_policy_pickles_are_checked_against_their_digests_before_unpickling(damage, message, tiny_policy, capsys,
+                                                                            tmp_path):
+    import shutil
+
+    from dus_gym.core.files import sha256_of
+
+    _, trained = tiny_policy
+    folder = tmp_path / "policy"
+    shutil.copytree(trained, folder)
+    policy = json.loads((folder / "policy.json").read_text())
+    assert policy["digests"] == {name: sha256_of(folder / name) for name in ("vecnormalize.pkl", "policy.zip")}
+    payload = pickle.dumps(Touch(tmp_path / "pwned"))
+    if damage == "policy.zip replaced":
+        (folder / "policy.zip").write_bytes(payload)
+    elif damage == "vecnormalize.pkl replaced":
+        (folder / "vecnormalize.pkl").write_bytes(payload)
+    elif damage == "vecnormalize.pkl without digest":
+        del policy["digests"]["vecnormalize.pkl"]
+        (folder / "vecnormalize.pkl").write_bytes(payload)
+    elif damage == "vecnormalize.pkl missing":
+        (folder / "vecnormalize.pkl").unlink()
+    elif damage == "no digests":
+        del policy["digests"]
+    else:
+        policy["digests"]["vecnormalize.pkl"] = 42
+    (folder / "policy.json").write_text(json.dumps(policy))
+    err = one_line(capsys, ["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), *TINY,
+                            "--set", "env.iterations_per_step=10"], tmp_path)
+    assert message in err
+    assert not (tmp_path / "pwned").exists()
+
+
+# --- prepare reads only inside the release, and train and test stay apart --------------------------
+
+def _twitter_release(tmp_path, test_rows=None, train_rows=None):
+    """A TomBERT-layout Twitter2015 release of plain rows (ImageID, tweet); images only for plain names."""
+    from PIL import Image
+
+    src = tmp_path / "raw"
+    (src / "twitter2015_images").mkdir(parents=True)
+    header = "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String"
+    rows = {"train": train_rows or [("a.jpg", "the $T$ is great"), ("b.jpg", "the $T$ is sad")],
+            "dev": [("c.jpg", "the $T$ is fine")], "test": test_rows or [("d.jpg", "the $T$ is okay")]}
+    for split, split_rows in rows.items():
+        lines = [header] + [f"{i}\t{i % 3}\t{image}\t{text}\tthing" for i, (image, text) in enumerate(split_rows)]
+        (src / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        for image, _ in split_rows:
+            if "/" not in image:
+                Image.new("RGB", (8, 8)).save(src / "twitter2015_images" / image)
+    return src
+
+
+@pytest.mark.parametrize("image", ["../../outside.jpg", "/tmp/outside.jpg", "sub/../../outside.jpg", ".hidden.jpg",
+                                   "..\\outside.jpg"])
+def test_prepare_refuses_image_names_that_are_paths(image, capsys, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "outside.jpg")  # what a path would reach
+    src, dst = _twitter_release(tmp_path, test_rows=[(image, "the $T$ is okay")]), tmp_path / "out"
+    err = one_line(capsys, ["prepare", "twitter2015", str(src), str(dst), "--no-progress", "--workers", "1"],
+                   tmp_path)
+    assert "image name" in err and "is not a plain file name" in err
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("dataset", ["twitter2015", "sarcasm"])
+def test_prepare_refuses_an_image_text_sample_in_both_train_and_test(dataset, capsys, tmp_path):
+    from PIL import Image
+
+    if dataset == "twitter2015":
+        src = _twitter_release(tmp_path, test_rows=[("b.jpg", "the $T$ is sad")])
+    else:
+        src = tmp_path / "raw"
+        (src / "text").mkdir(parents=True)
+        (src / "dataset_image").mkdir()
+        for split, rows in (("train", [["1", "so nice", 0], ["2", "yeah right", 1]]),
+                            ("valid2", [["3", "calm day", 0, 0]]), ("test2", [["2", "yeah right", 1, 1]])):
+            (src / "text" / f"{split}.txt").write_text("\n".join(repr(r) for r in rows) + "\n")
+            for row in rows:
+                Image.new("RGB", (8, 8)).save(src / "dataset_image" / f"{row[0]}.jpg")
+    err = one_line(capsys, ["prepare", dataset, str(src), str(tmp_path / "out"), "--no-progress"], tmp_path)
+    assert "1 sample (image and text)(s) are in both the train and the test list" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _nvgesture_lists(tmp_path, train, test):
+    src = tmp_path / "raw"
+    src.mkdir()
+    line = "path:./Video_data/{} depth:sk_depth:4:12 color:{}:4:12 duo_left:duo_left:4:12 label:1"
+    for name, paths in (("train", train), ("test", test)):
+        rows = [line.format(*p) if isinstance(p, tuple) else line.format(p, "sk_color") for p in paths]
+        (src / f"nvgesture_{name}_correct_cvpr2016_v2.lst").write_text("\n".join(rows) + "\n")
+    return src
+
+
+@pytest.mark.parametrize("train, test, message", [
+    ([("class_01/subject1_r0", "../../../../outside_vid")], ["class_01/subject2_r0"],
+     "color video name '../../../../outside_vid' is not a plain file name"),
+    ([("class_01/subject1_r0", "/tmp/outside_vid")], ["class_01/subject2_r0"], "is not a plain file name"),
+    ([("class_01/subject1_r0", ".hidden")], ["class_01/subject2_r0"], "is not a plain file name"),
+    (["class_01/subject1_r0", "class_01/subject2_r0"], ["class_01/subject2_r0"],
+     "1 clip(s) are in both the train and the test list (class_01_subject2_r0)"),
+    (["class_01/subject1_r0", "class_01/subject1_r0"], ["class_01/subject2_r0"],
+     "1 clip(s) are listed twice in the train list (class_01_subject1_r0)"),
+    (["class_01/subject2_r0"], ["class_01_subject2/r0"],
+     "'Video_data/class_01/subject2_r0' and 'Video_data/class_01_subject2/r0', which both become the prepared clip "
+     "'class_01_subject2_r0'"),
+    (["class_01/subject1_r0"], ["../../outside/r0"], "must be relative to the release folder"),
+])
+def test_prepare_nvgesture_refuses_paths_overlaps_and_name_collisions(train, test, message, capsys, tmp_path):
+    src = _nvgesture_lists(tmp_path, train, test)
+    err = one_line(capsys, ["prepare", "nvgesture", str(src), str(tmp_path / "out"), "--no-progress"], tmp_path)
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def _png_header_only(path, width, height):
+    """A PNG that declares ``width`` x ``height`` pixels in a few bytes (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_prepare_refuses_a_decompression_bomb_in_one_line(capsys, tmp_path):
+    pytest.importorskip("transformers")
+    from imagetext_fixture import make_vocab
+
+    src = _twitter_release(tmp_path)
+    _png_header_only(src / "twitter2015_images" / "b.jpg", 30_000, 30_000)
+    vocab = make_vocab(tmp_path / "vocab", ["the thing is great", "the thing is sad okay fine"])
+    err = one_line(capsys, ["prepare", "twitter2015", str(src), str(tmp_path / "out"), "--no-progress", "--workers",
+                            "1", "--tokenizer", str(vocab), "--image-size", "16"], tmp_path)
+    assert "1 image(s) could not be read (e.g. ['b']" in err and "decompression-bomb limit" in err
+    assert not (tmp_path / "out" / "images" / "b.jpg").exists() and not (tmp_path / "out" / "metadata.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["twitter2015", "--image-size", "0"], "image_size must be a whole number from 16 to 2048, got 0"),
+    (["twitter2015", "--image-size", "100000"], "image_size must be a whole number from 16 to 2048, got 100000"),
+    (["sarcasm", "--image-size", "-3"], "image_size must be a whole number from 16 to 2048"),
+    (["twitter2015", "--max-length", "100000"], "max_length must be a whole number from 2 to 512"),
+    (["twitter2015", "--max-length", "1"], "max_length must be a whole number from 2 to 512"),
+    (["nvgesture", "--frame-size", "100000"], "frame_size must be a whole number from 8 to 1024"),
+    (["nvgesture", "--frames", "0"], "frames must be a whole number from 1 to 1000"),
+    (["nvgesture", "--frames", "1000000"], "frames must be a whole number from 1 to 1000"),
+    (["cremad", "--workers", "0"], "workers must be a whole number from 1 to 1024"),
+    (["kinetics-sounds", "--workers", "100000"], "workers must be a whole number from 1 to 1024"),
+])
+def test_prepare_sizes_and_counts_are_bounded_before_anything_is_read(argv, message, capsys, tmp_path):
+    err = one_line(capsys, ["prepare", argv[0], str(tmp_path / "nowhere"), str(tmp_path / "out"), *argv[1:]],
+                   tmp_path)
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_functions_bound_their_sizes_too(tmp_path):
+    from dus_gym.tasks.gesture.prepare import prepare_nvgesture
+    from dus_gym.tasks.imagetext.prepare import prepare_imagetext
+
+    with pytest.raises(ValueError, match="image_size must be a whole number from 16 to 2048, got 0"):
+        prepare_imagetext("twitter2015", tmp_path, tmp_path / "out", image_size=0)
+    with pytest.raises(ValueError, match="frames must be a whole number from 1 to 1000, got 1.5"):
+        prepare_nvgesture(tmp_path, tmp_path / "out", frames=1.5)

@@ -10,6 +10,7 @@ cannot redirect the write.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import os
 import tempfile
@@ -88,6 +89,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     return data
+
+
+def sha256_of(path: str | Path) -> str:
+    """The SHA-256 digest of a file's bytes, in hex (read in chunks: any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def new_run_folder(parent: str | Path, name: str) -> Path:

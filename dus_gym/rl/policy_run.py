@@ -60,6 +60,7 @@ def resumed_settings(folder: Path, typed: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"--resume continues {folder} with its own settings ({ARGS_FILE}); drop the flags that "
                           f"differ: {'; '.join(differ)}. Only {', '.join(RESUME_MAY_CHANGE[1:])} may change")
     settings = {**saved, **{k: v for k, v in typed.items() if k in RESUME_MAY_CHANGE}, "resume": str(folder)}
+    settings["allow_task_import"] = bool(typed.get("allow_task_import", False))  # a file cannot grant itself trust
     env_kwargs = saved.get("env_kwargs") or {}
     if isinstance(env_kwargs, dict):
         check_spec_sources(env_kwargs, f"the run folder's {folder / ARGS_FILE}",

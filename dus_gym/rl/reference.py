@@ -14,6 +14,10 @@ the inverse map :meth:`dus_gym.samplers.action.CountsAction.to_action`. The agen
 - ``constant[a,b]``: fixed counts, for every cell of :data:`dus_gym.experiments.compare.DEFAULT_GRID`;
   ``best-constant`` is the cell (or uniform) with the highest mean return.
 
+On a task family every seed draws its own instance, of its own number of modalities M: each agent acts
+with the current instance's M, and ``heuristic-replay`` and the constants, whose schedules are made for
+one M, are skipped (``record["skipped"]``), so the normalised score is undefined there.
+
 Every agent runs on the same seeds: episode seed s resets the env with ``seed=s``, so every agent's
 learner starts from the same initialisation and data order (paired). The **normalised score** of an
 agent is (R - R_uniform) / (R_best-constant - R_uniform), with R the mean return over the seeds:
@@ -27,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +74,26 @@ class ReferenceAgent(ABC):
 
 
 class SamplerAgent(ReferenceAgent):
-    """A rule sampler acting through the env: observation -> CMD state -> counts -> action."""
+    """A rule sampler acting through the env: observation -> CMD state -> counts -> action.
 
-    def __init__(self, env: DUSEnv, sampler: Sampler) -> None:
+    Args:
+        env: the (unwrapped) env it acts in.
+        sampler: the sampler, or a function of (B, M) that makes it: then it is made again whenever the
+            env's current task has another number of modalities M (a family env draws an instance, of 2 or
+            3 modalities, at every reset).
+    """
+
+    def __init__(self, env: DUSEnv, sampler: Sampler | Callable[[int, int], Sampler]) -> None:
         super().__init__(env)
-        self.sampler = sampler
+        self.make = None if isinstance(sampler, Sampler) else sampler
+        self.sampler = sampler if isinstance(sampler, Sampler) else None
+
+    def current(self) -> Sampler:
+        """The sampler for the env's current task (made for its M when built from a function)."""
+        M = self.env.n_modalities
+        if self.make is not None and (self.sampler is None or self.sampler.n_modalities != M):
+            self.sampler = self.make(self.env.learner_config.batch_size, M)
+        return self.sampler
 
     def state(self, obs: np.ndarray) -> SamplerState:
         """The sampler's view of the observation."""
@@ -86,12 +105,15 @@ class SamplerAgent(ReferenceAgent):
                             observation=np.asarray(obs, dtype=np.float32))
 
     def reset(self, seed: int) -> None:
-        """Reset the sampler."""
-        self.sampler.reset()
+        """Forget the last episode: a sampler made from a function is made again at the first action."""
+        if self.make is not None:
+            self.sampler = None
+        else:
+            self.sampler.reset()
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The sampler's counts for the observed state, as the nearest action."""
-        return self.env.actions.to_action(self.sampler.counts(self.state(obs)))
+        return self.env.actions.to_action(self.current().counts(self.state(obs)))
 
 
 class RandomAgent(ReferenceAgent):
@@ -169,9 +191,13 @@ def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] 
     heuristic = {**sampler_settings("heuristic", core.task.name)}
     heuristic.update(n_min=core.config.n_min, n_max=core.config.n_max,
                      allocation=core.config.action_type == "allocation")
-    plan: list[tuple[str, Any]] = [(UNIFORM, SamplerAgent(core, UniformSampler(B, M)))]
+    skipped: list[str] = []
+    if core.family is not None:  # each seed draws its own instance (M = 2 or 3): no schedule fits them all
+        skipped = [name for name in ("heuristic-replay", "constant") if name in agents]
+        agents = [name for name in agents if name not in skipped]
+    plan: list[tuple[str, Any]] = [(UNIFORM, SamplerAgent(core, UniformSampler))]
     if "heuristic" in agents or "heuristic-replay" in agents:
-        plan.append(("heuristic", SamplerAgent(core, HeuristicSampler(B, M, **heuristic))))
+        plan.append(("heuristic", SamplerAgent(core, lambda b, m: HeuristicSampler(b, m, **heuristic))))
     if "random" in agents:
         plan.append(("random", RandomAgent(core)))
     if "constant" in agents:
@@ -194,6 +220,7 @@ def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] 
         episodes.pop("heuristic", None)
     env.close()
     record = reference_record(env_id, core, list(seeds), env_kwargs or {}, episodes)
+    record["skipped"] = skipped
     if out_dir is not None:
         write_text_atomic(Path(out_dir) / "reference.json", json.dumps(record, indent=2))
         write_text_atomic(Path(out_dir) / "table.md", record["table"] + "\n")
@@ -238,15 +265,21 @@ def reference_record(env_id: str, env: DUSEnv, seeds: list[int], env_kwargs: dic
                      episodes: dict[str, list[Episode]]) -> dict[str, Any]:
     """The JSON record of the episodes: per agent the returns, final accuracies, mean counts, normalised score."""
     scores = normalised_scores({label: [e.episode_return for e in es] for label, es in episodes.items()})
+    # a family's episodes have 2 or 3 modalities: counts by slot, a slot's mean over the episodes that use it
+    modalities = [f"slot{k}" for k in range(env.layout.slots)] if env.family is not None else list(env.task.modalities)
     agents = {}
     for label, es in episodes.items():
+        per_slot: list[list[float]] = [[] for _ in modalities]
+        for e in es:
+            for k, n in enumerate(np.mean(e.counts, axis=0)):
+                per_slot[k].append(float(n))
         agents[label] = {
             "returns": [e.episode_return for e in es], "final_val_acc": [e.final_val_acc for e in es],
             "initial_val_acc": [e.initial_val_acc for e in es], "steps": [e.steps for e in es],
-            "mean_counts": np.mean([np.mean(e.counts, axis=0) for e in es], axis=0).tolist(),
+            "mean_counts": [float(np.mean(c)) if c else float("nan") for c in per_slot],
             "normalised_score": scores.scores[label],
         }
-    record = {"env_id": env_id, "seeds": seeds, "env_kwargs": env_kwargs, "modalities": list(env.task.modalities),
+    record = {"env_id": env_id, "seeds": seeds, "env_kwargs": env_kwargs, "modalities": modalities,
               "n_iterations": env.n_iterations, "iterations_per_step": env.config.iterations_per_step,
               "action_type": env.config.action_type, "best_constant": scores.best,
               "best_constant_gain": list(scores.gain), "score_defined": scores.defined, "agents": agents}

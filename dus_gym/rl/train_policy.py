@@ -1,7 +1,8 @@
 """Train a sampling policy with SB3 PPO on a DUS env, save it, and evaluate it against the samplers.
 
 The run folder holds ``policy.zip`` (SB3 model), ``vecnormalize.pkl`` (when normalising),
-``policy.json`` (the env settings the policy acts under), ``config.yml`` (the hyper-parameters as
+``policy.json`` (the env settings the policy acts under, and the SHA-256 digests of the two pickled
+files, checked by the ppo sampler before it unpickles them), ``config.yml`` (the hyper-parameters as
 written), ``args.yml``, ``command.txt``, ``checkpoints/``, ``eval/`` (EvalCallback),
 ``tb/`` (TensorBoard) and, after the evaluation, ``compare/``.
 """
@@ -20,7 +21,7 @@ from stable_baselines3.common.callbacks import CallbackList, EvalCallback
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
 from dus_gym.core.config import ConfigError, check_seeds, to_dict
-from dus_gym.core.files import new_run_folder, write_text_atomic
+from dus_gym.core.files import new_run_folder, sha256_of, write_text_atomic
 from dus_gym.core.specs import sampler_settings, specs_dir
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
@@ -157,8 +158,10 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
             save_atomic(venv, folder / "vecnormalize.pkl")
         save_atomic(model, folder / "policy.zip")
         settings = venv.get_attr("settings", indices=[0])[0]
+        pickled = ["vecnormalize.pkl", "policy.zip"] if hp.normalize else ["policy.zip"]
         description = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "env_id": config.env_id,
-                       "timesteps": int(model.num_timesteps), **settings}
+                       "timesteps": int(model.num_timesteps), **settings,
+                       "digests": {name: sha256_of(folder / name) for name in pickled}}
         write_text_atomic(folder / "policy.json", json.dumps(description, indent=2))
     except KeyboardInterrupt:
         stop_vec_env(venv)  # a worker may be mid-reply: stop it rather than wait for it

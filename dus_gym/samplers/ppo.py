@@ -2,8 +2,12 @@
 
 A policy trained in a :class:`dus_gym.rl.env.DUSEnv` is saved as a folder with ``policy.zip`` (the SB3
 model), ``vecnormalize.pkl`` (observation statistics, when used) and ``policy.json`` (the env
-settings it was trained under: step size K, action mapping, B, M). Loading a zip or a pickle
-unpickles Python objects: load only policies you trust.
+settings it was trained under: step size K, action mapping, B, M, and the SHA-256 digests of
+``policy.zip`` and ``vecnormalize.pkl``). Loading a zip or a pickle unpickles Python objects, which
+can run code: load only policies you trust. The digests are checked before anything is unpickled, so a
+pickled file that was replaced or damaged apart from its policy.json is refused unread; they are no
+signature (whoever can write policy.zip can write policy.json), so they do not make a folder from an
+untrusted source safe.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import numpy as np
 from stable_baselines3 import PPO
 
 from dus_gym.core.config import ConfigError, EnvConfig, from_dict
+from dus_gym.core.files import sha256_of
 from dus_gym.core.observation import ObservationLayout
 from dus_gym.samplers.action import CountsAction
 from dus_gym.samplers.base import Sampler, SamplerState
 
 POLICY_FORMAT = "dus-gym-policy"
-POLICY_VERSION = 1
+POLICY_VERSION = 2
+"""Version 2: policy.json holds the SHA-256 digests of policy.zip and vecnormalize.pkl."""
 ACTING_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0}
 """What ``PPO.load`` need not unpickle to act (the training schedules), as the RL Zoo's enjoy script does."""
 
@@ -38,7 +44,7 @@ def resolve_policy_dir(path: str | Path) -> Path:
     return folder
 
 
-REQUIRED_SETTINGS = {"modalities": list, "batch_size": int, "env": dict}
+REQUIRED_SETTINGS = {"modalities": list, "batch_size": int, "env": dict, "digests": dict}
 REQUIRED_ENV_SETTINGS = {"n_min": int, "n_max": int, "action_type": str, "count_levels": list,
                          "iterations_per_step": int}
 """The entries of policy.json the sampler acts with, and their JSON types."""
@@ -63,6 +69,27 @@ def read_policy_settings(folder: Path) -> dict[str, Any]:
                 raise ValueError(f"{folder / 'policy.json'} lacks a valid '{where}{key}' ({kind.__name__}); it is "
                                  "written by train_policy.py: retrain the policy or restore the file")
     return settings
+
+
+def check_digests(folder: Path, settings: dict[str, Any]) -> None:
+    """Check policy.zip and vecnormalize.pkl against the SHA-256 digests of policy.json, before unpickling them.
+
+    Raises:
+        ValueError: a pickled file without its digest, a digest without its file, or a file whose digest differs.
+    """
+    digests = settings["digests"]
+    for name in ("policy.zip", "vecnormalize.pkl"):
+        path, expected = folder / name, digests.get(name)
+        if expected is None and path.exists():
+            raise ValueError(f"{path} has no digest in {folder / 'policy.json'}: it was not written with this policy "
+                             "by train_policy.py and is not unpickled; remove it or retrain the policy")
+        if expected is None:
+            continue
+        if not path.is_file():
+            raise ValueError(f"{path} is missing (policy.json lists its digest); restore it or retrain the policy")
+        if not isinstance(expected, str) or sha256_of(path) != expected:
+            raise ValueError(f"{path} does not match its SHA-256 digest in {folder / 'policy.json'} (replaced or "
+                             "damaged): it is not unpickled; restore the file or retrain the policy")
 
 
 class PolicySampler(Sampler):
@@ -116,6 +143,7 @@ class PolicySampler(Sampler):
             self.validation_every = self.iterations_per_step  # the env scores the validation split every step
         self.deterministic = deterministic
         self.settings = settings
+        check_digests(folder, settings)  # before anything is unpickled
         try:
             # unpickles: trusted input only; the training schedules are not needed to act
             self.model = PPO.load(folder / "policy.zip", device="cpu", custom_objects=ACTING_OBJECTS)

@@ -13,6 +13,7 @@ A user's family is a list of task-kwargs overrides in the spec, or a generator f
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dus_gym.core.config import FamilyConfig, checked_kwargs
+from dus_gym.core.config import MAX_SHOWN, FamilyConfig, checked_kwargs, shown
 from dus_gym.core.registry import Registry, load_entry_point
 from dus_gym.core.specs import deep_merge
 from dus_gym.tasks import Task, cached_task
@@ -134,7 +135,17 @@ class TaskFamily:
         if family.generator is not None:
             generate = (FAMILIES.get(family.generator) if family.generator in FAMILIES
                         else load_entry_point(family.generator))
-            instances = generate(**checked_kwargs(generate, family.generator_kwargs, "family.generator_kwargs"))
+            if not callable(generate) or inspect.isbuiltin(generate) or isinstance(generate, type):
+                raise ValueError(f"family generator '{family.generator}' is {shown(generate)}, not a function that "
+                                 "returns a list of task-kwargs mappings")
+            kwargs = checked_kwargs(generate, family.generator_kwargs, "family.generator_kwargs")
+            try:
+                instances = generate(**kwargs)
+            except Exception as err:  # name the generator (a user's may raise anything), keep the cause chained
+                if family.generator in FAMILIES and isinstance(err, (ValueError, OSError)):
+                    raise  # the built-in generators' own one-line errors
+                raise ValueError(f"family generator '{family.generator}' failed: {type(err).__name__}: "
+                                 f"{str(err)[:MAX_SHOWN]}") from err
             if not isinstance(instances, list) or not all(isinstance(x, dict) for x in instances) or not instances:
                 raise ValueError(f"family generator '{family.generator}' must return a non-empty list of mappings")
         n = len(instances)

@@ -75,26 +75,52 @@ def read_split_csv(root: Path, split: str, what: str = "clips") -> list[list[str
     return rows
 
 
-def check_clip_name(clip: str, where: str) -> str:
+OPTION_BOUNDS: dict[str, tuple[int, int]] = {
+    "image_size": (16, 2048),
+    "frame_size": (8, 1024),
+    "frames": (1, 1000),
+    "max_length": (2, 512),
+    "workers": (1, 1024),
+}
+"""The range of every size and count option of ``dus-gym prepare`` (checked before anything is read)."""
+
+
+def check_option(name: str, value: int | None) -> None:
+    """Raise a ValueError unless ``value`` is None or a whole number in ``OPTION_BOUNDS[name]``."""
+    if value is None:
+        return
+    lo, hi = OPTION_BOUNDS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
+
+
+def check_clip_name(clip: str, where: str, what: str = "clip name") -> str:
     """``clip`` if it is a plain file name (no path separator, not ``.``/``..``, no leading dot); else a ValueError.
 
     Clip names become file and folder names under the data folder (``audio/<clip>.npy``,
-    ``visual/<clip>/``); a name such as ``../../victim/evil`` or ``/etc/x`` would escape it.
+    ``visual/<clip>/``), and image names and video names are read below the release folder; a name
+    such as ``../../victim/evil`` or ``/etc/x`` would escape it.
     """
     bad = (not clip or clip.startswith(".") or "\0" in clip or "/" in clip or "\\" in clip
            or (os.sep in clip) or (os.altsep is not None and os.altsep in clip))
     if bad:
-        raise ValueError(f"{where}: clip name {clip[:100]!r} is not a plain file name (no '/', '\\', '..' or "
-                         "leading '.'); clip names become file names under the data folder")
+        raise ValueError(f"{where}: {what} {clip[:100]!r} is not a plain file name (no '/', '\\', '..' or "
+                         "leading '.'); it must name a file inside its folder")
     return clip
 
 
-def check_disjoint(lists: dict[str, list[str]], where: str) -> None:
-    """Raise a ValueError when a clip is listed in both the train and the test list."""
+def check_disjoint(lists: dict[str, list[str]], where: str, what: str = "clip", unique: bool = False) -> None:
+    """Raise a ValueError when a ``what`` is in both the train and the test list (or, ``unique``, twice in one list)."""
+    for split, names in lists.items() if unique else ():
+        seen: set[str] = set()
+        twice = sorted({name for name in names if name in seen or seen.add(name)})
+        if twice:
+            raise ValueError(f"{where}: {len(twice)} {what}(s) are listed twice in the {split} list "
+                             f"({', '.join(twice[:5])}{', ...' if len(twice) > 5 else ''}); fix the list")
     both = sorted(set(lists["train"]) & set(lists["test"]))
     if both:
-        raise ValueError(f"{where}: {len(both)} clip(s) are in both the train and the test list "
-                         f"({', '.join(both[:5])}{', ...' if len(both) > 5 else ''}); a test clip seen in training "
+        raise ValueError(f"{where}: {len(both)} {what}(s) are in both the train and the test list "
+                         f"({', '.join(both[:5])}{', ...' if len(both) > 5 else ''}); a test {what} seen in training "
                          "inflates the test accuracy: fix the lists")
 
 

@@ -29,6 +29,7 @@ def prepare(dataset: str, src: str | Path, dst: str | Path, **options: Any) -> d
 
     Raises:
         ConfigError: an unknown data set, or an option it does not take.
+        ValueError: a size or count outside its range (:data:`dus_gym.tasks.layout.OPTION_BOUNDS`).
     """
     function = PREPARERS.get(dataset)
     given = {key: value for key, value in options.items() if value is not None}
@@ -38,4 +39,8 @@ def prepare(dataset: str, src: str | Path, dst: str | Path, **options: Any) -> d
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in unused)
         valid = ", ".join(f"--{key.replace('_', '-')}" for key in accepted if key != "progress")
         raise ConfigError(f"{flags} does not apply to '{dataset}' (its options: {valid})")
+    from dus_gym.tasks.layout import OPTION_BOUNDS, check_option
+
+    for key in OPTION_BOUNDS:  # sizes and counts in their documented ranges, before anything is read
+        check_option(key, given.get(key))
     return function(src, dst, **given)

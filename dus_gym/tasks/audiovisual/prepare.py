@@ -137,7 +137,6 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
         raise FileNotFoundError(f"raw data folder not found: {src}")
     lists = {"train": read_split_list(Path(train_list) if train_list else src / "train.csv"),
              "test": read_split_list(Path(test_list) if test_list else src / "test.csv")}
-    ffmpeg = require_ffmpeg()  # after the lists: a bad list is reported whatever the machine
     check_disjoint({split: [clip for clip, _ in rows] for split, rows in lists.items()}, f"{dataset} split lists")
     labels = sorted({label for rows in lists.values() for _, label in rows})
     if dataset == "cremad":
@@ -145,6 +144,7 @@ def prepare_dataset(dataset: str, src: str | Path, dst: str | Path, train_list: 
         if unknown:
             raise ValueError(f"CREMA-D labels must be among {list(CREMAD_CLASSES)}, the lists have {unknown}")
         labels = list(CREMAD_CLASSES)
+    ffmpeg = require_ffmpeg()  # after the lists: a bad list is reported whatever the machine
     (dst / "audio").mkdir(parents=True, exist_ok=True)
     (dst / "visual").mkdir(parents=True, exist_ok=True)
     clips = sorted({clip for rows in lists.values() for clip, _ in rows})

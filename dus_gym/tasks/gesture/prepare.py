@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from dus_gym.tasks.layout import write_metadata, write_split_csv
+from dus_gym.tasks.layout import check_clip_name, check_disjoint, check_option, write_metadata, write_split_csv
 from dus_gym.tasks.media import (
     JPEG_QUALITY,
     atomic_folder,
@@ -93,6 +93,7 @@ def parse_list_line(line: str, where: str) -> GestureClip:
         sensors = {}
         for sensor in ("color", "depth"):
             stem, start, end = fields[sensor][0], int(fields[sensor][1]), int(fields[sensor][2])
+            check_clip_name(stem, where, f"{sensor} video name")  # a file of the clip's folder, not a path
             if not 0 <= start < end:
                 raise ValueError(f"{sensor} frames {start}:{end} are empty")
             sensors[sensor] = (stem, start, end)
@@ -104,7 +105,25 @@ def parse_list_line(line: str, where: str) -> GestureClip:
         raise ValueError(f"{where}: label {label} is outside 1-{N_CLASSES}")
     if not path or path.startswith("/") or ".." in Path(path).parts:
         raise ValueError(f"{where}: path {path!r} must be relative to the release folder")
-    return GestureClip(path, sensors["color"], sensors["depth"], label)
+    clip = GestureClip(path, sensors["color"], sensors["depth"], label)
+    check_clip_name(clip.name, where)
+    return clip
+
+
+def check_clip_lists(lists: dict[str, list[GestureClip]]) -> None:
+    """Refuse a clip listed twice, in both lists, or two paths that become the same prepared clip name.
+
+    ``class_01/subject2_r0`` and ``class_01_subject2/r0`` both become ``class_01_subject2_r0``: one would
+    silently replace the other, and a train clip could become a test clip.
+    """
+    paths: dict[str, str] = {}
+    for clip in (clip for split_clips in lists.values() for clip in split_clips):
+        other = paths.setdefault(clip.name, clip.path)
+        if other != clip.path:
+            raise ValueError(f"the NVGesture lists name the clips {other!r} and {clip.path!r}, which both become the "
+                             f"prepared clip {clip.name!r}; rename one of the folders and its list line")
+    check_disjoint({split: [clip.name for clip in split_clips] for split, split_clips in lists.items()},
+                   "the NVGesture lists", unique=True)
 
 
 def read_gesture_list(path: Path) -> list[GestureClip]:
@@ -194,19 +213,20 @@ def prepare_nvgesture(src: str | Path, dst: str | Path, train_list: str | Path |
         workers: worker processes (default: the CPU count).
         progress: show a progress bar.
     """
-    if frame_size < 8 or frames < 1:
-        raise ValueError(f"frame_size must be >= 8 and frames >= 1, got {frame_size} and {frames}")
-    try:
-        import cv2
-    except ImportError as err:
-        raise ImportError(f"{OPENCV_HINT} ({err})") from err
-    ffmpeg = require_ffmpeg()
+    for name, value in (("frame_size", frame_size), ("frames", frames), ("workers", workers)):
+        check_option(name, value)
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"raw data folder not found: {src}")
     given = {"train": train_list, "test": test_list}
     lists = {split: read_gesture_list(Path(given[split]) if given[split] else src / name)
              for split, name in LISTS.items()}
+    check_clip_lists(lists)  # before any tool is looked for or any video decoded
+    try:
+        import cv2
+    except ImportError as err:
+        raise ImportError(f"{OPENCV_HINT} ({err})") from err
+    ffmpeg = require_ffmpeg()
     clips = {clip.name: clip for split_clips in lists.values() for clip in split_clips}
     for clip in clips.values():
         for stem in (clip.color[0], clip.depth[0]):

@@ -47,7 +47,7 @@ import numpy as np
 from dus_gym.core.extras import require
 from dus_gym.core.files import atomic_path
 from dus_gym.tasks.bert import import_transformers
-from dus_gym.tasks.layout import write_metadata, write_split_csv
+from dus_gym.tasks.layout import check_clip_name, check_disjoint, check_option, write_metadata, write_split_csv
 from dus_gym.tasks.media import JPEG_QUALITY, run_parallel, save_jpeg
 
 LAYOUT_VERSION = 1
@@ -248,9 +248,9 @@ def resize_image(source: str | None, target: str, size: int) -> bool:
     pixels = None
     if source is not None:
         try:
-            with Image.open(source) as image:
+            with Image.open(source) as image:  # refuses more than 2 x Image.MAX_IMAGE_PIXELS before decoding
                 pixels = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
-        except OSError:
+        except (OSError, Image.DecompressionBombError):
             pixels = None
     ok = pixels is not None
     if pixels is None:
@@ -305,16 +305,21 @@ def prepare_imagetext(dataset: str, src: str | Path, dst: str | Path, train_list
         raise ValueError(f"unknown image-text data set '{dataset}'; choose among {sorted(DATASETS)}")
     if missing_images not in ("error", "blank"):
         raise ValueError(f"missing_images must be 'error' or 'blank', got {missing_images!r}")
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
+    for name, value in (("max_length", max_length), ("image_size", image_size), ("workers", workers)):
+        check_option(name, value)  # max_length >= 2: [CLS] and [SEP]
     spec = DATASETS[dataset]
-    size = image_size or spec.image_size
+    size = spec.image_size if image_size is None else image_size
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"raw data folder not found: {src}")
     given = {"train": train_list, "val": val_list, "test": test_list}
     paths = {split: find_list(spec, src, split, given[split]) for split in SPLITS}
     records = {split: read_records(path, len(spec.classes)) for split, path in paths.items()}
+    for split, split_records in records.items():
+        for record in split_records:  # a name read below the image folder, never a path
+            check_clip_name(record.image, f"{paths[split]}", "image name")
+    keys = {split: [f"{image_key(r.image)} {r.text[:40]!r}" for r in rs] for split, rs in records.items()}
+    check_disjoint(keys, f"the {dataset} split lists", "sample (image and text)")
     folder = find_image_dir(spec, src)
     images: dict[str, Path | None] = {}
     for split_records in records.values():
@@ -333,8 +338,9 @@ def prepare_imagetext(dataset: str, src: str | Path, dst: str | Path, train_list
     if unreadable and missing_images == "error":
         for key in unreadable:  # the black placeholders must not count as done on the next run
             (dst / "images" / f"{key}.jpg").unlink(missing_ok=True)
-        raise ValueError(f"{len(unreadable)} image(s) could not be read (e.g. {unreadable[:3]}): replace them, or "
-                         "pass --missing-images blank to write a black image for them")
+        raise ValueError(f"{len(unreadable)} image(s) could not be read (e.g. {unreadable[:3]}; not an image, "
+                         "damaged, or over Pillow's decompression-bomb limit of 2 x 89,478,485 pixels): replace "
+                         "them, or pass --missing-images blank to write a black image for them")
     for split, split_records in records.items():
         tokens = tokenize(text_tokenizer, [clean_text(r.text, spec.max_words) for r in split_records], max_length)
         with atomic_path(dst / "text" / f"{split}.npz") as tmp:
