@@ -1,4 +1,4 @@
-"""N learners of one task trained at once with batched computation (torch.func).
+"""N learners trained at once with batched computation (torch.func), on one task or on one task each.
 
 Each learner keeps what a :class:`dus_gym.core.learner.Learner` keeps: its own parameters, momentum,
 learning rate, data order (its own generator and :class:`BatchPlanner`), probe slice and
@@ -27,6 +27,11 @@ their data lazily, which this learner does not support.
 
 Data: the task's tensors are used as they are (on CPU) or copied once to the device; every
 learner gathers its batches from that one copy through its own index map (no per-learner copy).
+Given N tasks of equal shapes (``tasks``: the instances of a task family with the same modalities,
+feature shapes, classes, split sizes and encoders; :func:`task_shape_key`), learner i trains and is
+scored on ``tasks[i]``: the training splits of the distinct tasks are concatenated along the
+sample axis (one copy), each learner's index map is offset by its task's start, and validation
+and test scores gather every learner's own rows of the concatenated split.
 
 Not supported (a ``ConfigError`` says so): methods that are not ``batchable`` (all but the default
 ``unimodal-aux``), Adam, bf16 autocast, channels-last, torch.compile, lazy (on-disk) modalities.
@@ -35,6 +40,7 @@ Random layers (dropout) fail under ``vmap``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,24 +168,35 @@ class _PaddedForward(nn.Module):
 
 
 class BatchedLearner:
-    """Trains N independent :class:`MultimodalNet` learners of one task in one batched computation.
+    """Trains N independent :class:`MultimodalNet` learners in one batched computation, on one task or one each.
 
     Learner i, reset with :meth:`reset_learner` from a seed, starts exactly as ``Learner(task,
-    config, seed, probe_size)`` does and, given the same counts, takes the same iterations (to
-    float tolerance: batched kernels sum in another order).
+    config, seed, probe_size)`` does (``Learner(tasks[i], ...)`` with ``tasks``) and, given the same
+    counts, takes the same iterations (to float tolerance: batched kernels sum in another order).
 
     Args:
-        task: the task (its data are shared by the N learners).
+        task: the task (its data are shared by the N learners); with ``tasks``, the task whose
+            shapes they all have (its data are not used unless it is one of them).
         config: learner settings, the same for every learner.
         n_learners: N.
         probe_size: samples held out of each learner's training split as its CMD probe (0: none).
+        tasks: None (every learner on ``task``), or N tasks of ``task``'s shapes (:func:`task_shape_key`):
+            learner i trains and is scored on ``tasks[i]``; see :meth:`set_tasks`.
+
+    Raises:
+        ValueError: ``tasks`` is not N tasks of ``task``'s shapes.
     """
 
-    def __init__(self, task: Task, config: LearnerConfig, n_learners: int, probe_size: int = 0) -> None:
+    def __init__(self, task: Task, config: LearnerConfig, n_learners: int, probe_size: int = 0,
+                 tasks: Sequence[Task] | None = None) -> None:
         check_batchable(task, config)
         if n_learners < 1:
             raise ConfigError(f"n_learners must be >= 1, got {n_learners}")
         self.task = task
+        self.tasks: tuple[Task, ...] | None = None
+        self._slots = np.zeros(n_learners, dtype=np.int64)  # learner i's task: the slots[i]-th block of the data
+        self._distinct: list[Task] = [task]  # the distinct tasks, in the order of their blocks of the data
+        self._shape_key: tuple[Any, ...] | None = None
         self.config = config
         self.n_learners = n_learners
         self.probe_size = probe_size
@@ -209,6 +226,8 @@ class BatchedLearner:
         self.planners: list[BatchPlanner | None] = [None] * n_learners
         # which modality's samples give a parameter its gradient (-1: the fusion head, from the paired samples)
         self._owners = {name: self._owner(name) for name in self.params}
+        if tasks is not None:
+            self.set_tasks(tasks)
 
     def _owner(self, name: str) -> int:
         for k, m in enumerate(self.modalities):
@@ -223,29 +242,97 @@ class BatchedLearner:
 
     @property
     def train_split(self) -> MultimodalSplit:
-        """The one copy of the training split that every learner reads (through its index map)."""
+        """The one copy of the training split that every learner reads (through its index map).
+
+        With several tasks, their training splits one after the other (learner i's rows are those of
+        :meth:`task_of` i's block).
+        """
         return self._data["train"]
 
-    def reset_learner(self, i: int, seed: int, checkpoint: str | Path | None = None) -> None:
+    @property
+    def shape_key(self) -> tuple[Any, ...]:
+        """The shapes every task of these learners has (:func:`task_shape_key`)."""
+        if self._shape_key is None:
+            self._shape_key = task_shape_key(self.task)
+        return self._shape_key
+
+    def task_of(self, i: int) -> Task:
+        """The task learner ``i`` trains on."""
+        return self.task if self.tasks is None else self.tasks[i]
+
+    def set_tasks(self, tasks: Sequence[Task]) -> None:
+        """Put learner i on ``tasks[i]`` (N tasks of equal shapes, :func:`task_shape_key`).
+
+        A learner whose task object is unchanged keeps its state and goes on training on the same
+        samples; one whose task changed must be reset (:meth:`reset_learner`) before it steps again.
+
+        Raises:
+            ValueError: not N tasks, or tasks whose shapes differ from the learners' (a new
+                ``BatchedLearner`` is needed for those).
+        """
+        tasks = tuple(tasks)
+        if len(tasks) != self.n_learners:
+            raise ValueError(f"set_tasks needs one task per learner ({self.n_learners}), got {len(tasks)}")
+        check_equal_shapes(tasks, self.shape_key)
+        for task in {id(t): t for t in tasks}.values():
+            if task is not self.task:
+                check_batchable(task, self.config)
+        previous = [self.task_of(i) for i in range(self.n_learners)]
+        old_slots = self._slots.copy()
+        distinct = list({id(t): t for t in tasks}.values())
+        slots = np.array([next(k for k, t in enumerate(distinct) if t is task) for task in tasks], dtype=np.int64)
+        n_train = len(tasks[0].splits["train"])
+        self.task = tasks[0]
+        if len(distinct) == 1:
+            self.tasks = None
+            self._data = {"train": self.task.splits["train"].to(self.device)}
+        else:
+            self.tasks = tasks
+            self._data = {"train": _concatenate([t.splits["train"] for t in distinct]).to(self.device)}
+        self._distinct = distinct
+        self._slots = slots
+        with torch.no_grad():
+            for i, (old, new) in enumerate(zip(previous, tasks, strict=True)):
+                if old is new:
+                    shift = int(slots[i] - old_slots[i]) * n_train
+                    self.keep[i] += shift
+                    self.probe_index[i] += shift
+                else:
+                    self.planners[i] = None
+
+    def _offset(self, split_name: str) -> torch.Tensor:
+        """(N,) start of each learner's rows in the data of ``split_name`` (zeros with one task)."""
+        size = len(self.task.splits[split_name])
+        return torch.as_tensor(self._slots * size, device=self.device)
+
+    def reset_learner(self, i: int, seed: int, checkpoint: str | Path | None = None, task: Task | None = None
+                      ) -> None:
         """Start learner ``i`` afresh from ``seed`` as ``Learner(task, config, seed, probe_size)`` would.
 
         With ``checkpoint``, its model, momentum, learning rate and counters come from a learner
         checkpoint (``Learner.save``) and its data order from ``seed`` (as DUSEnv's start_checkpoint).
+        With ``task`` (of the learners' shapes), learner ``i`` moves to it first (:meth:`set_tasks`).
         """
+        if task is not None and task is not self.task_of(i):
+            tasks = [self.task_of(k) for k in range(self.n_learners)]
+            tasks[i] = task
+            self.set_tasks(tasks)
+        own = self.task_of(i)
         generator = torch.Generator().manual_seed(seed)
-        n_train = len(self.task.splits["train"])
+        n_train = len(own.splits["train"])
         order = torch.randperm(n_train, generator=generator)
-        self.probe_index[i] = order[: self.probe_size].to(self.device)
-        self.keep[i] = torch.sort(order[self.probe_size :]).values.to(self.device)
+        offset = int(self._slots[i]) * n_train
+        self.probe_index[i] = (order[: self.probe_size] + offset).to(self.device)
+        self.keep[i] = (torch.sort(order[self.probe_size :]).values + offset).to(self.device)
         planner = BatchPlanner(self.keep.shape[1], generator)
         iteration, n_updates, lr = 0, 0, self.config.lr
         momentum: dict[str, torch.Tensor] = {}
         if checkpoint is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                state = dict(MultimodalNet(self.task, fusion=self.config.fusion).to(self.device).state_dict())
+                state = dict(MultimodalNet(own, fusion=self.config.fusion).to(self.device).state_dict())
         else:
-            saved = read_learner_checkpoint(checkpoint, self.device, self.task.name, self.modalities,
+            saved = read_learner_checkpoint(checkpoint, self.device, own.name, self.modalities,
                                             self.config.method, shared_head=False)
             state = saved["model"]
             if set(state) != set(self.params) | set(self.buffers):
@@ -408,7 +495,9 @@ class BatchedLearner:
 
     def _split_on_device(self, split_name: str) -> MultimodalSplit:
         if split_name not in self._data:
-            self._data[split_name] = self.task.splits[split_name].to(self.device)
+            split = (self.task.splits[split_name] if self.tasks is None
+                     else _concatenate([t.splits[split_name] for t in self._distinct]))
+            self._data[split_name] = split.to(self.device)
         return self._data[split_name]
 
     def accuracies(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -419,14 +508,22 @@ class BatchedLearner:
         """Fused accuracy (N,), per-modality accuracy (N, M) and status (N, M) of every learner on a split."""
         split = self._split_on_device(split_name)
         size = self.config.eval_batch_size
+        n = len(self.task.splits[split_name])
+        offset = self._offset(split_name)[:, None] if self.tasks is not None else None
         fused_hits, unimodal_hits, true_class = [], [], []
-        for start in range(0, len(split), size):
-            chunk = {m: x[start : start + size] for m, x in split.features.items()}
-            target = split.labels[start : start + size]
-            unimodal, fused = self._predict(chunk, batched=False)
+        for start in range(0, n, size):
+            if offset is None:  # one task: every learner reads the same rows
+                chunk = {m: x[start : start + size] for m, x in split.features.items()}
+                target = split.labels[start : start + size]
+                unimodal, fused = self._predict(chunk, batched=False)
+                index = target.view(1, -1, 1).expand(self.n_learners, -1, 1)
+            else:  # learner i reads its own task's rows
+                rows = offset + torch.arange(start, min(start + size, n), device=self.device)
+                unimodal, fused = self._predict({m: x[rows] for m, x in split.features.items()}, batched=True)
+                target = split.labels[rows]
+                index = target.unsqueeze(2)
             fused_hits.append(fused.argmax(2) == target)
             unimodal_hits.append(torch.stack([p.argmax(2) == target for p in unimodal], dim=2))
-            index = target.view(1, -1, 1).expand(self.n_learners, -1, 1)
             true_class.append(torch.stack([p.gather(2, index).squeeze(2) for p in unimodal], dim=2))
         fused_acc = torch.cat(fused_hits, 1).double().mean(1).cpu().numpy()
         return (fused_acc, torch.cat(unimodal_hits, 1).double().mean(1).cpu().numpy(),
@@ -472,3 +569,52 @@ def check_batchable(task: Task, config: LearnerConfig) -> None:
         raise ConfigError("the vectorised env (batched learners) does not support " + ", ".join(problems)
                           + "; use vec_env 'dummy' or 'subproc' for this env")
 
+
+
+def task_shape_key(task: Task) -> tuple[Any, ...]:
+    """What tasks must share to be trained by one :class:`BatchedLearner` (their parameters are stacked).
+
+    A tuple of (what, value) pairs: the modality names, the number of classes, each split's size
+    and per-modality feature shapes (after the sample axis) and dtypes, and the parameter shapes of
+    each modality's encoder (built on the meta device: no memory, no random draw).
+    """
+    splits = tuple((name, len(split), tuple((m, tuple(getattr(split.features[m], "shape", ())[1:]),
+                                             str(getattr(split.features[m], "dtype", ""))) for m in task.modalities))
+                   for name, split in sorted(task.splits.items()))
+    encoders = tuple((m, _parameter_shapes(task.encoders[m])) for m in task.modalities)
+    return (("modalities", task.modalities), ("number of classes", task.n_classes),
+            ("split sizes and feature shapes", splits), ("encoder parameter shapes", encoders))
+
+
+def check_equal_shapes(tasks: Sequence[Task], key: tuple[Any, ...] | None = None) -> None:
+    """Raise a ValueError naming the first task whose shapes differ from ``key`` (default: the first task's)."""
+    if not tasks:
+        raise ValueError("need at least one task")
+    key = task_shape_key(tasks[0]) if key is None else key
+    keys: dict[int, tuple[Any, ...]] = {}
+    for i, task in enumerate(tasks):
+        if id(task) not in keys:
+            keys[id(task)] = task_shape_key(task)
+        other = keys[id(task)]
+        for (what, expected), (_, found) in zip(key, other, strict=True):
+            if found != expected:
+                shown = "" if what == "encoder parameter shapes" else f": {found} instead of {expected}"
+                raise ValueError(f"task {i} ('{task.name}') differs in its {what}{shown}; batched learners need "
+                                 "tasks of equal shapes")
+
+
+def _parameter_shapes(factory: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The state-dict shapes of the module ``factory()`` builds (on the meta device where it can)."""
+    try:
+        with torch.device("meta"):
+            module = factory()
+    except Exception:  # a factory that reads weights: build it for real, without touching the global RNG
+        with torch.random.fork_rng(devices=[]):
+            module = factory()
+    return tuple((k, tuple(v.shape)) for k, v in module.state_dict().items())
+
+
+def _concatenate(splits: Sequence[MultimodalSplit]) -> MultimodalSplit:
+    """One split holding ``splits`` one after the other (in-memory tensors)."""
+    return MultimodalSplit({m: torch.cat([s.features[m] for s in splits]) for m in splits[0].features},
+                           torch.cat([s.labels for s in splits]))

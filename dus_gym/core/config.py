@@ -194,6 +194,9 @@ class EnvConfig:
     memorisation gap), "val" (v, the memorisation gap and the fused validation accuracy)."""
     instances: str = "train"
     """With a task family: the instances a reset draws from, "train", "held-out" or "all"."""
+    shared_instance: bool = False
+    """With a task family in a vectorised env (VecDUSEnv, make_vec): False puts each env's learner on its own
+    instance (of one shape group), True puts all N on one instance."""
     reward_delta_weight: float = 1.0
     """Weight of the change of fused validation accuracy since the last step."""
     reward_cmd_weight: float = 0.0

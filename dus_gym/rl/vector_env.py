@@ -17,8 +17,10 @@ Auto-reset (``metadata["autoreset_mode"]``, Gymnasium's ``AutoresetMode``):
   to ``info["final_obs"]`` and ``info["final_info"]``;
 - ``DISABLED``: it is reset by ``reset(options={"reset_mask": mask})``.
 
-With a task family the N learners share one instance, drawn when every env is reset at once
-(as ``VecDUSEnv``); ``reset(options={"instance": k})`` picks it.
+With a task family each env's learner is on its own instance of one shape group, drawn when every
+env is reset at once (as ``VecDUSEnv``; ``env.shared_instance: true`` puts all N on one instance);
+``reset(options={"instance": k})`` puts every env on instance k, ``{"instance": [k_0, ..., k_N-1]}``
+env i on k_i (None: drawn from the shape group of the named ones).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class DUSVectorEnv(VectorEnv):
               ) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every env, or those of ``options["reset_mask"]``; env i is seeded with ``seed + i`` or ``seed[i]``.
 
-        ``options["instance"]`` (a family): the instance of every env's next episode (a full reset only).
+        ``options["instance"]`` (a family, a full reset only): the instance of every env's next episode,
+        or a list of one instance (or None: drawn) per env, of equal shapes.
         """
         super().reset(seed=seed if isinstance(seed, int) else None)
         seeds = self._seeds(seed)

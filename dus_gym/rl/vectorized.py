@@ -1,4 +1,4 @@
-"""N DUS envs of one task stepped in one process by a :class:`BatchedLearner`: the shared core and SB3's VecDUSEnv.
+"""N DUS envs stepped in one process by a :class:`BatchedLearner`: the shared core and SB3's VecDUSEnv.
 
 :class:`BatchedEnvs` resets any of the N envs and steps them together; it has no auto-reset of its
 own. :class:`VecDUSEnv` puts SB3's auto-reset and info layout on it, and
@@ -6,17 +6,28 @@ own. :class:`VecDUSEnv` puts SB3's auto-reset and info layout on it, and
 env i behaves as ``DUSEnv`` seeded the same way: the same observation, reward, termination,
 truncation and info at every step, given the same actions (to float tolerance), but the K learner
 iterations of a step run for all N learners at once. Both are the same
-:class:`dus_gym.core.episode.Episodes` logic on another learner backend. With a task family the N
-learners share one instance (their parameters are stacked, so their shapes must agree): a new
-instance is drawn whenever every env's episode ends at the same step (the episodes have one length,
-so they do unless one diverged; an env reset alone keeps the current instance). An env whose episode
-ends is reset at once (SB3's auto-reset: the last observation goes to
+:class:`dus_gym.core.episode.Episodes` logic on another learner backend.
+
+With a task family each env's learner trains on its own instance. The stacked parameters need
+instances of equal shapes (:func:`dus_gym.core.batched_learner.task_shape_key`), so the pool's
+instances are grouped by shape (once, building every instance): env 0 draws an instance with its
+generator, as ``DUSEnv`` does, and every other env draws, with its own generator, an instance of
+that group that no other env of the batch has (while the group has one; in a group of fewer than N
+instances they repeat). ``info["instance"]`` is each env's. A new draw happens whenever every env's
+episode ends at the same step (the episodes have one length, so they do unless one diverged; an env
+reset alone keeps its instance). ``env.shared_instance: true`` puts all N learners on the instance
+env 0 draws instead.
+
+An env whose episode ends is reset at once (SB3's auto-reset: the last observation goes to
 ``info["terminal_observation"]``, a truncation to ``info["TimeLimit.truncated"]``). Wrap it in
 ``VecMonitor`` for the episode statistics that SB3 logs (``build_vec_env`` does).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -24,9 +35,11 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from dus_gym.core.batched_learner import BatchedLearner
+from dus_gym.core.batched_learner import BatchedLearner, task_shape_key
 from dus_gym.core.episode import Episodes
 from dus_gym.rl.env import DUSEnv
+from dus_gym.tasks import Task, cached_task
+from dus_gym.tasks.families import TaskFamily
 
 
 class BatchedEnvs:
@@ -35,6 +48,8 @@ class BatchedEnvs:
     Env i draws its learner seeds from its own generator, as ``DUSEnv`` does from ``np_random``, so
     that env i seeded with s behaves as ``DUSEnv`` reset with seed s. The learner settings must be
     batchable (sgd, fp32, in-memory data; see :func:`dus_gym.core.batched_learner.check_batchable`).
+    With a task family, env i's learner is on its own instance, ``instances[i]`` (all on one with
+    ``env.shared_instance``); see :meth:`draw_instance`.
 
     Args:
         n_envs: N.
@@ -47,17 +62,21 @@ class BatchedEnvs:
         self.n_envs = n_envs
         self.template = DUSEnv(**dus_kwargs)
         self.np_randoms = [seeding.np_random(None)[0] for _ in range(n_envs)]
+        self.instances: list[int | None] = [self.template.instance] * n_envs  # env i's instance (None: no family)
+        self.per_env = self.template.family is not None and not self.template.config.shared_instance
+        self._groups: dict[tuple[Any, ...], list[int]] | None = None
+        self._keys: dict[int, tuple[Any, ...]] = {}
         self._use_task()
 
     @property
     def task(self) -> Any:
-        """The one task object whose data every learner shares."""
+        """Env 0's task (with a family, every env's task has its shapes: :func:`task_shape_key`)."""
         return self.template.task
 
-    def _use_task(self) -> None:
-        """N batched learners and their episodes on the template's current task."""
+    def _use_task(self, tasks: Sequence[Task] | None = None) -> None:
+        """N batched learners and their episodes on the template's current task (learner i on ``tasks[i]``)."""
         t = self.template
-        self.learners = BatchedLearner(t.task, t.learner_config, self.n_envs, probe_size=t.probe_size)
+        self.learners = BatchedLearner(t.task, t.learner_config, self.n_envs, probe_size=t.probe_size, tasks=tasks)
         self.episodes = t.make_episodes(self.learners)
 
     def seed(self, i: int, seed: int | None) -> None:
@@ -65,18 +84,107 @@ class BatchedEnvs:
         if seed is not None:
             self.np_randoms[i], _ = seeding.np_random(seed)
 
-    def draw_instance(self, instance: int | None = None) -> None:
-        """With a family: every env's next episode is on ``instance``, or one drawn with env 0's generator."""
+    def instance_info(self, i: int) -> dict[str, Any]:
+        """Env i's instance of a family (index, held out or not, its task-kwargs overrides); {} without."""
+        family, instance = self.template.family, self.instances[i]
+        if family is None or instance is None:
+            return {}
+        return {"instance": instance, "held_out": instance in family.held_out,
+                "instance_params": dict(family.instances[instance])}
+
+    def draw_instance(self, instance: int | Sequence[int | None] | None = None) -> None:
+        """With a family: the instances of every env's next episode.
+
+        ``instance`` None draws them; an int puts every env on that instance; a sequence names env
+        i's instance (None: drawn). A draw picks one instance of the pool with env 0's generator
+        (as ``DUSEnv``); with ``shared_instance`` every env is on it, else each env left unnamed draws,
+        with its own generator, an instance of the pool of the same shapes (:func:`task_shape_key`)
+        that no other env of the batch has, while there is one (then they repeat).
+
+        Raises:
+            ValueError: an instance is named without a family, the sequence is not one per env, the
+                named instances differ in shapes (or differ at all with ``shared_instance``).
+        """
         t = self.template
         if t.family is None:
-            if instance is not None:
+            if instance is not None and not (isinstance(instance, Sequence) and all(k is None for k in instance)):
                 raise ValueError("reset(options={'instance': ...}) needs a family env")
             return
-        instance = int(self.np_randoms[0].choice(t.pool)) if instance is None else int(instance)
-        if instance != t.instance:
-            t._use(t._instance_task(instance))
-            t.instance = instance
-            self._use_task()
+        if instance is None or isinstance(instance, (int, np.integer)):
+            named: list[int | None] = [None if instance is None else int(instance)] * self.n_envs
+        else:
+            named = [None if k is None else int(k) for k in instance]
+            if len(named) != self.n_envs:
+                raise ValueError(f"need one instance per env ({self.n_envs}), got {len(named)}")
+        if not self.per_env:
+            chosen = {k for k in named if k is not None}
+            if len(chosen) > 1:
+                raise ValueError(f"env.shared_instance puts every env on one instance, got {sorted(chosen)}")
+            shared = chosen.pop() if chosen else int(self.np_randoms[0].choice(t.pool))
+            if shared != t.instance:
+                t._use(t._instance_task(shared))
+                t.instance = shared
+                self._use_task()
+            self.instances = [shared] * self.n_envs
+            return
+        self._put_on(self._assign(named))
+
+    def _assign(self, named: list[int | None]) -> list[int]:
+        """Every env's instance: the named ones, the others drawn from the shape group of the first one.
+
+        Unless named, env 0 draws from the pool (as ``DUSEnv``) and each other env draws an instance of
+        that group not yet taken in this batch, each with its own generator (one draw per env, as
+        ``DUSEnv``); once the group is used up, its instances are drawn again.
+        """
+        t = self.template
+        if all(k is not None for k in named):
+            return [int(k) for k in named]  # type: ignore[arg-type]
+        if named[0] is None and all(k is None for k in named):
+            named = [int(self.np_randoms[0].choice(t.pool)), *named[1:]]
+        anchor = next(int(k) for k in named if k is not None)
+        group = self._group_of(anchor) or [anchor]
+        taken = {k for k in named if k is not None}
+        remaining = [k for k in group if k not in taken]
+        chosen = []
+        for i, k in enumerate(named):
+            if k is None:
+                if not remaining:  # every instance of the group is in use: cycle
+                    remaining = list(group)
+                k = remaining.pop(int(self.np_randoms[i].integers(len(remaining))))
+            chosen.append(int(k))
+        return chosen
+
+    def _key(self, instance: int) -> tuple[Any, ...]:
+        if instance not in self._keys:
+            self._keys[instance] = instance_shape_key(self.template.family, instance)
+        return self._keys[instance]
+
+    def _group_of(self, instance: int) -> list[int]:
+        """The pool's instances of ``instance``'s shapes (built once: the pool grouped by shape key)."""
+        if self._groups is None:
+            self._groups = {}
+            for k in self.template.pool:
+                self._groups.setdefault(self._key(k), []).append(k)
+        return self._groups.get(self._key(instance), [])
+
+    def _put_on(self, instances: list[int]) -> None:
+        """Env i's next episode on ``instances[i]`` (env 0's instance is the template's)."""
+        t = self.template
+        key = self._key(instances[0])
+        for k in instances:
+            if self._key(k) != key:
+                raise ValueError(f"instances {instances[0]} and {k} differ in shapes (modalities, features, splits or "
+                                 "encoders); the envs of one batch need instances of equal shapes")
+        tasks = {k: t._instance_task(k) for k in dict.fromkeys(instances)}
+        if instances[0] != t.instance:
+            t._use(tasks[instances[0]])
+            t.instance = instances[0]
+        per_learner = [tasks[k] for k in instances]
+        if key == self.learners.shape_key:
+            self.learners.set_tasks(per_learner)
+        else:
+            self._use_task(per_learner)
+        self.instances = list(instances)
 
     def reset(self, envs: np.ndarray | list[int] | range) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """``DUSEnv.reset`` of ``envs``: a learner seed drawn from each one's generator, the episode started, scored.
@@ -88,7 +196,7 @@ class BatchedEnvs:
         for i in envs:
             learner_seed = int(self.np_randoms[i].integers(0, 2**31 - 1))
             self.episodes.start(i, learner_seed, checkpoint=self.template.config.start_checkpoint)
-            infos.append({"learner_seed": learner_seed, **self.template.instance_info()})
+            infos.append({"learner_seed": learner_seed, **self.instance_info(i)})
         self.episodes.evaluate(envs)
         for i, info in zip(envs, infos, strict=True):
             info["val_acc"] = float(self.episodes.score[i])
@@ -113,10 +221,24 @@ class BatchedEnvs:
             obs, rewards, terminated, truncated, infos = self.episodes.step(rule, active)
         else:
             obs, rewards, terminated, truncated, infos = self.episodes.step(counts, active)
-        if t.instance is not None:
+        if t.family is not None:
             for i in np.flatnonzero(active):
-                infos[i]["instance"] = t.instance
+                infos[i]["instance"] = self.instances[i]
         return obs.astype(np.float32), rewards.astype(np.float32), terminated, truncated, infos
+
+
+def instance_shape_key(family: TaskFamily, instance: int) -> tuple[Any, ...]:
+    """:func:`task_shape_key` of a family's instance, computed once per process for the same task kwargs."""
+    try:
+        frozen = json.dumps(family.task_kwargs(instance), sort_keys=True)
+    except TypeError:  # kwargs that are not JSON: no sharing
+        return task_shape_key(family.make(instance))
+    return _instance_shape_key(family.task, frozen)
+
+
+@functools.lru_cache(maxsize=4096)
+def _instance_shape_key(task: str, frozen_kwargs: str) -> tuple[Any, ...]:
+    return task_shape_key(cached_task(task, **json.loads(frozen_kwargs)))
 
 
 class VecDUSEnv(VecEnv):
@@ -143,7 +265,7 @@ class VecDUSEnv(VecEnv):
 
     @property
     def task(self) -> Any:
-        """The one task object whose data every learner shares."""
+        """Env 0's task (with a family, each env's learner may be on another instance of its shapes)."""
         return self.batch.task
 
     @property
@@ -157,10 +279,15 @@ class VecDUSEnv(VecEnv):
         return self.batch.episodes
 
     def reset(self) -> VecEnvObs:
-        """Reset every env (with the seeds and options of :meth:`seed` / ``set_options``, then none)."""
+        """Reset every env (with the seeds and options of :meth:`seed` / ``set_options``, then none).
+
+        With a family, ``set_options({"instance": k})`` puts every env on instance k, and a list of
+        options env i on its ``"instance"`` (the others drawn from its shape group).
+        """
         for i, seed in enumerate(self._seeds):
             self.batch.seed(i, seed)
-        self.batch.draw_instance()
+        named = [options.get("instance") for options in self._options]
+        self.batch.draw_instance(named if any(k is not None for k in named) else None)
         obs, self.reset_infos = self.batch.reset(range(self.num_envs))
         self._reset_seeds()
         self._reset_options()
@@ -194,7 +321,14 @@ class VecDUSEnv(VecEnv):
         """Nothing to release (one process, no workers)."""
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """An attribute of the env settings (``settings``, ``task``, ``n_iterations``...), the same for every env."""
+        """An attribute of the env settings (``settings``, ``n_iterations``...), the same for every env.
+
+        ``instance`` and ``task`` are each env's own (with a family, its instance and that instance's task).
+        """
+        if attr_name == "instance":
+            return [self.batch.instances[i] for i in self._get_indices(indices)]
+        if attr_name == "task":
+            return [self.learners.task_of(i) for i in self._get_indices(indices)]
         return [getattr(self.template, attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
@@ -203,7 +337,9 @@ class VecDUSEnv(VecEnv):
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
                    **method_kwargs: Any) -> list[Any]:
-        """Call a method of the env settings (e.g. ``info_keywords``) once per index."""
+        """Call a method of the env settings (e.g. ``info_keywords``) once per index (``instance_info``: each env's)."""
+        if method_name == "instance_info":
+            return [self.batch.instance_info(i) for i in self._get_indices(indices)]
         method = getattr(self.template, method_name)
         return [method(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
 
