@@ -230,3 +230,23 @@ def test_instance_clustered_intervals_take_the_instance_as_the_unit():
     one = two_level_aggregates({"uniform": base[:, :1].repeat(30, 1)}, reps=200)  # no spread between instances
     spread = two_level_aggregates({"uniform": base}, reps=200)
     assert np.diff(one["uniform"].iqm_interval)[0] < np.diff(spread["uniform"].iqm_interval)[0]
+
+
+def test_a_three_slot_policy_drives_a_four_modality_instance(tiny_strength_policy):
+    _, folder = tiny_strength_policy
+    base = family_config("synthetic-family-ood.yaml", {"n_iterations": 20, "task_kwargs": TINY["task_kwargs"]})
+    family = TaskFamily.from_config(base.task, base.task_kwargs, base.family)
+    config = from_dict(RunConfig, case_config(base, family, 0, 0, "ppo", {"policy": str(folder)}))
+    result = run_training(config, task=family.make(0), progress=False, probe=False)
+    assert result.counts.shape == (20, 4) and (result.counts.sum(1) == 4 * 32).all()
+
+
+def test_heuristic_from_refuses_a_file_that_is_no_family_record(tmp_path):
+    from dus_gym.experiments.family import read_tuning
+
+    bad = tmp_path / "family.json"
+    bad.write_text('{"rows": {}}')
+    with pytest.raises(ConfigError, match="not the family.json of a family evaluation"):
+        read_tuning(bad)
+    with pytest.raises(ConfigError, match="not the family.json"):
+        read_tuning(tmp_path / "missing.json")

@@ -37,14 +37,24 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
 
-    Samples per modality. Default ``Box(-1, 1, (M,), float32)``: a in [-1, 1] gives
-    n = round(n_min + (a + 1) / 2 * (n_max - n_min)) samples (default n_min 8, n_max 256; see
-    ``dus_gym.samplers.action.CountsAction``). With ``action_type="multidiscrete"``:
-    ``MultiDiscrete([L] * M)``, action i picks ``count_levels[i]`` (default 8, 16, ..., 256).
+    Samples per modality (``action_type``; see ``dus_gym.samplers.action.CountsAction``):
+
+    | action_type | space | counts |
+    |---|---|---|
+    | box (default) | ``Box(-1, 1, (M,))`` | n = round(n_min + (a + 1) / 2 (n_max - n_min)), default 8 to 256 |
+    | multidiscrete | ``MultiDiscrete([L] * M)`` | ``count_levels[a]`` (default 8, 16, ..., 256) |
+    | allocation | ``Box(-1, 1, (slots,))`` | M x B split by softmax(temperature a), n_min each |
+    | strength | ``Box(-1, 1, (1,))`` | M x B split by softmax(-alpha d_t) at every iteration, |
+    |  |  | alpha = max_alpha (a + 1) / 2 (the DUS heuristic at the chosen sharpness) |
+
+    With ``observation="modalities"``, ``slots`` is ``max_modalities`` and entries past M are ignored.
 
     ## Observation Space
 
-    ``Box((4M + 1,), float32)``, in modality order m = 0..M-1:
+    ``observation="modalities"`` (the family envs): one row of 8 features per modality slot (c, d,
+    relative d, s, v, s - v, count / B, mask), then the progress and the fused validation accuracy;
+    ``hide`` zeroes the "cmd" or "val" features (docs/env.md has the table). ``observation="cmd"``
+    (default): ``Box((4M + 1,), float32)``, in modality order m = 0..M-1:
 
     | index     | observation                        | min | max         |
     |-----------|------------------------------------|-----|-------------|
@@ -92,6 +102,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Version History
 
     - v0: first version.
+    - v1 (SyntheticFamily-v1, MFeatFamily-v1): the strength action; MFeatFamily-v1 holds out by view set.
     """
 
     metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
