@@ -114,7 +114,7 @@ class FamilyEvaluationConfig:
     blind_policy: str | None = None
     controls: bool = True
     commit_steps: tuple[int, ...] = (1, 3)
-    alpha_grid: tuple[float, ...] = (3.0, 10.0, 20.0, 30.0, 60.0)
+    alpha_grid: tuple[float, ...] = (3.0, 10.0, 30.0, 60.0, 100.0)
     sources: tuple[str, ...] = ("train", "val", "probe")
     tune_instances: int = 16
     tune_seeds: tuple[int, ...] = (0, 1)
