@@ -1166,3 +1166,138 @@ def test_prepare_functions_bound_their_sizes_too(tmp_path):
         prepare_imagetext("twitter2015", tmp_path, tmp_path / "out", image_size=0)
     with pytest.raises(ValueError, match="frames must be a whole number from 1 to 1000, got 1.5"):
         prepare_nvgesture(tmp_path, tmp_path / "out", frames=1.5)
+
+
+# --- envs: num_envs, actions, reset options and close ---------------------------------------------
+
+ENV_KWARGS = {"n_iterations": 4, "iterations_per_step": 2, "task_kwargs": {"hidden_dim": 4, "n_samples": 300}}
+
+
+@pytest.mark.parametrize("num_envs, message", [
+    (10**6, "num_envs must be a whole number from 1 to 1024, got 1000000"),
+    (0, "num_envs must be a whole number from 1 to 1024, got 0"),
+    (-2, "from 1 to 1024, got -2"),
+    (1.5, "got 1.5 (float)"),
+    ("2", "got '2' (str)"),
+    (True, "got True (bool)"),
+    (None, "got None (NoneType)"),
+])
+def test_num_envs_is_a_bounded_whole_number_checked_before_any_work(num_envs, message, monkeypatch):
+    import gymnasium as gym
+
+    from dus_gym.rl import vector_env, vectorized
+
+    built = []
+    monkeypatch.setattr(vector_env, "spec_config", lambda *a, **k: built.append(a))  # nothing may be read or built
+    with pytest.raises(ValueError, match=re.escape(message)):
+        gym.make_vec("dus_gym/Synthetic-v0", num_envs=num_envs, vectorization_mode="vector_entry_point")
+    assert built == []
+    for make in (vector_env.DUSVectorEnv, vectorized.VecDUSEnv, vectorized.BatchedEnvs):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make(num_envs, **ENV_KWARGS)
+
+
+@pytest.fixture(scope="module")
+def vector_envs():
+    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.rl.vectorized import VecDUSEnv
+
+    envs = {"DUSVectorEnv": DUSVectorEnv(2, **ENV_KWARGS), "VecDUSEnv": VecDUSEnv(2, seed=0, **ENV_KWARGS)}
+    envs["DUSVectorEnv"].reset(seed=0)
+    envs["VecDUSEnv"].reset()
+    return envs
+
+
+BAD_VECTOR_ACTIONS = {
+    "None": (None, "expected 2 actions \\(one per env\\), got None"),
+    "a scalar": (0.5, "expected 2 actions \\(one per env\\), got 0.5"),
+    "one action": (np.zeros((1, 2), np.float32), "expected 2 actions"),
+    "complex": (np.array([[0.5 + 1j, 0.0], [0.0, 0.0]]), "action has dtype complex128"),
+    "complex, no imaginary part": (np.zeros((2, 2), np.complex64), "action has dtype complex64"),
+    "text": (np.array([["a", "b"], ["c", "d"]]), "action has dtype <U1"),
+    "bool": (np.zeros((2, 2), bool), "action has dtype bool"),
+    "NaN in the second env": (np.array([[0.0, 0.0], [np.nan, 0.0]], np.float32), "NaN/inf"),
+    "out of range": (np.array([[0.0, 3.0], [0.0, 0.0]], np.float32), "outside \\[-1, 1\\]"),
+    "ragged": ([[0.0, 0.0], [0.0]], "not an array"),
+    "wrong width": (np.zeros((2, 3), np.float32), "action has shape \\(3,\\)"),
+}
+
+
+@pytest.mark.parametrize("kind", ["DUSVectorEnv", "VecDUSEnv"])
+@pytest.mark.parametrize("case", list(BAD_VECTOR_ACTIONS))
+def test_vector_env_actions_are_checked_as_the_single_envs_are(kind, case, vector_envs):
+    from dus_gym.samplers.action import ActionError
+
+    env = vector_envs[kind]
+    action, message = BAD_VECTOR_ACTIONS[case]
+    iteration = env.batch.learners.iteration.copy()
+    with pytest.raises(ActionError, match=message):
+        if kind == "DUSVectorEnv":
+            env.step(action)
+        else:
+            env.step_async(action)
+            env.step_wait()
+    assert (env.batch.learners.iteration == iteration).all()  # nothing ran
+
+
+def _family_env_kwargs():
+    return {"task": "synthetic", "task_kwargs": {"hidden_dim": 4, "n_samples": 300}, "n_iterations": 4,
+            "iterations_per_step": 2, "observation": "modalities", "max_modalities": 3,
+            "family": {"generator": "synthetic", "generator_kwargs": {"n_instances": 4}}}
+
+
+BAD_OPTIONS = [
+    ({"instance": 1.5}, ValueError, "options\\['instance'\\] must be an int from 0 to 3, got 1.5 \\(float\\)"),
+    ({"instance": 1.0}, ValueError, "got 1.0 \\(float\\)"),
+    ({"instance": True}, ValueError, "got True \\(bool\\)"),
+    ({"instance": np.bool_(True)}, ValueError, "\\(bool_?\\)"),
+    ({"instance": "x"}, ValueError, "got 'x' \\(str\\)"),
+    ({"instance": "1"}, ValueError, "got '1' \\(str\\)"),
+    ({"instance": [1]}, ValueError, "got \\[1\\] \\(list\\)"),
+    ({"instance": 4}, ValueError, "instance 4 is not in this family \\(0 to 3\\)"),
+    ({"instance": -1}, ValueError, "instance -1 is not in this family"),
+    ("x", ValueError, "reset options must be a dict or None, got str"),
+    ([("instance", 1)], ValueError, "reset options must be a dict or None, got list"),
+]
+
+
+@pytest.mark.parametrize("options, error, message", BAD_OPTIONS)
+@pytest.mark.parametrize("kind", ["DUSEnv", "DUSVectorEnv"])
+def test_reset_options_are_a_dict_and_the_instance_a_plain_int_in_range(kind, options, error, message):
+    from dus_gym.rl.env import DUSEnv
+    from dus_gym.rl.vector_env import DUSVectorEnv
+
+    env = DUSEnv(**_family_env_kwargs()) if kind == "DUSEnv" else DUSVectorEnv(1, **_family_env_kwargs())
+    with pytest.raises(error, match=message):
+        env.reset(seed=0, options=options)
+    env.reset(seed=0, options={"instance": np.int64(2)})  # a numpy integer is an int
+    instance = env.instance if kind == "DUSEnv" else env.batch.template.instance
+    assert instance == 2
+
+
+def test_stepping_or_resetting_a_closed_env_is_an_error():
+    from dus_gym.rl.env import DUSEnv
+    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.rl.vectorized import VecDUSEnv
+
+    single = DUSEnv(**ENV_KWARGS)
+    single.reset(seed=0)
+    single.close()
+    with pytest.raises(RuntimeError, match="this DUSEnv is closed; make a new one"):
+        single.step(np.zeros(2, np.float32))
+    with pytest.raises(RuntimeError, match="this DUSEnv is closed"):
+        single.reset(seed=0)
+    vector = DUSVectorEnv(2, **ENV_KWARGS)
+    vector.reset(seed=0)
+    vector.close()
+    with pytest.raises(RuntimeError, match="this DUSVectorEnv is closed; make a new one"):
+        vector.step(np.zeros((2, 2), np.float32))
+    with pytest.raises(RuntimeError, match="this DUSVectorEnv is closed"):
+        vector.reset(seed=0)
+    sb3 = VecDUSEnv(2, seed=0, **ENV_KWARGS)
+    sb3.reset()
+    sb3.close()
+    with pytest.raises(RuntimeError, match="this VecDUSEnv is closed; make a new one"):
+        sb3.step(np.zeros((2, 2), np.float32))
+    with pytest.raises(RuntimeError, match="this VecDUSEnv is closed"):
+        sb3.reset()

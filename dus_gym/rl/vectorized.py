@@ -25,8 +25,10 @@ from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from dus_gym.core.batched_learner import BatchedLearner
+from dus_gym.core.config import check_n_envs, shown
 from dus_gym.core.episode import Episodes
 from dus_gym.rl.env import DUSEnv
+from dus_gym.samplers.action import ActionError
 
 
 class BatchedEnvs:
@@ -42,8 +44,7 @@ class BatchedEnvs:
     """
 
     def __init__(self, n_envs: int, **dus_kwargs: Any) -> None:
-        if n_envs < 1:
-            raise ValueError(f"the number of envs must be >= 1, got {n_envs}")
+        n_envs = check_n_envs(n_envs)  # before any work: a type and a bound
         self.n_envs = n_envs
         self.template = DUSEnv(**dus_kwargs)
         self.np_randoms = [seeding.np_random(None)[0] for _ in range(n_envs)]
@@ -65,9 +66,29 @@ class BatchedEnvs:
         if seed is not None:
             self.np_randoms[i], _ = seeding.np_random(seed)
 
+    def check_actions(self, actions: Any) -> np.ndarray:
+        """``actions`` as an array of one valid action per env (each checked as ``DUSEnv.step`` checks it).
+
+        Raises:
+            ActionError: not one action per env, or an action outside the action space (wrong shape or
+                dtype, complex, NaN/inf, out of range), whether or not its env runs this step.
+        """
+        try:
+            array = np.asarray(actions)
+        except (ValueError, TypeError) as err:  # ragged sequences
+            raise ActionError(f"actions {shown(actions)} are not an array ({err}); expected one action per env "
+                              f"({self.n_envs})") from err
+        if array.ndim == 0 or len(array) != self.n_envs:
+            raise ActionError(f"expected {self.n_envs} actions (one per env), got {shown(actions)}")
+        for action in array:
+            self.template.actions.to_counts(action)
+        return array
+
     def draw_instance(self, instance: int | None = None) -> None:
         """With a family: every env's next episode is on ``instance``, or one drawn with env 0's generator."""
         t = self.template
+        if instance is not None and t.family is not None:
+            t.family.check_instance(instance)
         if t.family is None:
             if instance is not None:
                 raise ValueError("reset(options={'instance': ...}) needs a family env")
@@ -131,6 +152,7 @@ class VecDUSEnv(VecEnv):
         self.template = self.batch.template
         super().__init__(n_envs, self.template.observation_space, self.template.action_space)
         self._actions: np.ndarray | None = None
+        self._closed = False
         if seed is not None:
             self.seed(seed)
 
@@ -151,6 +173,8 @@ class VecDUSEnv(VecEnv):
 
     def reset(self) -> VecEnvObs:
         """Reset every env (with the seeds and options of :meth:`seed` / ``set_options``, then none)."""
+        if self._closed:
+            raise RuntimeError("this VecDUSEnv is closed; make a new one")
         for i, seed in enumerate(self._seeds):
             self.batch.seed(i, seed)
         self.batch.draw_instance()
@@ -160,8 +184,10 @@ class VecDUSEnv(VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        """Remember the actions; the work happens in :meth:`step_wait`."""
-        self._actions = np.asarray(actions)
+        """Remember the actions (checked now); the work happens in :meth:`step_wait`."""
+        if self._closed:
+            raise RuntimeError("this VecDUSEnv is closed; make a new one")
+        self._actions = self.batch.check_actions(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
         """Run K learner iterations of every env together, then score, reward and auto-reset."""
@@ -184,7 +210,8 @@ class VecDUSEnv(VecEnv):
         return obs, rewards, dones, infos
 
     def close(self) -> None:
-        """Nothing to release (one process, no workers)."""
+        """Nothing to release (one process, no workers); a closed VecDUSEnv refuses reset and step."""
+        self._closed = True
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """An attribute of the env settings (``settings``, ``task``, ``n_iterations``...), the same for every env."""
