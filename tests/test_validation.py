@@ -1301,3 +1301,43 @@ def test_stepping_or_resetting_a_closed_env_is_an_error():
         sb3.step(np.zeros((2, 2), np.float32))
     with pytest.raises(RuntimeError, match="this VecDUSEnv is closed"):
         sb3.reset()
+
+
+# --- PPO hyper-parameters: finite and in range before a model is built ----------------------------
+
+@pytest.mark.parametrize("key, value, message", [
+    ("gamma", ".nan", "gamma must be a finite number in [0, 1], got nan"),
+    ("gamma", "-1", "gamma must be a finite number in [0, 1], got -1"),
+    ("gamma", "1.5", "gamma must be a finite number in [0, 1]"),
+    ("gae_lambda", ".inf", "gae_lambda must be a finite number in [0, 1], got inf"),
+    ("clip_range", ".inf", "clip_range must be a finite number in (0, 10], got inf"),
+    ("clip_range", "0", "clip_range must be a finite number in (0, 10], got 0"),
+    ("clip_range", "lin_-0.2", "clip_range must be a finite number in (0, 10], got the schedule start -0.2"),
+    ("clip_range_vf", "-1", "clip_range_vf must be a finite number in (0, inf]"),
+    ("ent_coef", ".nan", "ent_coef must be a finite number in [0, 1000], got nan"),
+    ("ent_coef", "-0.1", "ent_coef must be a finite number in [0, 1000]"),
+    ("vf_coef", ".inf", "vf_coef must be a finite number in [0, 1000]"),
+    ("max_grad_norm", "0", "max_grad_norm must be a finite number in (0, inf]"),
+    ("target_kl", ".nan", "target_kl must be a finite number in (0, inf]"),
+    ("learning_rate", "lin_inf", "learning_rate must be a finite number in (0, 1], got the schedule start inf"),
+    ("learning_rate", "lin_nan", "learning_rate must be a finite number in (0, 1], got the schedule start nan"),
+    ("learning_rate", "0", "learning_rate must be a finite number in (0, 1], got 0"),
+    ("learning_rate", ".inf", "learning_rate must be a finite number in (0, 1], got inf"),
+    ("n_steps", "-5", "n_steps must be a whole number in [1, 1e+06], got -5"),
+    ("n_steps", "0", "n_steps must be a whole number in [1, 1e+06], got 0"),
+    ("n_steps", "32.5", "n_steps must be a whole number in [1, 1e+06], got 32.5"),
+    ("n_steps", "10000000000", "n_steps must be a whole number in [1, 1e+06]"),
+    ("batch_size", "1", "batch_size must be a whole number in [2, 1e+07], got 1"),
+    ("batch_size", "true", "batch_size must be a whole number in [2, 1e+07], got True"),
+    ("n_epochs", "0", "n_epochs must be a whole number in [1, 10000], got 0"),
+    ("n_envs", "1000000", "n_envs must be a whole number from 1 to 1_024, got 1000000"),
+    ("n_envs", "1.5", "n_envs must be a whole number from 1 to 1_024, got 1.5"),
+    ("n_timesteps", ".inf", "n_timesteps must be a whole number from 1 to 1_000_000_000, got inf"),
+    ("n_timesteps", ".nan", "n_timesteps must be a whole number from 1 to 1_000_000_000, got nan"),
+])
+def test_ppo_hyperparameters_are_finite_and_in_range_before_training(key, value, message, capsys, tmp_path):
+    entry = yaml.safe_load(f"{key}: {value}")
+    (tmp_path / "ppo.yml").write_text(yaml.safe_dump({"default": {"n_steps": 32, "batch_size": 16, **entry}}))
+    err = one_line(capsys, ["train-policy", "-conf", str(tmp_path / "ppo.yml"), "--no-evaluate"], tmp_path)
+    assert message in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
