@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, check_seeds, from_dict, to_dict
+from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, check_distinct, check_seeds, from_dict, to_dict
 from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty, write_text_atomic
 from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config, task_spec_path
@@ -509,6 +509,7 @@ def compare_command(args: argparse.Namespace) -> int:
         samplers.append("ppo")
     specs, base = [], None
     check_seeds(args.seeds)  # before any run
+    check_distinct(samplers, "samplers")
     overrides = overrides_per_sampler(parse_overrides(args.set), samplers)
     for name in samplers:
         config = from_dict(RunConfig, resolve_config(args, sampler=name, overrides=overrides[name]))

@@ -1341,3 +1341,38 @@ def test_ppo_hyperparameters_are_finite_and_in_range_before_training(key, value,
     err = one_line(capsys, ["train-policy", "-conf", str(tmp_path / "ppo.yml"), "--no-evaluate"], tmp_path)
     assert message in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# --- comparisons: counts of instances, the blind policy, repeated names ---------------------------
+
+@pytest.mark.parametrize("n, message", [
+    ("-1", "n_instances must be a whole number >= 1 (the first N instances of the pool), got -1"),
+    ("0", "n_instances must be a whole number >= 1 (the first N instances of the pool), got 0"),
+])
+def test_compare_n_instances_is_at_least_one(n, message, capsys, tmp_path):
+    err = one_line(capsys, ["compare", "--task", "synthetic-family", "--n-instances", n, "--no-progress",
+                            "--out", str(tmp_path / "family")], tmp_path)
+    assert message in err
+    assert not (tmp_path / "family").exists()
+
+
+def test_compare_blind_policy_must_have_been_trained_blind(tiny_family_policy, capsys, tmp_path):
+    _, folder = tiny_family_policy  # trained with blind=false
+    err = one_line(capsys, ["compare", "--task", "synthetic-family", "--policy", str(folder), "--blind-policy",
+                            str(folder), "--no-progress", "--out", str(tmp_path / "family")], tmp_path)
+    assert f"the blind policy {folder} was not trained blind (its policy.json has env.blind false)" in err
+    assert not (tmp_path / "family").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--tasks", "synthetic", "synthetic"], "tasks must be distinct, ['synthetic'] given more than once"),
+    (["bench", "--methods", "joint", "mla", "joint"], "methods must be distinct, ['joint'] given more than once"),
+    (["bench", "--samplers", "uniform", "uniform"], "samplers must be distinct, ['uniform'] given more than once"),
+    (["bench", "--tasks", "mfeat", "synthetic", "mfeat", "synthetic"], "['mfeat', 'synthetic'] given more than once"),
+    (["compare", "--samplers", "uniform", "heuristic", "uniform"], "samplers must be distinct, ['uniform']"),
+])
+def test_repeated_tasks_methods_and_samplers_are_refused_before_any_run(argv, message, capsys, tmp_path):
+    extra = {"bench": ["--no-progress", "--out", str(tmp_path / "bench")], "compare": ["--no-progress"]}
+    err = one_line(capsys, [*argv, *extra[argv[0]]], tmp_path)
+    assert message in err
+    assert not (tmp_path / "bench").exists() and not (tmp_path / "runs").exists()

@@ -334,6 +334,14 @@ def check_seeds(seeds: Iterable[int], where: str = "seeds") -> None:
                          "same run and would narrow the interval without new evidence")
 
 
+def check_distinct(values: Iterable[Any], where: str) -> None:
+    """Raise a :class:`ConfigError` when a name is given twice (a repeated task, method or sampler reruns cells)."""
+    values = list(values)
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    _check(not repeated, f"{where} must be distinct, {repeated} given more than once: a repeated {where.rstrip('s')} "
+                         "reruns the same runs and would count them as new samples")
+
+
 def check_n_envs(value: Any, where: str = "num_envs") -> int:
     """``value`` if it is a whole number (an int, not a bool) from 1 to :data:`MAX_ENVS`; else a ValueError."""
     import numpy as np

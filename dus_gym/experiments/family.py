@@ -77,6 +77,12 @@ class FamilyEvaluationConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.n_instances is not None and (isinstance(self.n_instances, bool) or not isinstance(self.n_instances, int)
+                                             or self.n_instances < 1):
+            raise ConfigError(f"n_instances must be a whole number >= 1 (the first N instances of the pool), got "
+                              f"{self.n_instances!r}")
+        if self.blind_policy is not None:
+            check_blind_policy(self.blind_policy)
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
             raise ConfigError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
         if self.policy is None and self.blind_policy is not None:
@@ -85,6 +91,16 @@ class FamilyEvaluationConfig:
             raise ConfigError("ppo-replay replays another seed's schedule: give at least two seeds")
         if not self.alpha_grid or self.tune_instances < 1:
             raise ConfigError("the heuristic's alpha needs a grid and at least one training instance to tune on")
+
+
+def check_blind_policy(path: str) -> None:
+    """Refuse a ``--blind-policy`` whose policy.json says it was not trained blind (env.blind)."""
+    from dus_gym.samplers.ppo import read_policy_settings, resolve_policy_dir
+
+    folder = resolve_policy_dir(path)
+    if read_policy_settings(folder)["env"].get("blind") is not True:
+        raise ConfigError(f"the blind policy {folder} was not trained blind (its policy.json has env.blind false): "
+                          "train it with --env-kwargs blind=true, or drop --blind-policy")
 
 
 def family_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
