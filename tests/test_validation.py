@@ -1139,6 +1139,14 @@ def test_prepare_refuses_a_decompression_bomb_in_one_line(capsys, tmp_path):
     assert not (tmp_path / "out" / "images" / "b.jpg").exists() and not (tmp_path / "out" / "metadata.json").exists()
 
 
+def test_a_decompression_bomb_in_a_prepared_folder_is_one_error(tmp_path):
+    from dus_gym.tasks.sources import load_image
+
+    _png_header_only(tmp_path / "frame_0001.jpg", 30_000, 30_000)
+    with pytest.raises(ValueError, match="frame_0001.jpg is missing or unreadable .*decompression bomb"):
+        load_image(tmp_path / "frame_0001.jpg", 16)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["twitter2015", "--image-size", "0"], "image_size must be a whole number from 16 to 2048, got 0"),
     (["twitter2015", "--image-size", "100000"], "image_size must be a whole number from 16 to 2048, got 100000"),
