@@ -13,8 +13,9 @@ settings ``agents/<sampler>.yml`` (key: the task name, else ``default``); comman
 configuration dataclasses and the name tables (tasks, samplers, methods, vec-env kinds).
 
 A ``module:function`` task is imported when given on the command line; a file read from disk (a
-config, a run folder's config.yaml, a bench config, agents/ppo.yml, a resumed policy run's args.yml)
-may name one only with ``--allow-task-import`` (:func:`dus_gym.tasks.check_task_source`).
+config, a task spec given with ``--task``, a run folder's config.yaml, a bench config, agents/ppo.yml,
+a resumed policy run's args.yml) may name one, or a family generator, only with ``--allow-task-import``
+(:func:`dus_gym.tasks.check_spec_sources`); a file's own ``allow_task_import`` grants nothing.
 """
 
 from __future__ import annotations
