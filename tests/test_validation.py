@@ -1248,6 +1248,21 @@ def test_vector_env_actions_are_checked_as_the_single_envs_are(kind, case, vecto
     assert (env.batch.learners.iteration == iteration).all()  # nothing ran
 
 
+@pytest.mark.parametrize("action", [np.array([[0.5 + 1j, 0.0], [0.0, 0.0]]), np.array([["a", "b"], ["c", "d"]]),
+                                    np.full((2, 2), np.nan, np.float32)])
+def test_vector_env_actions_of_envs_about_to_reset_are_checked_too(action):
+    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.samplers.action import ActionError
+
+    env = DUSVectorEnv(2, **ENV_KWARGS)  # next-step auto-reset: an ended env's next action is not acted on
+    env.reset(seed=0)
+    zeros = np.zeros((2, 2), np.float32)
+    while not env.step(zeros)[2].all():
+        pass
+    with pytest.raises(ActionError, match="expected an action in Box"):
+        env.step(action)
+
+
 def _family_env_kwargs():
     return {"task": "synthetic", "task_kwargs": {"hidden_dim": 4, "n_samples": 300}, "n_iterations": 4,
             "iterations_per_step": 2, "observation": "modalities", "max_modalities": 3,
