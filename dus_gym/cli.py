@@ -13,8 +13,9 @@ settings ``agents/<sampler>.yml`` (key: the task name, else ``default``); comman
 configuration dataclasses and the name tables (tasks, samplers, methods, vec-env kinds).
 
 A ``module:function`` task is imported when given on the command line; a file read from disk (a
-config, a run folder's config.yaml, a bench config, agents/ppo.yml, a resumed policy run's args.yml)
-may name one only with ``--allow-task-import`` (:func:`dus_gym.tasks.check_task_source`).
+config, a task spec given with ``--task``, a run folder's config.yaml, a bench config, agents/ppo.yml,
+a resumed policy run's args.yml) may name one, or a family generator, only with ``--allow-task-import``
+(:func:`dus_gym.tasks.check_spec_sources`); a file's own ``allow_task_import`` grants nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, check_seeds, from_dict, to_dict
+from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, check_distinct, check_seeds, from_dict, to_dict
 from dus_gym.core.files import new_run_folder, read_yaml, remove_if_empty, write_text_atomic
 from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config, task_spec_path
@@ -528,6 +529,7 @@ def compare_command(args: argparse.Namespace) -> int:
         samplers.append("ppo")
     specs, base = [], None
     check_seeds(args.seeds)  # before any run
+    check_distinct(samplers, "samplers")
     overrides = overrides_per_sampler(parse_overrides(args.set), samplers)
     for name in samplers:
         config = from_dict(RunConfig, resolve_config(args, sampler=name, overrides=overrides[name]))

@@ -194,7 +194,7 @@ def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy,
     argv = ["compare", "--task", "synthetic-family", "--n-instances", "3", "--seeds", "0", "1", "--alphas", "3", "10",
             "--sources", "train", "val", "probe", "--tune-instances", "2", "--tune-seeds", "0", "--no-ogm-ge",
             "--policy", str(folder), "--policy", str(folder), "--no-cmd-policy", str(folder),
-            "--blind-policy", str(folder), "--workers", "1", "--out", str(tmp_path / "fam"), "--no-progress",
+            "--workers", "1", "--out", str(tmp_path / "fam"), "--no-progress",
             "--set", "n_iterations=20", "--set", "task_kwargs.hidden_dim=8", "--set", "task_kwargs.n_samples=300",
             "--set", "eval_every=20"]
     assert main(argv) == 0
@@ -202,7 +202,7 @@ def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy,
     rows = record["rows"]
     pooled = {"ppo", "ppo-replay", "ppo-replay-other", "ppo-commit@1", "ppo-commit@3", "ppo-no-cmd"}
     assert set(rows) == {"uniform", "heuristic-train", "heuristic-val", "heuristic-probe", "heuristic-reversed",
-                         "oracle", "equivariant-blind", *pooled, *(f"{p}#0" for p in pooled),
+                         "oracle", *pooled, *(f"{p}#0" for p in pooled),
                          *(f"{p}#1" for p in pooled - {"ppo-no-cmd"})}
     cases = [(c["instance"], c["seed"]) for c in rows["uniform"]]
     assert len(cases) == 6 and all([(c["instance"], c["seed"]) for c in r] == cases for r in rows.values())

@@ -102,3 +102,91 @@ def test_tune_bad_input(tmp_path, capsys):
     assert "held out" in capsys.readouterr().err
     assert main(["tune", "ppo", "--env", "dus_gym/Nope-v0", "--study", str(tmp_path / "p")]) == 2
     assert "dus-gym: error:" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """A heuristic study of one finished trial (seed 0, 30 iterations), copied by each test that damages it."""
+    study = tmp_path_factory.mktemp("tune") / "study"
+    assert main(["tune", "heuristic", *SMALL, "--trials", "1", "--seeds", "0", "--eval-seeds", "7",
+                 "--study", str(study), "--no-progress"]) == 0
+    return study
+
+
+def _one_line(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("dus-gym: error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("target", ["heuristic", "ppo"])
+@pytest.mark.parametrize("content, message", [
+    (b"these are my notes, not a database\n", "is not an SQLite database"),
+    (b"SQLite format 3\x00" + b"\xff" * 200, "is not a readable SQLite database"),
+    ("truncated", "SQLite database"),
+    ("another database", "is an SQLite database of something else (tables ['notes'])"),
+])
+def test_a_damaged_or_foreign_study_db_is_one_line_and_left_as_it_is(target, content, message, small_study, capsys,
+                                                                    tmp_path):
+    import sqlite3
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    db = folder / "study.db"
+    if content == "truncated":
+        db.write_bytes(small_study.joinpath("study.db").read_bytes()[:3000])
+    elif content == "another database":
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE notes (text TEXT)")
+            connection.execute("INSERT INTO notes VALUES ('keep me')")
+        connection.close()
+    else:
+        db.write_bytes(content)
+    before = db.read_bytes()
+    argv = (["tune", "heuristic", *SMALL, "--trials", "1", "--seeds", "0", "--eval-seeds", "7"] if target == "heuristic"
+            else ["tune", "ppo", "--env-kwargs", "n_iterations=20", "iterations_per_step=10", "--trials", "1"])
+    err = _one_line(capsys, [*argv, "--study", str(folder), "--no-progress"])
+    assert message in err and "it is left as it is" in err
+    assert db.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["study.db"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "1"], "seeds [0] (now [1])"),
+    (["--seeds", "0", "--iterations", "20"], "n_iterations 30 (now 20)"),
+    (["--seeds", "0", "--set", "task_kwargs.n_samples=400"], "task_kwargs"),
+    (["--seeds", "0", "--set", "learner.lr=0.5"], "learner"),
+])
+def test_resuming_a_study_with_other_settings_is_refused(flags, message, small_study, capsys, tmp_path):
+    import shutil
+
+    folder = tmp_path / "study"
+    shutil.copytree(small_study, folder)
+    before = (folder / "study.db").read_bytes()
+    small = SMALL[:2] + SMALL[4:] if "--iterations" in flags else SMALL  # the study's own budget is 30
+    argv = ["tune", "heuristic", *small, "--trials", "2", "--eval-seeds", "7", *flags, "--study", str(folder),
+            "--no-progress"]
+    err = _one_line(capsys, argv)
+    assert "was run with other settings" in err and message in err and "another --study folder" in err
+    assert (folder / "study.db").read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["heuristic", "ppo"])
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-5"])
+def test_tune_timeout_is_a_finite_positive_number(target, timeout, capsys, tmp_path):
+    argv = ["tune", "heuristic", *SMALL] if target == "heuristic" else ["tune", "ppo"]
+    err = _one_line(capsys, [*argv, "--timeout", timeout, "--study", str(tmp_path / "s"), "--no-progress"])
+    assert "timeout a finite number of seconds > 0" in err or "timeout must be a finite number of seconds > 0" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_tune_ppo_on_a_family_env_with_the_shipped_hyperparameters(tmp_path):
+    # agents/ppo.yml normalises nothing on the family envs: VecNormalize then has no observation statistics
+    study = tmp_path / "ppo"
+    argv = ["tune", "ppo", "--env", "dus_gym/SyntheticFamily-v0", "--env-kwargs", "n_iterations=20",
+            "iterations_per_step=10", "task_kwargs={n_samples: 300, hidden_dim: 8}", "--trials", "1",
+            "--trial-timesteps", "8", "--eval-episodes", "1", "--study", str(study), "--no-progress"]
+    assert main(argv) == 0
+    best = json.loads((study / "best.json").read_text())
+    assert best["entry"]["normalize"] == "dict(norm_obs=False, norm_reward=False)"
+    assert 0.0 <= best["best_val_acc"] <= 1.0

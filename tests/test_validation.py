@@ -1139,6 +1139,14 @@ def test_prepare_refuses_a_decompression_bomb_in_one_line(capsys, tmp_path):
     assert not (tmp_path / "out" / "images" / "b.jpg").exists() and not (tmp_path / "out" / "metadata.json").exists()
 
 
+def test_a_decompression_bomb_in_a_prepared_folder_is_one_error(tmp_path):
+    from dus_gym.tasks.sources import load_image
+
+    _png_header_only(tmp_path / "frame_0001.jpg", 30_000, 30_000)
+    with pytest.raises(ValueError, match="frame_0001.jpg is missing or unreadable .*decompression bomb"):
+        load_image(tmp_path / "frame_0001.jpg", 16)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["twitter2015", "--image-size", "0"], "image_size must be a whole number from 16 to 2048, got 0"),
     (["twitter2015", "--image-size", "100000"], "image_size must be a whole number from 16 to 2048, got 100000"),
@@ -1166,3 +1174,228 @@ def test_prepare_functions_bound_their_sizes_too(tmp_path):
         prepare_imagetext("twitter2015", tmp_path, tmp_path / "out", image_size=0)
     with pytest.raises(ValueError, match="frames must be a whole number from 1 to 1000, got 1.5"):
         prepare_nvgesture(tmp_path, tmp_path / "out", frames=1.5)
+
+
+# --- envs: num_envs, actions, reset options and close ---------------------------------------------
+
+ENV_KWARGS = {"n_iterations": 4, "iterations_per_step": 2, "task_kwargs": {"hidden_dim": 4, "n_samples": 300}}
+
+
+@pytest.mark.parametrize("num_envs, message", [
+    (10**6, "num_envs must be a whole number from 1 to 1024, got 1000000"),
+    (0, "num_envs must be a whole number from 1 to 1024, got 0"),
+    (-2, "from 1 to 1024, got -2"),
+    (1.5, "got 1.5 (float)"),
+    ("2", "got '2' (str)"),
+    (True, "got True (bool)"),
+    (None, "got None (NoneType)"),
+])
+def test_num_envs_is_a_bounded_whole_number_checked_before_any_work(num_envs, message, monkeypatch):
+    import gymnasium as gym
+
+    from dus_gym.rl import vector_env, vectorized
+
+    built = []
+    monkeypatch.setattr(vector_env, "spec_config", lambda *a, **k: built.append(a))  # nothing may be read or built
+    with pytest.raises(ValueError, match=re.escape(message)):
+        gym.make_vec("dus_gym/Synthetic-v0", num_envs=num_envs, vectorization_mode="vector_entry_point")
+    assert built == []
+    for make in (vector_env.DUSVectorEnv, vectorized.VecDUSEnv, vectorized.BatchedEnvs):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make(num_envs, **ENV_KWARGS)
+
+
+@pytest.fixture(scope="module")
+def vector_envs():
+    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.rl.vectorized import VecDUSEnv
+
+    envs = {"DUSVectorEnv": DUSVectorEnv(2, **ENV_KWARGS), "VecDUSEnv": VecDUSEnv(2, seed=0, **ENV_KWARGS)}
+    envs["DUSVectorEnv"].reset(seed=0)
+    envs["VecDUSEnv"].reset()
+    return envs
+
+
+BAD_VECTOR_ACTIONS = {
+    "None": (None, "expected 2 actions \\(one per env\\), got None"),
+    "a scalar": (0.5, "expected 2 actions \\(one per env\\), got 0.5"),
+    "one action": (np.zeros((1, 2), np.float32), "expected 2 actions"),
+    "complex": (np.array([[0.5 + 1j, 0.0], [0.0, 0.0]]), "action has dtype complex128"),
+    "complex, no imaginary part": (np.zeros((2, 2), np.complex64), "action has dtype complex64"),
+    "text": (np.array([["a", "b"], ["c", "d"]]), "action has dtype <U1"),
+    "bool": (np.zeros((2, 2), bool), "action has dtype bool"),
+    "NaN in the second env": (np.array([[0.0, 0.0], [np.nan, 0.0]], np.float32), "NaN/inf"),
+    "out of range": (np.array([[0.0, 3.0], [0.0, 0.0]], np.float32), "outside \\[-1, 1\\]"),
+    "ragged": ([[0.0, 0.0], [0.0]], "not an array"),
+    "wrong width": (np.zeros((2, 3), np.float32), "action has shape \\(3,\\)"),
+}
+
+
+@pytest.mark.parametrize("kind", ["DUSVectorEnv", "VecDUSEnv"])
+@pytest.mark.parametrize("case", list(BAD_VECTOR_ACTIONS))
+def test_vector_env_actions_are_checked_as_the_single_envs_are(kind, case, vector_envs):
+    from dus_gym.samplers.action import ActionError
+
+    env = vector_envs[kind]
+    action, message = BAD_VECTOR_ACTIONS[case]
+    iteration = env.batch.learners.iteration.copy()
+    with pytest.raises(ActionError, match=message):
+        if kind == "DUSVectorEnv":
+            env.step(action)
+        else:
+            env.step_async(action)
+            env.step_wait()
+    assert (env.batch.learners.iteration == iteration).all()  # nothing ran
+
+
+@pytest.mark.parametrize("action", [np.array([[0.5 + 1j, 0.0], [0.0, 0.0]]), np.array([["a", "b"], ["c", "d"]]),
+                                    np.full((2, 2), np.nan, np.float32)])
+def test_vector_env_actions_of_envs_about_to_reset_are_checked_too(action):
+    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.samplers.action import ActionError
+
+    env = DUSVectorEnv(2, **ENV_KWARGS)  # next-step auto-reset: an ended env's next action is not acted on
+    env.reset(seed=0)
+    zeros = np.zeros((2, 2), np.float32)
+    while not env.step(zeros)[2].all():
+        pass
+    with pytest.raises(ActionError, match="expected an action in Box"):
+        env.step(action)
+
+
+def _family_env_kwargs():
+    return {"task": "synthetic", "task_kwargs": {"hidden_dim": 4, "n_samples": 300}, "n_iterations": 4,
+            "iterations_per_step": 2, "observation": "modalities", "max_modalities": 3,
+            "family": {"generator": "synthetic", "generator_kwargs": {"n_instances": 4}}}
+
+
+BAD_OPTIONS = [
+    ({"instance": 1.5}, ValueError, "options\\['instance'\\] must be an int from 0 to 3, got 1.5 \\(float\\)"),
+    ({"instance": 1.0}, ValueError, "got 1.0 \\(float\\)"),
+    ({"instance": True}, ValueError, "got True \\(bool\\)"),
+    ({"instance": np.bool_(True)}, ValueError, "\\(bool_?\\)"),
+    ({"instance": "x"}, ValueError, "got 'x' \\(str\\)"),
+    ({"instance": "1"}, ValueError, "got '1' \\(str\\)"),
+    ({"instance": [1]}, ValueError, "got \\[1\\] \\(list\\)"),
+    ({"instance": 4}, ValueError, "instance 4 is not in this family \\(0 to 3\\)"),
+    ({"instance": -1}, ValueError, "instance -1 is not in this family"),
+    ("x", ValueError, "reset options must be a dict or None, got str"),
+    ([("instance", 1)], ValueError, "reset options must be a dict or None, got list"),
+]
+
+
+@pytest.mark.parametrize("options, error, message", BAD_OPTIONS)
+@pytest.mark.parametrize("kind", ["DUSEnv", "DUSVectorEnv"])
+def test_reset_options_are_a_dict_and_the_instance_a_plain_int_in_range(kind, options, error, message):
+    from dus_gym.rl.env import DUSEnv
+    from dus_gym.rl.vector_env import DUSVectorEnv
+
+    env = DUSEnv(**_family_env_kwargs()) if kind == "DUSEnv" else DUSVectorEnv(1, **_family_env_kwargs())
+    with pytest.raises(error, match=message):
+        env.reset(seed=0, options=options)
+    env.reset(seed=0, options={"instance": np.int64(2)})  # a numpy integer is an int
+    instance = env.instance if kind == "DUSEnv" else env.batch.template.instance
+    assert instance == 2
+
+
+def test_stepping_or_resetting_a_closed_env_is_an_error():
+    from dus_gym.rl.env import DUSEnv
+    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.rl.vectorized import VecDUSEnv
+
+    single = DUSEnv(**ENV_KWARGS)
+    single.reset(seed=0)
+    single.close()
+    with pytest.raises(RuntimeError, match="this DUSEnv is closed; make a new one"):
+        single.step(np.zeros(2, np.float32))
+    with pytest.raises(RuntimeError, match="this DUSEnv is closed"):
+        single.reset(seed=0)
+    vector = DUSVectorEnv(2, **ENV_KWARGS)
+    vector.reset(seed=0)
+    vector.close()
+    with pytest.raises(RuntimeError, match="this DUSVectorEnv is closed; make a new one"):
+        vector.step(np.zeros((2, 2), np.float32))
+    with pytest.raises(RuntimeError, match="this DUSVectorEnv is closed"):
+        vector.reset(seed=0)
+    sb3 = VecDUSEnv(2, seed=0, **ENV_KWARGS)
+    sb3.reset()
+    sb3.close()
+    with pytest.raises(RuntimeError, match="this VecDUSEnv is closed; make a new one"):
+        sb3.step(np.zeros((2, 2), np.float32))
+    with pytest.raises(RuntimeError, match="this VecDUSEnv is closed"):
+        sb3.reset()
+
+
+# --- PPO hyper-parameters: finite and in range before a model is built ----------------------------
+
+@pytest.mark.parametrize("key, value, message", [
+    ("gamma", ".nan", "gamma must be a finite number in [0, 1], got nan"),
+    ("gamma", "-1", "gamma must be a finite number in [0, 1], got -1"),
+    ("gamma", "1.5", "gamma must be a finite number in [0, 1]"),
+    ("gae_lambda", ".inf", "gae_lambda must be a finite number in [0, 1], got inf"),
+    ("clip_range", ".inf", "clip_range must be a finite number in (0, 10], got inf"),
+    ("clip_range", "0", "clip_range must be a finite number in (0, 10], got 0"),
+    ("clip_range", "lin_-0.2", "clip_range must be a finite number in (0, 10], got the schedule start -0.2"),
+    ("clip_range_vf", "-1", "clip_range_vf must be a finite number in (0, inf]"),
+    ("ent_coef", ".nan", "ent_coef must be a finite number in [0, 1000], got nan"),
+    ("ent_coef", "-0.1", "ent_coef must be a finite number in [0, 1000]"),
+    ("vf_coef", ".inf", "vf_coef must be a finite number in [0, 1000]"),
+    ("max_grad_norm", "0", "max_grad_norm must be a finite number in (0, inf]"),
+    ("target_kl", ".nan", "target_kl must be a finite number in (0, inf]"),
+    ("learning_rate", "lin_inf", "learning_rate must be a finite number in (0, 1], got the schedule start inf"),
+    ("learning_rate", "lin_nan", "learning_rate must be a finite number in (0, 1], got the schedule start nan"),
+    ("learning_rate", "0", "learning_rate must be a finite number in (0, 1], got 0"),
+    ("learning_rate", ".inf", "learning_rate must be a finite number in (0, 1], got inf"),
+    ("n_steps", "-5", "n_steps must be a whole number in [1, 1e+06], got -5"),
+    ("n_steps", "0", "n_steps must be a whole number in [1, 1e+06], got 0"),
+    ("n_steps", "32.5", "n_steps must be a whole number in [1, 1e+06], got 32.5"),
+    ("n_steps", "10000000000", "n_steps must be a whole number in [1, 1e+06]"),
+    ("batch_size", "1", "batch_size must be a whole number in [2, 1e+07], got 1"),
+    ("batch_size", "true", "batch_size must be a whole number in [2, 1e+07], got True"),
+    ("n_epochs", "0", "n_epochs must be a whole number in [1, 10000], got 0"),
+    ("n_envs", "1000000", "n_envs must be a whole number from 1 to 1_024, got 1000000"),
+    ("n_envs", "1.5", "n_envs must be a whole number from 1 to 1_024, got 1.5"),
+    ("n_timesteps", ".inf", "n_timesteps must be a whole number from 1 to 1_000_000_000, got inf"),
+    ("n_timesteps", ".nan", "n_timesteps must be a whole number from 1 to 1_000_000_000, got nan"),
+])
+def test_ppo_hyperparameters_are_finite_and_in_range_before_training(key, value, message, capsys, tmp_path):
+    entry = yaml.safe_load(f"{key}: {value}")
+    (tmp_path / "ppo.yml").write_text(yaml.safe_dump({"default": {"n_steps": 32, "batch_size": 16, **entry}}))
+    err = one_line(capsys, ["train-policy", "-conf", str(tmp_path / "ppo.yml"), "--no-evaluate"], tmp_path)
+    assert message in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# --- comparisons: counts of instances, the blind policy, repeated names ---------------------------
+
+@pytest.mark.parametrize("n, message", [
+    ("-1", "n_instances must be a whole number >= 1 (the first N instances of the pool), got -1"),
+    ("0", "n_instances must be a whole number >= 1 (the first N instances of the pool), got 0"),
+])
+def test_compare_n_instances_is_at_least_one(n, message, capsys, tmp_path):
+    err = one_line(capsys, ["compare", "--task", "synthetic-family", "--n-instances", n, "--no-progress",
+                            "--out", str(tmp_path / "family")], tmp_path)
+    assert message in err
+    assert not (tmp_path / "family").exists()
+
+
+def test_compare_blind_policy_must_have_been_trained_blind(tiny_family_policy, capsys, tmp_path):
+    _, folder = tiny_family_policy  # trained with blind=false
+    err = one_line(capsys, ["compare", "--task", "synthetic-family", "--policy", str(folder), "--blind-policy",
+                            str(folder), "--no-progress", "--out", str(tmp_path / "family")], tmp_path)
+    assert f"the blind policy {folder} was not trained blind (its policy.json has env.blind false)" in err
+    assert not (tmp_path / "family").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--tasks", "synthetic", "synthetic"], "tasks must be distinct, ['synthetic'] given more than once"),
+    (["bench", "--methods", "joint", "mla", "joint"], "methods must be distinct, ['joint'] given more than once"),
+    (["bench", "--samplers", "uniform", "uniform"], "samplers must be distinct, ['uniform'] given more than once"),
+    (["bench", "--tasks", "mfeat", "synthetic", "mfeat", "synthetic"], "['mfeat', 'synthetic'] given more than once"),
+    (["compare", "--samplers", "uniform", "heuristic", "uniform"], "samplers must be distinct, ['uniform']"),
+])
+def test_repeated_tasks_methods_and_samplers_are_refused_before_any_run(argv, message, capsys, tmp_path):
+    extra = {"bench": ["--no-progress", "--out", str(tmp_path / "bench")], "compare": ["--no-progress"]}
+    err = one_line(capsys, [*argv, *extra[argv[0]]], tmp_path)
+    assert message in err
+    assert not (tmp_path / "bench").exists() and not (tmp_path / "runs").exists()

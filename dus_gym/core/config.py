@@ -31,6 +31,8 @@ MAX_COUNT = 1_000_000
 """Upper bound of any per-modality count or batch size (a batch must fit in memory)."""
 MAX_SHOWN = 200
 """Characters of a value shown in an error message."""
+MAX_ENVS = 1024
+"""Upper bound of the envs of one vector env (each holds a learner and its episode state)."""
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,26 @@ def check_seeds(seeds: Iterable[int], where: str = "seeds") -> None:
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     _check(not repeated, f"{where} must be distinct, {repeated} given more than once: a repeated seed reruns the "
                          "same run and would narrow the interval without new evidence")
+
+
+def check_distinct(values: Iterable[Any], where: str) -> None:
+    """Raise a :class:`ConfigError` when a name is given twice (a repeated task, method or sampler reruns cells)."""
+    values = list(values)
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    _check(not repeated, f"{where} must be distinct, {repeated} given more than once: a repeated {where.rstrip('s')} "
+                         "reruns the same runs and would count them as new samples")
+
+
+def check_n_envs(value: Any, where: str = "num_envs") -> int:
+    """``value`` if it is a whole number (an int, not a bool) from 1 to :data:`MAX_ENVS`; else a ValueError."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{where} must be a whole number from 1 to {MAX_ENVS}, got {shown(value)} "
+                         f"({type(value).__name__})")
+    if not 1 <= value <= MAX_ENVS:
+        raise ValueError(f"{where} must be a whole number from 1 to {MAX_ENVS}, got {value}")
+    return int(value)
 
 
 def check_finite(config: Any, where: str) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dus_gym.core.config import MAX_SHOWN, ConfigError, RunConfig, check_seeds, from_dict, to_dict
+from dus_gym.core.config import MAX_SHOWN, ConfigError, RunConfig, check_distinct, check_seeds, from_dict, to_dict
 from dus_gym.core.extras import require
 from dus_gym.core.files import atomic_path, write_bytes_atomic, write_text_atomic
 from dus_gym.core.methods import METHODS, check_method_fusion, make_method
@@ -104,6 +104,8 @@ class BenchConfig:
         if not self.seeds or not self.tasks or not self.methods or not self.samplers:
             raise ConfigError("bench needs at least one task, method, sampler and seed")
         check_seeds(self.seeds)
+        for where in ("tasks", "methods", "samplers"):
+            check_distinct(getattr(self, where), where)
         if self.n_iterations is not None and self.n_iterations < 1:
             raise ConfigError(f"n_iterations must be >= 1, got {self.n_iterations}")
         if self.workers is not None and self.workers < 1:

@@ -128,6 +128,12 @@ class FamilyEvaluationConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.n_instances is not None and (isinstance(self.n_instances, bool) or not isinstance(self.n_instances, int)
+                                             or self.n_instances < 1):
+            raise ConfigError(f"n_instances must be a whole number >= 1 (the first N instances of the pool), got "
+                              f"{self.n_instances!r}")
+        if self.blind_policy is not None:
+            check_blind_policy(self.blind_policy)
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
             raise ConfigError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
         if self.n_instances is not None and self.n_instances < 1:
@@ -162,6 +168,16 @@ def read_tuning(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"--heuristic-from {path}: not the family.json of a family evaluation ({err})") from err
     return tuned
+
+
+def check_blind_policy(path: str) -> None:
+    """Refuse a ``--blind-policy`` whose policy.json says it was not trained blind (env.blind)."""
+    from dus_gym.samplers.ppo import read_policy_settings, resolve_policy_dir
+
+    folder = resolve_policy_dir(path)
+    if read_policy_settings(folder)["env"].get("blind") is not True:
+        raise ConfigError(f"the blind policy {folder} was not trained blind (its policy.json has env.blind false): "
+                          "train it with --env-kwargs blind=true, or drop --blind-policy")
 
 
 def family_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -15,8 +15,10 @@ machinery. Optuna is the ``tune`` extra (``pip install "dus-gym[tune]"``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from dus_gym.core.config import ConfigError, RunConfig, check_seeds, to_dict
+from dus_gym.core.config import ConfigError, RunConfig, check_seeds, shown, to_dict
 from dus_gym.core.extras import require
 from dus_gym.core.files import write_text_atomic
 from dus_gym.experiments.callbacks import RunCallback
@@ -52,12 +54,66 @@ def import_optuna() -> Any:
     return optuna
 
 
-def open_study(folder: str | Path, name: str, seed: int, n_startup_trials: int, n_warmup_steps: int) -> optuna.Study:
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_study_file(path: Path) -> None:
+    """Refuse a ``study.db`` that is not an SQLite database of Optuna studies, before Optuna opens (and writes) it.
+
+    An empty file is a new study. The file is only read here (SQLite's read-only mode), so a refused
+    file is left exactly as it was.
+
+    Raises:
+        ValueError: a text file, a truncated or corrupt database, or a database of something else.
+    """
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    hint = "it is left as it is: move it away, or give another --study folder"
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file; {hint}")
+    with open(path, "rb") as f:
+        if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise ValueError(f"{path} is not an SQLite database (an Optuna study); {hint}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            check = db.execute("PRAGMA quick_check").fetchone()
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as err:
+        raise ValueError(f"{path} is not a readable SQLite database ({err}); {hint}") from err
+    if not check or check[0] != "ok":
+        raise ValueError(f"{path} is a damaged SQLite database ({check[0] if check else 'no answer'}); {hint}")
+    if tables and "studies" not in tables:
+        raise ValueError(f"{path} is an SQLite database of something else (tables {sorted(tables)[:5]}), not of "
+                         f"Optuna studies; {hint}")
+
+
+def check_study_settings(study: optuna.Study, settings: dict[str, Any], path: Path) -> None:
+    """Record what the trials of ``study`` depend on, or refuse to resume it with other settings.
+
+    Raises:
+        ConfigError: the study was started with other settings (its trials would be mixed with these).
+    """
+    plain = json.loads(json.dumps(settings, default=str))
+    saved = study.user_attrs.get("settings")
+    if saved is None:
+        study.set_user_attr("settings", plain)
+        return
+    differ = [f"{key} {shown(saved.get(key))} (now {shown(plain.get(key))})" for key in sorted(set(saved) | set(plain))
+              if saved.get(key) != plain.get(key)]
+    if differ:
+        raise ConfigError(f"the study {study.study_name} in {path} was run with other settings: {'; '.join(differ)}. "
+                          "Its trials would be mixed with these: resume it with its own settings, or give another "
+                          "--study folder")
+
+
+def open_study(folder: str | Path, name: str, seed: int, n_startup_trials: int, n_warmup_steps: int,
+               settings: dict[str, Any] | None = None) -> optuna.Study:
     """Create or load the study ``name`` in ``folder/study.db`` (maximised; TPE; median pruner).
 
     Trials that a killed process left ``RUNNING`` are marked failed and queued again with their
     parameters. The TPE sampler is seeded with ``seed`` plus the number of trials already in the
-    study, so a resumed study does not draw its first random trials again.
+    study, so a resumed study does not draw its first random trials again. A file that is not a
+    study database is refused before Optuna opens it, and left as it is.
 
     Args:
         folder: the study folder (created).
@@ -65,11 +121,15 @@ def open_study(folder: str | Path, name: str, seed: int, n_startup_trials: int, 
         seed: seed of the sampler.
         n_startup_trials: random trials before TPE, and finished trials before any pruning.
         n_warmup_steps: reported steps of a trial before it may be pruned.
+        settings: what a trial's value depends on (task, budget, seeds...): stored with a new study,
+            compared with those of a resumed one (:func:`check_study_settings`).
     """
     optuna = import_optuna()
     folder = Path(folder)
+    path = folder / STUDY_FILE
+    check_study_file(path)
     folder.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / STUDY_FILE).resolve()}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
     done = 0
     try:
         done = len(optuna.load_study(study_name=name, storage=storage).trials)
@@ -79,6 +139,8 @@ def open_study(folder: str | Path, name: str, seed: int, n_startup_trials: int, 
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=n_startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps))
+    if settings is not None:
+        check_study_settings(study, settings, path)  # before any trial is touched
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
@@ -201,8 +263,9 @@ class HeuristicTuneConfig:
         if set(self.seeds) & set(self.eval_seeds):
             raise ConfigError(f"the evaluation seeds must be held out: {sorted(set(self.seeds) & set(self.eval_seeds))}"
                               " are also tuning seeds")
-        if self.n_trials < 1 or (self.timeout is not None and self.timeout <= 0):
-            raise ConfigError(f"trials must be >= 1 and timeout > 0, got {self.n_trials} and {self.timeout}")
+        if self.n_trials < 1 or (self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0)):
+            raise ConfigError(f"trials must be >= 1 and timeout a finite number of seconds > 0, got {self.n_trials} "
+                              f"and {self.timeout}")
         lo, hi = self.alpha_range
         if not 0 < lo < hi <= 100:
             raise ConfigError(f"alpha_range must satisfy 0 < low < high <= 100, got {self.alpha_range}")
@@ -240,8 +303,12 @@ def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
     base = config.base
     task = make_task(base.task, **base.task_kwargs)
     n_iterations = base.budget(len(task.splits["train"]))  # the whole split (a probe slice shortens it a little)
+    learner = {k: v for k, v in asdict(base.learner).items() if k != "device"}  # the device may change
+    settings = {"task": base.task, "task_kwargs": base.task_kwargs, "n_iterations": n_iterations,
+                "seeds": list(config.seeds), "learner": learner, "cmd": asdict(base.cmd),
+                "sampler_kwargs": base.sampler_kwargs, "alpha_range": list(config.alpha_range)}
     study = open_study(config.folder, f"{task.name}-heuristic", config.sampler_seed, config.n_startup_trials,
-                       n_warmup_steps=n_iterations // 2)
+                       n_warmup_steps=n_iterations // 2, settings=settings)
     default = dict(base.sampler_kwargs)
 
     def objective(trial: optuna.Trial) -> float:

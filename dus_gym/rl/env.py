@@ -218,10 +218,15 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         With a task family, the instance is ``options["instance"]`` (any instance, held out or not) or
         drawn from the env's pool (``instances``: "train" by default) with the env's ``np_random``.
         """
+        self._check_open()
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"reset options must be a dict or None, got {type(options).__name__}")
+        chosen = (options or {}).get("instance")
+        if chosen is not None and self.family is not None:
+            chosen = self.family.check_instance(chosen)
         super().reset(seed=seed)
         if self.family is not None:
-            chosen = (options or {}).get("instance")
-            instance = int(self.np_random.choice(self.pool)) if chosen is None else int(chosen)
+            instance = int(self.np_random.choice(self.pool)) if chosen is None else chosen
             if instance != self.instance:
                 self._use(self._instance_task(instance))
                 self.instance = instance
@@ -238,6 +243,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Run K learner iterations with the counts of ``action``."""
+        self._check_open()
         counts = self.actions.to_counts(action)  # validates the action
         if self.actions.reacts:
             actions = self.actions
@@ -252,6 +258,15 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.render_mode == "human":
             self.render()
         return obs[0], float(rewards[0]), bool(terminated[0]), bool(truncated[0]), info
+
+    def close(self) -> None:
+        """Release the env; a closed env refuses :meth:`reset` and :meth:`step`."""
+        self._closed = True
+        super().close()
+
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):
+            raise RuntimeError("this DUSEnv is closed; make a new one (gymnasium.make)")
 
     def render(self) -> str | np.ndarray | None:  # type: ignore[override]
         """The current episode as ``render_mode`` asks: one text line ("ansi") or a plot ("rgb_array")."""

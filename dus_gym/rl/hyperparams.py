@@ -15,6 +15,7 @@ id (``dus-gym tune ppo`` writes one).
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 
-from dus_gym.core.config import ConfigError, did_you_mean
+from dus_gym.core.config import MAX_ENVS, ConfigError, did_you_mean
 from dus_gym.core.files import read_yaml
 from dus_gym.rl.policies import POLICIES
 
@@ -137,6 +138,50 @@ class LinearSchedule:
         return progress_remaining * self.start
 
 
+INF = float("inf")
+PPO_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
+    # key: (int or float, low, high, low included); a schedule ("lin_<start>") is checked by its start
+    "learning_rate": (float, 0.0, 1.0, False),
+    "n_steps": (int, 1, 1_000_000, True),
+    "batch_size": (int, 2, 10_000_000, True),
+    "n_epochs": (int, 1, 10_000, True),
+    "gamma": (float, 0.0, 1.0, True),
+    "gae_lambda": (float, 0.0, 1.0, True),
+    "clip_range": (float, 0.0, 10.0, False),
+    "clip_range_vf": (float, 0.0, INF, False),
+    "ent_coef": (float, 0.0, 1e3, True),
+    "vf_coef": (float, 0.0, 1e3, True),
+    "max_grad_norm": (float, 0.0, INF, False),
+    "target_kl": (float, 0.0, INF, False),
+    "sde_sample_freq": (int, -1, 1_000_000, True),
+    "stats_window_size": (int, 1, 1_000_000, True),
+}
+"""The range of every numeric PPO hyper-parameter (finite, checked before a model is built): a learning
+rate in (0, 1], gamma and gae_lambda in [0, 1], a clip range in (0, 10], coefficients in [0, 1000]; counts
+are whole numbers (n_steps up to 1,000,000 per env, n_envs up to 1024, n_timesteps up to 10^9). None
+keeps SB3's default where SB3 takes None (clip_range_vf, target_kl)."""
+MAX_TIMESTEPS = 1_000_000_000
+"""Upper bound of a training run's env steps (n_timesteps)."""
+
+
+def check_ppo_value(key: str, value: Any, where: str) -> None:
+    """Raise a ConfigError unless ``value`` (a number, or a schedule's start) is finite and in ``PPO_BOUNDS[key]``."""
+    kind, low, high, closed = PPO_BOUNDS[key]
+    start = value.start if isinstance(value, LinearSchedule) else value
+    if kind is int:
+        ok = isinstance(start, int) and not isinstance(start, bool)
+        what = "a whole number"
+    else:
+        ok = isinstance(start, (int, float)) and not isinstance(start, bool) and math.isfinite(start)
+        what = "a finite number"
+    if ok:
+        ok = (start >= low if closed else start > low) and start <= high
+    if not ok:
+        bound = f"{'[' if closed else '('}{low:g}, {high:g}]"
+        got = f"the schedule start {start!r}" if isinstance(value, LinearSchedule) else repr(value)
+        raise ConfigError(f"{where}.{key} must be {what} in {bound}, got {got}")
+
+
 def load_hyperparams(path: str | Path, env_id: str, fallback: dict[str, Any] | None = None) -> AgentHyperparams:
     """Read the entry of ``env_id`` from an RL Zoo style YAML file.
 
@@ -172,6 +217,9 @@ def parse_entry(entry: dict[str, Any], where: str) -> AgentHyperparams:
     for key in ("learning_rate", "clip_range", "clip_range_vf"):
         if key in model_kwargs and model_kwargs[key] is not None:
             model_kwargs[key] = schedule(model_kwargs[key], f"{where}.{key}")
+    for key in PPO_BOUNDS:
+        if key in model_kwargs and not (model_kwargs[key] is None and key in ("clip_range_vf", "target_kl")):
+            check_ppo_value(key, model_kwargs[key], where)
     if isinstance(model_kwargs.get("policy_kwargs"), str):
         model_kwargs["policy_kwargs"] = parse_literal_call(model_kwargs["policy_kwargs"], f"{where}.policy_kwargs")
     if isinstance(model_kwargs.get("policy_kwargs"), dict):
@@ -189,15 +237,16 @@ def parse_entry(entry: dict[str, Any], where: str) -> AgentHyperparams:
     if not isinstance(normalize, dict):
         raise ConfigError(f"{where}.normalize must be true/false or a mapping of VecNormalize kwargs")
     runner = {}
-    for name, default in (("n_envs", 1), ("n_timesteps", 10_000)):
+    for name, default, high in (("n_envs", 1, MAX_ENVS), ("n_timesteps", 10_000, MAX_TIMESTEPS)):
         value = entry.get(name, default)
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError as err:
                 raise ConfigError(f"{where}.{name} must be a number, got {value!r}") from err
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
-            raise ConfigError(f"{where}.{name} must be a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 1 <= value <= high or value != int(value):
+            raise ConfigError(f"{where}.{name} must be a whole number from 1 to {high:_}, got {value!r}")
         runner[name] = int(value)
     env_kwargs = entry.get("env_kwargs") or {}
     if not isinstance(env_kwargs, dict):

@@ -82,8 +82,8 @@ class PPOTuneConfig:
         if self.n_trials < 1 or self.trial_timesteps < 1 or self.n_eval_episodes < 1:
             raise ConfigError(f"trials, trial_timesteps and eval episodes must be >= 1, got {self.n_trials}, "
                               f"{self.trial_timesteps} and {self.n_eval_episodes}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"timeout must be > 0, got {self.timeout}")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a finite number of seconds > 0, got {self.timeout}")
         if self.vec_env not in VEC_ENVS or self.vec_env == "ray":
             raise ConfigError(f"vec_env must be one of dummy, subproc, vectorized, got '{self.vec_env}'")
 
@@ -159,8 +159,10 @@ def tune_ppo(config: PPOTuneConfig) -> dict[str, Any]:
     if not n_iterations:
         raise ConfigError(f"{config.env_id}: dus-gym tune ppo needs the env's budget in iterations (n_iterations)")
     episode_steps = math.ceil(n_iterations / run_config.env.iterations_per_step)
+    settings = {"env_id": config.env_id, "env_kwargs": env_kwargs, "start": base.raw, "seed": config.seed,
+                "trial_timesteps": config.trial_timesteps, "n_eval_episodes": config.n_eval_episodes}
     study = open_study(config.folder, f"{config.env_id.replace('/', '-')}-ppo", config.sampler_seed,
-                       config.n_startup_trials, n_warmup_steps=config.trial_timesteps // 2)
+                       config.n_startup_trials, n_warmup_steps=config.trial_timesteps // 2, settings=settings)
 
     def objective(trial: optuna.Trial) -> float:
         entry = {**base.raw, **ppo_space(trial, episode_steps, base.n_envs)}
@@ -178,7 +180,8 @@ def tune_ppo(config: PPOTuneConfig) -> dict[str, Any]:
                 raise optuna.TrialPruned(f"pruned at {model.num_timesteps} env steps")
             if hp.normalize:
                 eval_venv = VecNormalize(eval_venv, training=False, norm_obs=venv.norm_obs, norm_reward=False)
-                eval_venv.obs_rms = venv.obs_rms
+                if venv.norm_obs:  # the statistics exist only when observations are normalised
+                    eval_venv.obs_rms = venv.obs_rms
             scores = final_val_accuracy(model, eval_venv, config.n_eval_episodes)
         finally:
             venv.close()

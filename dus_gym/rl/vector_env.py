@@ -32,7 +32,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from dus_gym.core.config import ConfigError
+from dus_gym.core.config import ConfigError, check_n_envs
 from dus_gym.rl.registration import env_kwargs_of, spec_config
 from dus_gym.rl.render import RENDER_FPS, RENDER_MODES, EpisodeTrace, check_render_mode
 from dus_gym.rl.vectorized import BatchedEnvs
@@ -42,7 +42,7 @@ class DUSVectorEnv(VectorEnv):
     """N ``DUSEnv`` of the same settings whose learners train together (Gymnasium's ``VectorEnv``).
 
     Args:
-        num_envs: N.
+        num_envs: N, a whole number from 1 to :data:`dus_gym.core.config.MAX_ENVS` (1024).
         autoreset_mode: ``AutoresetMode`` or its value ("NextStep", "SameStep", "Disabled").
         render_mode: None, "ansi", "human" or "rgb_array": :meth:`render` returns one frame per env.
         **dus_kwargs: the keyword arguments of ``DUSEnv`` (task, task_kwargs, learner, cmd,
@@ -54,6 +54,7 @@ class DUSVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int, autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
                  render_mode: str | None = None, **dus_kwargs: Any) -> None:
+        check_n_envs(num_envs)
         check_render_mode(render_mode)
         try:
             self.autoreset_mode = AutoresetMode(autoreset_mode)
@@ -93,6 +94,10 @@ class DUSVectorEnv(VectorEnv):
         ``options["instance"]`` (a family, a full reset only): the instance of every env's next episode,
         or a list of one instance (or None: drawn) per env, of equal shapes.
         """
+        if self.closed:
+            raise RuntimeError("this DUSVectorEnv is closed; make a new one")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"reset options must be a dict or None, got {type(options).__name__}")
         super().reset(seed=seed if isinstance(seed, int) else None)
         seeds = self._seeds(seed)
         options = dict(options or {})
@@ -100,6 +105,8 @@ class DUSVectorEnv(VectorEnv):
         instance = options.pop("instance", None)
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; DUSVectorEnv takes reset_mask and instance")
+        if instance is not None and self.batch.template.family is not None:
+            instance = self.batch.template.family.check_instance(instance)
         for i in np.flatnonzero(mask):
             self.batch.seed(i, seeds[i])
         if mask.all():
@@ -117,11 +124,11 @@ class DUSVectorEnv(VectorEnv):
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """K learner iterations of every running env together; auto-reset as ``metadata["autoreset_mode"]`` says."""
+        if self.closed:
+            raise RuntimeError("this DUSVectorEnv is closed; make a new one")
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions)
-        if len(actions) != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} actions (one per env), got {len(actions)}")
+        actions = self.batch.check_actions(actions)  # every env's action, before any env runs or resets
         infos: dict[str, Any] = {}
         pending = self._ended.copy() if self.autoreset_mode == AutoresetMode.NEXT_STEP else np.zeros_like(self._ended)
         reset_obs, reset_infos = None, []
@@ -230,6 +237,7 @@ def make_spec_vector_env(spec: str | Path, num_envs: int = 1, render_mode: str |
         ConfigError: the spec's learner cannot be batched (on-disk data, Adam, another method...); the
             message names ``vectorization_mode="sync"``, which runs N separate envs instead.
     """
+    check_n_envs(num_envs)  # before the spec is read or anything is built
     config = spec_config(spec, overrides, str(spec), allow_task_import=allow_task_import)
     try:
         return DUSVectorEnv(num_envs, autoreset_mode=autoreset_mode, render_mode=render_mode,

@@ -36,8 +36,10 @@ from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from dus_gym.core.batched_learner import BatchedLearner, task_shape_key
+from dus_gym.core.config import check_n_envs, shown
 from dus_gym.core.episode import Episodes
 from dus_gym.rl.env import DUSEnv
+from dus_gym.samplers.action import ActionError
 from dus_gym.tasks import Task, cached_task
 from dus_gym.tasks.families import TaskFamily
 
@@ -57,8 +59,7 @@ class BatchedEnvs:
     """
 
     def __init__(self, n_envs: int, **dus_kwargs: Any) -> None:
-        if n_envs < 1:
-            raise ValueError(f"the number of envs must be >= 1, got {n_envs}")
+        n_envs = check_n_envs(n_envs)  # before any work: a type and a bound
         self.n_envs = n_envs
         self.template = DUSEnv(**dus_kwargs)
         self.np_randoms = [seeding.np_random(None)[0] for _ in range(n_envs)]
@@ -84,6 +85,24 @@ class BatchedEnvs:
         if seed is not None:
             self.np_randoms[i], _ = seeding.np_random(seed)
 
+    def check_actions(self, actions: Any) -> np.ndarray:
+        """``actions`` as an array of one valid action per env (each checked as ``DUSEnv.step`` checks it).
+
+        Raises:
+            ActionError: not one action per env, or an action outside the action space (wrong shape or
+                dtype, complex, NaN/inf, out of range), whether or not its env runs this step.
+        """
+        try:
+            array = np.asarray(actions)
+        except (ValueError, TypeError) as err:  # ragged sequences
+            raise ActionError(f"actions {shown(actions)} are not an array ({err}); expected one action per env "
+                              f"({self.n_envs})") from err
+        if array.ndim == 0 or len(array) != self.n_envs:
+            raise ActionError(f"expected {self.n_envs} actions (one per env), got {shown(actions)}")
+        for action in array:
+            self.template.actions.to_counts(action)
+        return array
+
     def instance_info(self, i: int) -> dict[str, Any]:
         """Env i's instance of a family (index, held out or not, its task-kwargs overrides); {} without."""
         family, instance = self.template.family, self.instances[i]
@@ -106,6 +125,10 @@ class BatchedEnvs:
                 named instances differ in shapes (or differ at all with ``shared_instance``).
         """
         t = self.template
+        if instance is not None and t.family is not None:
+            for k in instance if isinstance(instance, Sequence) and not isinstance(instance, str) else [instance]:
+                if k is not None:
+                    t.family.check_instance(k)
         if t.family is None:
             if instance is not None and not (isinstance(instance, Sequence) and all(k is None for k in instance)):
                 raise ValueError("reset(options={'instance': ...}) needs a family env")
@@ -260,6 +283,7 @@ class VecDUSEnv(VecEnv):
         self.template = self.batch.template
         super().__init__(n_envs, self.template.observation_space, self.template.action_space)
         self._actions: np.ndarray | None = None
+        self._closed = False
         if seed is not None:
             self.seed(seed)
 
@@ -284,6 +308,8 @@ class VecDUSEnv(VecEnv):
         With a family, ``set_options({"instance": k})`` puts every env on instance k, and a list of
         options env i on its ``"instance"`` (the others drawn from its shape group).
         """
+        if self._closed:
+            raise RuntimeError("this VecDUSEnv is closed; make a new one")
         for i, seed in enumerate(self._seeds):
             self.batch.seed(i, seed)
         named = [options.get("instance") for options in self._options]
@@ -294,8 +320,10 @@ class VecDUSEnv(VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        """Remember the actions; the work happens in :meth:`step_wait`."""
-        self._actions = np.asarray(actions)
+        """Remember the actions (checked now); the work happens in :meth:`step_wait`."""
+        if self._closed:
+            raise RuntimeError("this VecDUSEnv is closed; make a new one")
+        self._actions = self.batch.check_actions(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
         """Run K learner iterations of every env together, then score, reward and auto-reset."""
@@ -318,7 +346,8 @@ class VecDUSEnv(VecEnv):
         return obs, rewards, dones, infos
 
     def close(self) -> None:
-        """Nothing to release (one process, no workers)."""
+        """Nothing to release (one process, no workers); a closed VecDUSEnv refuses reset and step."""
+        self._closed = True
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """An attribute of the env settings (``settings``, ``n_iterations``...), the same for every env.

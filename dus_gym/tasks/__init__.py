@@ -10,8 +10,9 @@ function returning a :class:`Task`, found in one of three ways, the trust bounda
    ``[project.entry-points."dus_gym.tasks"] mytask = "mytasks:make_mytask"``;
 3. a ``"package.module:function"`` path, which imports that module and calls that function:
    accepted when it comes from the command line or from Python, and from a file read from disk
-   (a config, a run folder, an env spec, a bench config, agents/ppo.yml) only when the user opts
-   in (``--allow-task-import``; :func:`check_task_source`).
+   (a config, a task spec, a run folder, an env spec, a bench config, agents/ppo.yml, a resumed
+   policy run's args.yml) only when the user opts in on the command line (``--allow-task-import``;
+   :func:`check_task_source`). A family's ``generator`` follows the same rule (:func:`check_spec_sources`).
 
 Whatever the source, a builder must be a Python callable (a built-in such as ``os:system`` is
 refused before it is called) and must return a :class:`Task`.

@@ -167,6 +167,15 @@ class TaskFamily:
         """The indices of "train", "held-out" or "all" instances."""
         return {"train": self.train, "held-out": self.held_out, "all": tuple(range(len(self.instances)))}[name]
 
+    def check_instance(self, instance: Any) -> int:
+        """``instance`` if it is a plain int (not a bool, not a float) naming an instance; else a ValueError."""
+        if isinstance(instance, (bool, np.bool_)) or not isinstance(instance, (int, np.integer)):
+            raise ValueError(f"options['instance'] must be an int from 0 to {len(self.instances) - 1}, got "
+                             f"{shown(instance)} ({type(instance).__name__})")
+        if not 0 <= instance < len(self.instances):
+            raise ValueError(f"instance {instance} is not in this family (0 to {len(self.instances) - 1})")
+        return int(instance)
+
     def task_kwargs(self, i: int) -> dict[str, Any]:
         """The task kwargs of instance ``i`` (its overrides on the base kwargs)."""
         if not 0 <= i < len(self.instances):

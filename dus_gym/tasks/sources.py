@@ -84,7 +84,7 @@ def load_image(path: Path, size: int, mode: str = "RGB", crop: float = 1.0) -> t
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8).copy()
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:  # a bomb: over 2 x Image.MAX_IMAGE_PIXELS, not decoded
         raise ValueError(f"image {path} is missing or unreadable ({err}); rerun 'dus-gym prepare'") from err
     array = torch.from_numpy(pixels)
     array = array.unsqueeze(0) if array.dim() == 2 else array.permute(2, 0, 1)
