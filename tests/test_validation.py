@@ -46,7 +46,7 @@ def one_line(capsys, argv, tmp_path) -> str:
     (["run", "--sampler", "heuristic", "--set", "sampler_kwargs.alpah=3"], "unknown sampler_kwargs key 'alpah' "
                                                                            "(did you mean 'alpha'?)"),
     (["train-policy", "--env-kwargs", "iterations_per_stp=10", "--no-evaluate"],
-     "unknown env kwarg 'iterations_per_stp' for dus_gym/SyntheticFamily-v0 (did you mean 'iterations_per_step'?)"),
+     "unknown env kwarg 'iterations_per_stp' for dus_gym/SyntheticFamily-v1 (did you mean 'iterations_per_step'?)"),
     (["run", "--set", "learner.lr"], "must look like key=value"),
 ])
 def test_unknown_names_and_keys_suggest_the_nearest(argv, message, capsys, tmp_path):
