@@ -99,7 +99,7 @@ def test_reference_command_bad_input_is_one_line(tmp_path, capsys):
     assert "dus-gym: error: " in capsys.readouterr().err
     (tmp_path / "r.md").write_text("no block\n")
     assert main(["reference", "--readme", str(tmp_path / "r.md"), "--run-dir", str(tmp_path)]) == 2
-    assert "reference-SyntheticFamily-v0:start" in capsys.readouterr().err
+    assert "reference-SyntheticFamily-v1:start" in capsys.readouterr().err
     assert main(["reference", "--seeds", "0", "--agents", "heuristic-replay", "--run-dir", str(tmp_path)]) == 2
     assert "at least 2 seeds" in capsys.readouterr().err
     assert not list(tmp_path.glob("reference-*"))  # nothing half-written
@@ -107,7 +107,8 @@ def test_reference_command_bad_input_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("env_id, kwargs", [
     ("dus_gym/SyntheticFamily-v0", TINY),
-    ("dus_gym/MFeatFamily-v0", ["n_iterations=20", "iterations_per_step=10"]),
+    ("dus_gym/SyntheticFamily-v1", TINY),
+    ("dus_gym/MFeatFamily-v1", ["n_iterations=20", "iterations_per_step=10"]),
 ])
 def test_reference_agents_act_on_every_instance_of_a_family(env_id, kwargs, tmp_path, capsys):
     seeds = [str(s) for s in range(6)]
@@ -121,3 +122,19 @@ def test_reference_agents_act_on_every_instance_of_a_family(env_id, kwargs, tmp_
     assert np.isfinite(record["agents"]["uniform"]["mean_counts"][2])  # some seeds drew a 3-modality instance
     assert record["skipped"] == ["heuristic-replay", "constant"]
     assert "heuristic-replay and constant skipped" in capsys.readouterr().out
+
+
+def test_strength_reference_agents_are_the_rules_they_name():
+    import gymnasium as gym
+
+    from dus_gym.rl.reference import SamplerAgent
+    from dus_gym.samplers.rules import ConstantSampler, HeuristicSampler, UniformSampler
+
+    env = gym.make("dus_gym/SyntheticFamily-v1", n_iterations=20, iterations_per_step=10,
+                   task_kwargs={"n_samples": 300, "hidden_dim": 8}).unwrapped
+    obs, _ = env.reset(seed=0)
+    assert SamplerAgent(env, UniformSampler(32, env.n_modalities)).act(obs).tolist() == [-1.0]
+    heuristic = HeuristicSampler(32, env.n_modalities, alpha=15.0, allocation=True, n_min=4)
+    assert env.actions.alpha(SamplerAgent(env, heuristic).act(obs)) == pytest.approx(15.0)
+    with pytest.raises(ValueError, match="no strength action"):
+        SamplerAgent(env, ConstantSampler(32, env.n_modalities, [32] * env.n_modalities)).act(obs)

@@ -112,8 +112,23 @@ class SamplerAgent(ReferenceAgent):
             self.sampler.reset()
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """The sampler's counts for the observed state, as the nearest action."""
-        return self.env.actions.to_action(self.current().counts(self.state(obs)))
+        """The sampler's counts for the observed state, as the nearest action.
+
+        On a strength env (the action is the heuristic's alpha) uniform is alpha 0 and the heuristic is
+        its own alpha (clipped to the env's ``max_alpha``): the env then reallocates at every iteration
+        exactly as the sampler would.
+        """
+        sampler = self.current()
+        actions = self.env.actions
+        if actions.reacts:
+            if isinstance(sampler, UniformSampler):
+                alpha = 0.0
+            elif isinstance(sampler, HeuristicSampler) and not sampler.reverse and sampler.source == "train":
+                alpha = sampler.alpha
+            else:
+                raise ValueError(f"the {sampler.name} sampler has no strength action (only uniform and the heuristic)")
+            return np.array([np.clip(2.0 * alpha / actions.max_alpha - 1.0, -1.0, 1.0)], dtype=np.float32)
+        return actions.to_action(sampler.counts(self.state(obs)))
 
 
 class RandomAgent(ReferenceAgent):
@@ -190,9 +205,11 @@ def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] 
     B, M = core.learner_config.batch_size, core.n_modalities
     heuristic = {**sampler_settings("heuristic", core.task.name)}
     heuristic.update(n_min=core.config.n_min, n_max=core.config.n_max,
-                     allocation=core.config.action_type == "allocation")
+                     allocation=core.config.action_type in ("allocation", "strength"))
     skipped: list[str] = []
-    if core.family is not None:  # each seed draws its own instance (M = 2 or 3): no schedule fits them all
+    # a family: each seed draws its own instance (M = 2 or 3), no schedule fits them all; the strength action
+    # chooses the rule's alpha, not counts
+    if core.family is not None or core.actions.reacts:
         skipped = [name for name in ("heuristic-replay", "constant") if name in agents]
         agents = [name for name in agents if name not in skipped]
     plan: list[tuple[str, Any]] = [(UNIFORM, SamplerAgent(core, UniformSampler))]
