@@ -514,20 +514,19 @@ def format_subgroups(record: dict[str, Any]) -> str:
     rows, heuristic = record["rows"], record["heuristic"]
     main = [lb for lb in ("uniform", heuristic, "oracle", "ppo", "ppo-replay", "ppo-commit@1", "ppo-no-cmd",
                           "ppo-no-val") if lb in rows]
-    head = ["subgroup", "instances", "sampler", "fused acc", "Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]",
-            "Δ vs oracle [95% CI]"]
+    references = [name for name in ("uniform", heuristic, "oracle") if name in rows]
+    head = ["subgroup", "instances", "sampler", "fused acc",
+            *(f"Δ vs {'heuristic' if name == heuristic else name} [95% CI]" for name in references)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, members in subgroups(record).items():
         keep = set(members)
         for label in main:
             means = {i: v for i, v in _by_instance(rows[label]).items() if i in keep}
-            ref = {name: {i: v for i, v in _by_instance(rows[name]).items() if i in keep}
-                   for name in ("uniform", heuristic, "oracle") if name in rows}
+            ref = {name: {i: v for i, v in _by_instance(rows[name]).items() if i in keep} for name in references}
             lines.append("| " + " | ".join([
                 group, str(len(members)), _name(record, label),
                 format_mean_std([float(np.mean(v)) for v in means.values()]) if means else "—",
-                *("—" if name == label or name not in ref else format_clustered(means, ref[name])
-                  for name in ("uniform", heuristic, "oracle")),
+                *("—" if name == label else format_clustered(means, ref[name]) for name in references),
             ]) + " |")
     return "\n".join(lines)
 
