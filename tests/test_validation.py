@@ -1399,3 +1399,22 @@ def test_repeated_tasks_methods_and_samplers_are_refused_before_any_run(argv, me
     err = one_line(capsys, [*argv, *extra[argv[0]]], tmp_path)
     assert message in err
     assert not (tmp_path / "bench").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-policy", "-n", "100000000000", "--no-evaluate"], "n_timesteps must be >= 1 and <= 1_000_000_000"),
+    (["bench", "--workers", "100000", "--tasks", "synthetic"], "workers must be from 1 to 1024, got 100000"),
+    (["bench", "--workers", "0", "--tasks", "synthetic"], "workers must be from 1 to 1024, got 0"),
+    (["compare", "--task", "synthetic-family", "--workers", "0"], "workers must be from 1 to 1024, got 0"),
+    (["compare", "--task", "synthetic-family", "--workers", "-1"], "workers must be from 1 to 1024, got -1"),
+    (["tune", "ppo", "--trial-timesteps", "10000000000"], "trial_timesteps (up to 1_000_000_000)"),
+    (["tune", "ppo", "--eval-episodes", "1000000"], "eval episodes (up to 10_000)"),
+    (["tune", "ppo", "--trials", "0"], "trials (up to 100_000)"),
+    (["tune", "heuristic", "--trials", "10000000"], "trials must be from 1 to 100_000"),
+])
+def test_run_lengths_and_worker_counts_are_bounded(argv, message, capsys, tmp_path):
+    extra = {"bench": ["--out", str(tmp_path / "bench")], "compare": ["--out", str(tmp_path / "family")],
+             "tune": ["--study", str(tmp_path / "study")]}.get(argv[0], [])
+    err = one_line(capsys, [*argv, *extra, "--no-progress"], tmp_path)
+    assert message in err
+    assert not any(tmp_path.iterdir()) or not any(p.is_file() for p in tmp_path.rglob("*"))

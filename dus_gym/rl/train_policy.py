@@ -20,7 +20,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList, EvalCallback
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-from dus_gym.core.config import ConfigError, check_seeds, to_dict
+from dus_gym.core.config import MAX_TIMESTEPS, ConfigError, check_seeds, to_dict
 from dus_gym.core.files import new_run_folder, sha256_of, write_text_atomic
 from dus_gym.core.specs import sampler_settings, specs_dir
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
@@ -88,8 +88,10 @@ class TrainPolicyConfig:
         check_seeds(self.eval_seeds, "eval_seeds")
         if self.vec_env not in VEC_ENVS:
             raise ConfigError(f"vec_env must be one of {VEC_ENVS.names()}, got '{self.vec_env}'")
-        if self.n_timesteps is not None and self.n_timesteps < 1:
-            raise ConfigError(f"n_timesteps must be >= 1, got {self.n_timesteps}")
+        if self.n_timesteps is not None and not 1 <= self.n_timesteps <= MAX_TIMESTEPS:
+            raise ConfigError(f"n_timesteps must be >= 1 and <= {MAX_TIMESTEPS:_}, got {self.n_timesteps}")
+        if self.eval_instances < 1:
+            raise ConfigError(f"eval_instances must be >= 1, got {self.eval_instances}")
         if self.eval_freq < 0 or self.checkpoint_freq < 1:
             raise ConfigError(f"eval_freq must be >= 0 and checkpoint_freq >= 1, got {self.eval_freq} and "
                               f"{self.checkpoint_freq}")
