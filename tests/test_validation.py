@@ -1418,3 +1418,39 @@ def test_run_lengths_and_worker_counts_are_bounded(argv, message, capsys, tmp_pa
     err = one_line(capsys, [*argv, *extra, "--no-progress"], tmp_path)
     assert message in err
     assert not any(tmp_path.iterdir()) or not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def _prepared_gesture(tmp_path, train: str, test: str):
+    root = tmp_path / "nvgesture"
+    for modality in ("rgb", "depth", "flow"):
+        (root / modality / "c0").mkdir(parents=True)
+    (root / "metadata.json").write_text(json.dumps({
+        "format": "dus-gym-gesture", "dataset": "nvgesture", "classes": [f"class_{k:02d}" for k in range(1, 26)],
+        "frames": {"per_clip": 80}, "flow": {"bound": 20.0}}))
+    (root / "train.csv").write_text(f"clip,label\n{train}\n")
+    (root / "test.csv").write_text(f"clip,label\n{test}\n")
+    return root
+
+
+@pytest.mark.parametrize("train, test, message", [
+    ("../../outside,1", "c0,1", "clip name '../../outside' is not a plain file name"),
+    ("c0,1", "/tmp/outside,1", "clip name '/tmp/outside' is not a plain file name"),
+    ("c0,1", "c0,1", "1 clip(s) are in both the train and the test list (c0)"),
+])
+def test_a_prepared_gesture_folder_lists_plain_disjoint_clips(train, test, message, tmp_path):
+    root = _prepared_gesture(tmp_path, train, test)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_task("nvgesture", root=str(root), pretrained=False)
+
+
+@pytest.mark.parametrize("image", ["../../outside", "/tmp/outside", ".hidden"])
+def test_a_prepared_image_text_folder_lists_plain_image_names(image, tmp_path):
+    root = tmp_path / "twitter"
+    (root / "images").mkdir(parents=True)
+    (root / "metadata.json").write_text(json.dumps({
+        "format": "dus-gym-imagetext", "dataset": "twitter2015", "classes": ["negative", "neutral", "positive"],
+        "text": {"max_length": 30, "vocab_size": 120}, "image": {"size": 32}}))
+    for split in ("train", "val", "test"):
+        (root / f"{split}.csv").write_text(f"sample,image,label\n{split}-000000,{image},0\n")
+    with pytest.raises(ValueError, match="image name .* is not a plain file name"):
+        make_task("twitter2015", root=str(root), pretrained=False, text_config={"hidden_size": 8})
