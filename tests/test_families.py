@@ -190,9 +190,16 @@ def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy,
 
     from dus_gym.cli import main
 
+    import shutil
+
     _, folder = tiny_family_policy
+    blind = tmp_path / "blind"  # a stand-in for a twin trained with blind=true: the same network, acting blind
+    shutil.copytree(folder, blind)
+    policy = json.loads((blind / "policy.json").read_text())
+    policy["env"]["blind"] = True
+    (blind / "policy.json").write_text(json.dumps(policy))
     argv = ["compare", "--task", "synthetic-family", "--n-instances", "3", "--seeds", "0", "1", "--alphas", "3", "10",
-            "--tune-instances", "2", "--no-ogm-ge", "--policy", str(folder), "--blind-policy", str(folder),
+            "--tune-instances", "2", "--no-ogm-ge", "--policy", str(folder), "--blind-policy", str(blind),
             "--workers", "1", "--out", str(tmp_path / "fam"), "--no-progress", "--set", "n_iterations=20",
             "--set", "task_kwargs.hidden_dim=8", "--set", "task_kwargs.n_samples=300", "--set", "eval_every=20"]
     assert main(argv) == 0
