@@ -1454,3 +1454,27 @@ def test_a_prepared_image_text_folder_lists_plain_image_names(image, tmp_path):
         (root / f"{split}.csv").write_text(f"sample,image,label\n{split}-000000,{image},0\n")
     with pytest.raises(ValueError, match="image name .* is not a plain file name"):
         make_task("twitter2015", root=str(root), pretrained=False, text_config={"hidden_size": 8})
+
+
+@pytest.mark.parametrize("where", ["ppo yaml", "tune ppo yaml", "config", "env spec"])
+def test_a_files_family_generator_is_checked_even_when_the_task_is_given_elsewhere(where, capsys, tmp_path):
+    victim = _victim(tmp_path)
+    family = {"generator": "shutil:rmtree", "generator_kwargs": {"path": str(victim)}}
+    if where == "env spec":
+        from dus_gym.rl.env import make_spec_env
+
+        spec = _family_spec(tmp_path, family=family)
+        with pytest.raises(ConfigError, match="names the family generator 'shutil:rmtree'"):
+            make_spec_env(spec, task="synthetic")
+    else:
+        if where == "config":
+            (tmp_path / "c.yaml").write_text(yaml.safe_dump({"family": family, "n_iterations": 2}))
+            argv = ["run", "--task", "synthetic", "--config", str(tmp_path / "c.yaml")]
+        else:
+            (tmp_path / "ppo.yml").write_text(yaml.safe_dump({"default": {"env_kwargs": {"family": family}}}))
+            argv = (["train-policy", "--no-evaluate"] if where == "ppo yaml" else
+                    ["tune", "ppo", "--study", str(tmp_path / "study"), "--no-progress"])
+            argv += ["-conf", str(tmp_path / "ppo.yml"), "--env-kwargs", "task=synthetic"]
+        err = one_line(capsys, argv, tmp_path)
+        assert "names the family generator 'shutil:rmtree'" in err and "--allow-task-import" in err
+    assert (victim / "keep.txt").is_file()

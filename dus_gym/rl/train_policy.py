@@ -104,8 +104,7 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
     hp_path = Path(config.hyperparams) if config.hyperparams else specs_dir("agents") / "ppo.yml"
     hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id,
                                             fallback=None if config.hyperparams else FALLBACK_HYPERPARAMS)
-    if "task" not in config.env_kwargs:
-        check_hyperparams_task(hp.env_kwargs, hp_path, config.allow_task_import)
+    check_hyperparams_task(hp.env_kwargs, hp_path, config.allow_task_import, task="task" not in config.env_kwargs)
     env_kwargs = {**hp.env_kwargs, **config.env_kwargs}
     n_timesteps = config.n_timesteps or hp.n_timesteps
     if config.resume:
