@@ -924,7 +924,9 @@ SPEC_CODE = {
 def test_a_task_spec_given_as_task_names_code_only_under_the_opt_in(command, code, capsys, tmp_path):
     victim = _victim(tmp_path)
     spec = _family_spec(tmp_path, **SPEC_CODE[code](tmp_path))
-    where = ["--tasks", str(spec), "--out", str(tmp_path / "bench")] if command[0] == "bench" else ["--task", str(spec)]
+    where = {"bench": ["--tasks", str(spec), "--out", str(tmp_path / "bench")],
+             "compare": ["--task", str(spec), "--out", str(tmp_path / "family")],
+             "tune": ["--task", str(spec), "--study", str(tmp_path / "study")]}.get(command[0], ["--task", str(spec)])
     err = one_line(capsys, [*command, *where], tmp_path)
     named = code.split()[1]
     assert f"the task spec {spec}" in err and f"'{named}'" in err and "--allow-task-import" in err
