@@ -187,10 +187,9 @@ def test_a_family_policy_drives_runs_of_two_and_three_modalities(tiny_family_pol
 
 def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy, tmp_path, capsys):
     import json
+    import shutil
 
     from dus_gym.cli import main
-
-    import shutil
 
     _, folder = tiny_family_policy
     blind = tmp_path / "blind"  # a stand-in for a twin trained with blind=true: the same network, acting blind
