@@ -74,8 +74,9 @@ def resolve_config(args: argparse.Namespace, sampler: str | None = None,
         flags["run_dir"] = args.run_dir
     config = read_yaml(Path(args.config)) if args.config else None
     overrides = parse_overrides(args.set) if overrides is None else overrides
-    if config and args.task is None and "task" not in overrides:  # the task would come from the file
-        check_spec_sources(config, f"the config file {args.config}", args.allow_task_import)
+    if config:  # its task only when the task would come from the file; its family generator always
+        check_spec_sources(config, f"the config file {args.config}", args.allow_task_import,
+                           task=args.task is None and "task" not in overrides)
     check_task_spec(args.task, args.allow_task_import)
     return resolve_run_config(args.task, config=config, sampler=sampler or getattr(args, "sampler", None),
                               flags=flags, overrides=overrides)
@@ -285,9 +286,9 @@ def tune_command(args: argparse.Namespace) -> int:
     """``dus-gym tune heuristic|ppo``."""
     if args.target == "ppo":
         env_kwargs = parse_overrides(args.env_kwargs)
-        if "task" not in env_kwargs and args.hyperparams:
+        if args.hyperparams:
             check_hyperparams_task(load_hyperparams(args.hyperparams, args.env).env_kwargs, Path(args.hyperparams),
-                                   args.allow_task_import)
+                                   args.allow_task_import, task="task" not in env_kwargs)
         folder = args.study or f"runs/tune-{args.env.split('/')[-1]}-ppo"
         record = tune_ppo(PPOTuneConfig(
             env_id=args.env, folder=folder, hyperparams=args.hyperparams, env_kwargs=env_kwargs,

@@ -187,14 +187,20 @@ def test_a_family_policy_drives_runs_of_two_and_three_modalities(tiny_family_pol
 
 def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy, tmp_path, capsys):
     import json
+    import shutil
 
     from dus_gym.cli import main
 
     _, folder = tiny_family_policy
+    blind = tmp_path / "blind"  # a stand-in for a twin trained with blind=true: the same network, acting blind
+    shutil.copytree(folder, blind)
+    policy = json.loads((blind / "policy.json").read_text())
+    policy["env"]["blind"] = True
+    (blind / "policy.json").write_text(json.dumps(policy))
     argv = ["compare", "--task", "synthetic-family", "--n-instances", "3", "--seeds", "0", "1", "--alphas", "3", "10",
             "--sources", "train", "val", "probe", "--tune-instances", "2", "--tune-seeds", "0", "--no-ogm-ge",
             "--policy", str(folder), "--policy", str(folder), "--no-cmd-policy", str(folder),
-            "--workers", "1", "--out", str(tmp_path / "fam"), "--no-progress",
+            "--blind-policy", str(blind), "--workers", "1", "--out", str(tmp_path / "fam"), "--no-progress",
             "--set", "n_iterations=20", "--set", "task_kwargs.hidden_dim=8", "--set", "task_kwargs.n_samples=300",
             "--set", "eval_every=20"]
     assert main(argv) == 0
@@ -202,7 +208,7 @@ def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy,
     rows = record["rows"]
     pooled = {"ppo", "ppo-replay", "ppo-replay-other", "ppo-commit@1", "ppo-commit@3", "ppo-no-cmd"}
     assert set(rows) == {"uniform", "heuristic-train", "heuristic-val", "heuristic-probe", "heuristic-reversed",
-                         "oracle", *pooled, *(f"{p}#0" for p in pooled),
+                         "oracle", "equivariant-blind", *pooled, *(f"{p}#0" for p in pooled),
                          *(f"{p}#1" for p in pooled - {"ppo-no-cmd"})}
     cases = [(c["instance"], c["seed"]) for c in rows["uniform"]]
     assert len(cases) == 6 and all([(c["instance"], c["seed"]) for c in r] == cases for r in rows.values())

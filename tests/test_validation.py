@@ -924,7 +924,9 @@ SPEC_CODE = {
 def test_a_task_spec_given_as_task_names_code_only_under_the_opt_in(command, code, capsys, tmp_path):
     victim = _victim(tmp_path)
     spec = _family_spec(tmp_path, **SPEC_CODE[code](tmp_path))
-    where = ["--tasks", str(spec), "--out", str(tmp_path / "bench")] if command[0] == "bench" else ["--task", str(spec)]
+    where = {"bench": ["--tasks", str(spec), "--out", str(tmp_path / "bench")],
+             "compare": ["--task", str(spec), "--out", str(tmp_path / "family")],
+             "tune": ["--task", str(spec), "--study", str(tmp_path / "study")]}.get(command[0], ["--task", str(spec)])
     err = one_line(capsys, [*command, *where], tmp_path)
     named = code.split()[1]
     assert f"the task spec {spec}" in err and f"'{named}'" in err and "--allow-task-import" in err
@@ -1399,3 +1401,82 @@ def test_repeated_tasks_methods_and_samplers_are_refused_before_any_run(argv, me
     err = one_line(capsys, [*argv, *extra[argv[0]]], tmp_path)
     assert message in err
     assert not (tmp_path / "bench").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-policy", "-n", "100000000000", "--no-evaluate"], "n_timesteps must be >= 1 and <= 1_000_000_000"),
+    (["bench", "--workers", "100000", "--tasks", "synthetic"], "workers must be from 1 to 1024, got 100000"),
+    (["bench", "--workers", "0", "--tasks", "synthetic"], "workers must be from 1 to 1024, got 0"),
+    (["compare", "--task", "synthetic-family", "--workers", "0"], "workers must be from 1 to 1024, got 0"),
+    (["compare", "--task", "synthetic-family", "--workers", "-1"], "workers must be from 1 to 1024, got -1"),
+    (["tune", "ppo", "--trial-timesteps", "10000000000"], "trial_timesteps (up to 1_000_000_000)"),
+    (["tune", "ppo", "--eval-episodes", "1000000"], "eval episodes (up to 10_000)"),
+    (["tune", "ppo", "--trials", "0"], "trials (up to 100_000)"),
+    (["tune", "heuristic", "--trials", "10000000"], "trials must be from 1 to 100_000"),
+])
+def test_run_lengths_and_worker_counts_are_bounded(argv, message, capsys, tmp_path):
+    extra = {"bench": ["--out", str(tmp_path / "bench")], "compare": ["--out", str(tmp_path / "family")],
+             "tune": ["--study", str(tmp_path / "study")]}.get(argv[0], [])
+    err = one_line(capsys, [*argv, *extra, "--no-progress"], tmp_path)
+    assert message in err
+    assert not any(tmp_path.iterdir()) or not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def _prepared_gesture(tmp_path, train: str, test: str):
+    root = tmp_path / "nvgesture"
+    for modality in ("rgb", "depth", "flow"):
+        (root / modality / "c0").mkdir(parents=True)
+    (root / "metadata.json").write_text(json.dumps({
+        "format": "dus-gym-gesture", "dataset": "nvgesture", "classes": [f"class_{k:02d}" for k in range(1, 26)],
+        "frames": {"per_clip": 80}, "flow": {"bound": 20.0}}))
+    (root / "train.csv").write_text(f"clip,label\n{train}\n")
+    (root / "test.csv").write_text(f"clip,label\n{test}\n")
+    return root
+
+
+@pytest.mark.parametrize("train, test, message", [
+    ("../../outside,1", "c0,1", "clip name '../../outside' is not a plain file name"),
+    ("c0,1", "/tmp/outside,1", "clip name '/tmp/outside' is not a plain file name"),
+    ("c0,1", "c0,1", "1 clip(s) are in both the train and the test list (c0)"),
+])
+def test_a_prepared_gesture_folder_lists_plain_disjoint_clips(train, test, message, tmp_path):
+    root = _prepared_gesture(tmp_path, train, test)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_task("nvgesture", root=str(root), pretrained=False)
+
+
+@pytest.mark.parametrize("image", ["../../outside", "/tmp/outside", ".hidden"])
+def test_a_prepared_image_text_folder_lists_plain_image_names(image, tmp_path):
+    root = tmp_path / "twitter"
+    (root / "images").mkdir(parents=True)
+    (root / "metadata.json").write_text(json.dumps({
+        "format": "dus-gym-imagetext", "dataset": "twitter2015", "classes": ["negative", "neutral", "positive"],
+        "text": {"max_length": 30, "vocab_size": 120}, "image": {"size": 32}}))
+    for split in ("train", "val", "test"):
+        (root / f"{split}.csv").write_text(f"sample,image,label\n{split}-000000,{image},0\n")
+    with pytest.raises(ValueError, match="image name .* is not a plain file name"):
+        make_task("twitter2015", root=str(root), pretrained=False, text_config={"hidden_size": 8})
+
+
+@pytest.mark.parametrize("where", ["ppo yaml", "tune ppo yaml", "config", "env spec"])
+def test_a_files_family_generator_is_checked_even_when_the_task_is_given_elsewhere(where, capsys, tmp_path):
+    victim = _victim(tmp_path)
+    family = {"generator": "shutil:rmtree", "generator_kwargs": {"path": str(victim)}}
+    if where == "env spec":
+        from dus_gym.rl.env import make_spec_env
+
+        spec = _family_spec(tmp_path, family=family)
+        with pytest.raises(ConfigError, match="names the family generator 'shutil:rmtree'"):
+            make_spec_env(spec, task="synthetic")
+    else:
+        if where == "config":
+            (tmp_path / "c.yaml").write_text(yaml.safe_dump({"family": family, "n_iterations": 2}))
+            argv = ["run", "--task", "synthetic", "--config", str(tmp_path / "c.yaml")]
+        else:
+            (tmp_path / "ppo.yml").write_text(yaml.safe_dump({"default": {"env_kwargs": {"family": family}}}))
+            argv = (["train-policy", "--no-evaluate"] if where == "ppo yaml" else
+                    ["tune", "ppo", "--study", str(tmp_path / "study"), "--no-progress"])
+            argv += ["-conf", str(tmp_path / "ppo.yml"), "--env-kwargs", "task=synthetic"]
+        err = one_line(capsys, argv, tmp_path)
+        assert "names the family generator 'shutil:rmtree'" in err and "--allow-task-import" in err
+    assert (victim / "keep.txt").is_file()

@@ -33,6 +33,12 @@ MAX_SHOWN = 200
 """Characters of a value shown in an error message."""
 MAX_ENVS = 1024
 """Upper bound of the envs of one vector env (each holds a learner and its episode state)."""
+MAX_WORKERS = 1024
+"""Upper bound of the worker processes of a bench, a family comparison or a prepare."""
+MAX_TIMESTEPS = 1_000_000_000
+"""Upper bound of a policy's training (or a tuning trial's) env steps."""
+MAX_TRIALS = 100_000
+"""Upper bound of the trials of a tuning study."""
 
 
 @dataclass(frozen=True)

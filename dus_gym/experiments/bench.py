@@ -30,7 +30,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dus_gym.core.config import MAX_SHOWN, ConfigError, RunConfig, check_distinct, check_seeds, from_dict, to_dict
+from dus_gym.core.config import (
+    MAX_SHOWN,
+    MAX_WORKERS,
+    ConfigError,
+    RunConfig,
+    check_distinct,
+    check_seeds,
+    from_dict,
+    to_dict,
+)
 from dus_gym.core.extras import require
 from dus_gym.core.files import atomic_path, write_bytes_atomic, write_text_atomic
 from dus_gym.core.methods import METHODS, check_method_fusion, make_method
@@ -108,8 +117,8 @@ class BenchConfig:
             check_distinct(getattr(self, where), where)
         if self.n_iterations is not None and self.n_iterations < 1:
             raise ConfigError(f"n_iterations must be >= 1, got {self.n_iterations}")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {self.workers}")
         if self.plot_seed is not None and self.plot_seed not in self.seeds:
             raise ConfigError(f"plot_seed {self.plot_seed} is not one of the seeds {list(self.seeds)}")
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from dus_gym.core.config import ConfigError, RunConfig, check_seeds, shown, to_dict
+from dus_gym.core.config import MAX_TRIALS, ConfigError, RunConfig, check_seeds, shown, to_dict
 from dus_gym.core.extras import require
 from dus_gym.core.files import write_text_atomic
 from dus_gym.experiments.callbacks import RunCallback
@@ -263,9 +263,10 @@ class HeuristicTuneConfig:
         if set(self.seeds) & set(self.eval_seeds):
             raise ConfigError(f"the evaluation seeds must be held out: {sorted(set(self.seeds) & set(self.eval_seeds))}"
                               " are also tuning seeds")
-        if self.n_trials < 1 or (self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0)):
-            raise ConfigError(f"trials must be >= 1 and timeout a finite number of seconds > 0, got {self.n_trials} "
-                              f"and {self.timeout}")
+        bad_timeout = self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0)
+        if not 1 <= self.n_trials <= MAX_TRIALS or bad_timeout:
+            raise ConfigError(f"trials must be from 1 to {MAX_TRIALS:_} and timeout a finite number of seconds > 0, "
+                              f"got {self.n_trials} and {self.timeout}")
         lo, hi = self.alpha_range
         if not 0 < lo < hi <= 100:
             raise ConfigError(f"alpha_range must satisfy 0 < low < high <= 100, got {self.alpha_range}")

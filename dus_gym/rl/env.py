@@ -21,7 +21,7 @@ from dus_gym.rl.registration import env_kwargs_of, spec_config
 from dus_gym.rl.render import RENDER_FPS, RENDER_MODES, EpisodeTrace, check_render_mode
 from dus_gym.samplers.action import CountsAction
 from dus_gym.tasks import Task, cached_task
-from dus_gym.tasks.families import TaskFamily
+from dus_gym.tasks.families import TaskFamily, check_reset_options
 
 
 class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -219,14 +219,11 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         drawn from the env's pool (``instances``: "train" by default) with the env's ``np_random``.
         """
         self._check_open()
-        if options is not None and not isinstance(options, dict):
-            raise ValueError(f"reset options must be a dict or None, got {type(options).__name__}")
-        chosen = (options or {}).get("instance")
-        if chosen is not None and self.family is not None:
-            chosen = self.family.check_instance(chosen)
+        check_reset_options(options, self.family)
         super().reset(seed=seed)
         if self.family is not None:
-            instance = int(self.np_random.choice(self.pool)) if chosen is None else chosen
+            chosen = (options or {}).get("instance")
+            instance = int(self.np_random.choice(self.pool)) if chosen is None else int(chosen)
             if instance != self.instance:
                 self._use(self._instance_task(instance))
                 self.instance = instance

@@ -24,7 +24,7 @@ from typing import Any
 from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 
-from dus_gym.core.config import MAX_ENVS, ConfigError, did_you_mean
+from dus_gym.core.config import MAX_ENVS, MAX_TIMESTEPS, ConfigError, did_you_mean
 from dus_gym.core.files import read_yaml
 from dus_gym.rl.policies import POLICIES
 
@@ -160,8 +160,6 @@ PPO_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
 rate in (0, 1], gamma and gae_lambda in [0, 1], a clip range in (0, 10], coefficients in [0, 1000]; counts
 are whole numbers (n_steps up to 1,000,000 per env, n_envs up to 1024, n_timesteps up to 10^9). None
 keeps SB3's default where SB3 takes None (clip_range_vf, target_kl)."""
-MAX_TIMESTEPS = 1_000_000_000
-"""Upper bound of a training run's env steps (n_timesteps)."""
 
 
 def check_ppo_value(key: str, value: Any, where: str) -> None:

@@ -117,9 +117,12 @@ def load_last_checkpoint(folder: Path, venv: VecEnv, normalize: bool, **ppo_kwar
     raise ValueError(f"no checkpoint of {folder} can be loaded ({'; '.join(failures)}); start a new run")
 
 
-def check_hyperparams_task(env_kwargs: dict[str, Any], path: Path, allow_task_import: bool) -> None:
-    """Refuse a ``module:function`` ``env_kwargs.task`` in a hyper-parameter file (read from disk) unless allowed."""
-    check_spec_sources(env_kwargs, f"the hyper-parameter file {path} (env_kwargs)", allow_task_import)
+def check_hyperparams_task(env_kwargs: dict[str, Any], path: Path, allow_task_import: bool, task: bool = True) -> None:
+    """Refuse a ``module:function`` task or family generator in a hyper-parameter file's ``env_kwargs`` unless allowed.
+
+    ``task=False``: the task is given elsewhere (``--env-kwargs task=...``), so only the generator is checked.
+    """
+    check_spec_sources(env_kwargs, f"the hyper-parameter file {path} (env_kwargs)", allow_task_import, task=task)
 
 
 def _plain(value: Any) -> Any:

@@ -100,11 +100,11 @@ def run_mapping(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
     return mapping
 
 
-def _check_task_source(task: Any, source: str, allow_task_import: bool) -> None:
-    """:func:`dus_gym.tasks.check_task_source`, imported when a spec is read (``import dus_gym`` needs no torch)."""
+def _check_task_source(data: Any, source: str, allow_task_import: bool, task: bool = True) -> None:
+    """:func:`dus_gym.tasks.check_spec_sources`, imported when a spec is read (``import dus_gym`` needs no torch)."""
     from dus_gym.tasks import check_spec_sources
 
-    check_spec_sources(task, source, allow_task_import)
+    check_spec_sources(data, source, allow_task_import, task=task)
 
 
 def is_shipped(path: Path) -> bool:
@@ -121,8 +121,8 @@ def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir
     """
     path = spec_path(spec)
     data = read_yaml(path)
-    if "task" not in overrides and not is_shipped(path):
-        _check_task_source(data, f"the env spec {path}", allow_task_import)
+    if not is_shipped(path):  # its task unless the overrides name one; its family generator always
+        _check_task_source(data, f"the env spec {path}", allow_task_import, task="task" not in overrides)
     data = deep_merge(data, run_mapping(overrides, where))
     if run_dir is not None:
         data["run_dir"] = str(run_dir)

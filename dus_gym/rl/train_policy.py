@@ -20,7 +20,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList, EvalCallback
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-from dus_gym.core.config import ConfigError, check_seeds, to_dict
+from dus_gym.core.config import MAX_TIMESTEPS, ConfigError, check_seeds, to_dict
 from dus_gym.core.files import new_run_folder, sha256_of, write_text_atomic
 from dus_gym.core.specs import sampler_settings, specs_dir
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
@@ -88,8 +88,10 @@ class TrainPolicyConfig:
         check_seeds(self.eval_seeds, "eval_seeds")
         if self.vec_env not in VEC_ENVS:
             raise ConfigError(f"vec_env must be one of {VEC_ENVS.names()}, got '{self.vec_env}'")
-        if self.n_timesteps is not None and self.n_timesteps < 1:
-            raise ConfigError(f"n_timesteps must be >= 1, got {self.n_timesteps}")
+        if self.n_timesteps is not None and not 1 <= self.n_timesteps <= MAX_TIMESTEPS:
+            raise ConfigError(f"n_timesteps must be >= 1 and <= {MAX_TIMESTEPS:_}, got {self.n_timesteps}")
+        if self.eval_instances < 1:
+            raise ConfigError(f"eval_instances must be >= 1, got {self.eval_instances}")
         if self.eval_freq < 0 or self.checkpoint_freq < 1:
             raise ConfigError(f"eval_freq must be >= 0 and checkpoint_freq >= 1, got {self.eval_freq} and "
                               f"{self.checkpoint_freq}")
@@ -102,8 +104,7 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
     hp_path = Path(config.hyperparams) if config.hyperparams else specs_dir("agents") / "ppo.yml"
     hp: AgentHyperparams = load_hyperparams(hp_path, config.env_id,
                                             fallback=None if config.hyperparams else FALLBACK_HYPERPARAMS)
-    if "task" not in config.env_kwargs:
-        check_hyperparams_task(hp.env_kwargs, hp_path, config.allow_task_import)
+    check_hyperparams_task(hp.env_kwargs, hp_path, config.allow_task_import, task="task" not in config.env_kwargs)
     env_kwargs = {**hp.env_kwargs, **config.env_kwargs}
     n_timesteps = config.n_timesteps or hp.n_timesteps
     if config.resume:

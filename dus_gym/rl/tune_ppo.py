@@ -26,7 +26,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from dus_gym.core.config import ConfigError, check_seeds
+from dus_gym.core.config import MAX_TIMESTEPS, MAX_TRIALS, ConfigError, check_seeds
 from dus_gym.core.files import write_text_atomic
 from dus_gym.core.specs import specs_dir
 from dus_gym.experiments.tune import (
@@ -79,9 +79,11 @@ class PPOTuneConfig:
 
     def __post_init__(self) -> None:
         check_seeds([self.seed], "seed")
-        if self.n_trials < 1 or self.trial_timesteps < 1 or self.n_eval_episodes < 1:
-            raise ConfigError(f"trials, trial_timesteps and eval episodes must be >= 1, got {self.n_trials}, "
-                              f"{self.trial_timesteps} and {self.n_eval_episodes}")
+        if not (1 <= self.n_trials <= MAX_TRIALS and 1 <= self.trial_timesteps <= MAX_TIMESTEPS
+                and 1 <= self.n_eval_episodes <= 10_000):
+            raise ConfigError(f"trials (up to {MAX_TRIALS:_}), trial_timesteps (up to {MAX_TIMESTEPS:_}) and eval "
+                              f"episodes (up to 10_000) must be >= 1, got {self.n_trials}, {self.trial_timesteps} "
+                              f"and {self.n_eval_episodes}")
         if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ConfigError(f"timeout must be a finite number of seconds > 0, got {self.timeout}")
         if self.vec_env not in VEC_ENVS or self.vec_env == "ray":

@@ -99,14 +99,25 @@ def check_task_source(name: Any, source: str, allow_import: bool = False) -> Non
             f"Give it on the command line (--task {name[:MAX_SHOWN]}) or pass {OPT_IN} if you trust the file")
 
 
-def check_spec_sources(data: Any, source: str, allow_import: bool = False) -> None:
-    """:func:`check_task_source` for every code path a run mapping can name: its ``task`` and its family's generator."""
+def check_spec_sources(data: Any, source: str, allow_import: bool = False, task: bool = True) -> None:
+    """:func:`check_task_source` for every code path a run mapping can name: its ``task`` and its family's generator.
+
+    ``task=False``: the task is given elsewhere (the command line), so only the generator is checked.
+    """
     if not isinstance(data, dict):
         return
-    check_task_source(data.get("task"), source, allow_import)
+    if task:
+        check_task_source(data.get("task"), source, allow_import)
     family = data.get("family")
-    if isinstance(family, dict):
-        check_task_source(family.get("generator"), f"{source} (family.generator)", allow_import)
+    generator = family.get("generator") if isinstance(family, dict) else None
+    if isinstance(generator, str) and ":" in generator and not allow_import:
+        from dus_gym.tasks.families import FAMILIES
+
+        if generator not in FAMILIES:
+            raise ConfigError(
+                f"{source} names the family generator '{generator[:MAX_SHOWN]}' (family.generator), which would "
+                f"import and run that code; a file may name only the built-in generators "
+                f"({', '.join(FAMILIES.names())}). Pass {OPT_IN} if you trust the file")
 
 
 @contextmanager

@@ -185,3 +185,15 @@ class TaskFamily:
     def make(self, i: int) -> Task:
         """The task of instance ``i`` (built once per process)."""
         return cached_task(self.task, **self.task_kwargs(i))
+
+
+def check_reset_options(options: Any, family: TaskFamily | None) -> None:
+    """Refuse ``reset`` options that are not a dict (or None), or a family ``instance`` not a plain int in range.
+
+    Raises:
+        ValueError: options of another type; an instance that is a bool, a float, a string, a list or out of range.
+    """
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"reset options must be a dict or None, got {type(options).__name__}")
+    if family is not None and (options or {}).get("instance") is not None:
+        family.check_instance(options["instance"])

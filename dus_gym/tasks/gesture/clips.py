@@ -22,7 +22,7 @@ import torch
 from dus_gym.tasks.base import MultimodalSplit, Task
 from dus_gym.tasks.gesture.prepare import FLOW_BOUND, FORMAT, MODALITIES
 from dus_gym.tasks.i3d import I3DEncoder
-from dus_gym.tasks.layout import holdout, read_metadata, read_split_csv
+from dus_gym.tasks.layout import check_clip_name, check_disjoint, holdout, read_metadata, read_split_csv
 from dus_gym.tasks.sources import ClipSource, imagenet_normalize, load_image
 from dus_gym.tasks.weights import I3D_FLOW, I3D_RGB, load_state_dict
 
@@ -68,7 +68,8 @@ class GestureFrames(ClipSource):
 def read_clips(root: Path, split: str) -> tuple[list[str], np.ndarray]:
     """Clip names and class indices (0-24) of a prepared split, checking every clip's folders."""
     clips, labels = [], []
-    for clip, label in ((row[0], int(row[1])) for row in read_split_csv(root, split)):
+    for line, (clip, label) in enumerate(((row[0], int(row[1])) for row in read_split_csv(root, split)), start=2):
+        check_clip_name(clip, f"{root / f'{split}.csv'}, line {line}")  # a folder under the data root, not a path
         missing = [m for m in MODALITIES if not (root / m / clip).is_dir()]
         if missing:
             raise FileNotFoundError(f"clip '{clip}' of {split}.csv is incomplete under {root} ({', '.join(missing)} "
@@ -125,6 +126,7 @@ def make_nvgesture(
                          f"{FLOW_BOUND}: rerun 'dus-gym prepare nvgesture'")
     train_clips, train_labels = read_clips(root_path, "train")
     test_clips, test_labels = read_clips(root_path, "test")
+    check_disjoint({"train": train_clips, "test": test_clips}, f"{root_path} (train.csv, test.csv)")
     fit, val = holdout(train_labels, val_fraction, split_seed)
 
     def split(clips: list[str], labels: np.ndarray) -> MultimodalSplit:

@@ -22,7 +22,7 @@ import torch
 from dus_gym.tasks.base import MultimodalSplit, Task
 from dus_gym.tasks.bert import BertTextEncoder
 from dus_gym.tasks.imagetext.prepare import DEFAULT_TOKENIZER, FORMAT, SPLITS
-from dus_gym.tasks.layout import read_metadata, read_split_csv
+from dus_gym.tasks.layout import check_clip_name, read_metadata, read_split_csv
 from dus_gym.tasks.resnet import ImageResNetEncoder
 from dus_gym.tasks.sources import ClipSource, HostTensor, imagenet_normalize, load_image
 from dus_gym.tasks.weights import TORCHVISION_RESNET50, load_state_dict
@@ -108,7 +108,7 @@ def make_imagetext(
 
     def split(name: str) -> MultimodalSplit:
         rows = read_split_csv(root_path, name, "samples")
-        images = [row[1] for row in rows]
+        images = [check_clip_name(row[1], f"{root_path / f'{name}.csv'}", "image name") for row in rows]
         missing = [image for image in dict.fromkeys(images) if not (root_path / "images" / f"{image}.jpg").is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} image(s) of {name}.csv are missing under {root_path / 'images'} "

@@ -318,7 +318,7 @@ def prepare_imagetext(dataset: str, src: str | Path, dst: str | Path, train_list
     for split, split_records in records.items():
         for record in split_records:  # a name read below the image folder, never a path
             check_clip_name(record.image, f"{paths[split]}", "image name")
-    keys = {split: [f"{image_key(r.image)} {r.text[:40]!r}" for r in rs] for split, rs in records.items()}
+    keys = {split: [f"{image_key(r.image)} {r.text!r}" for r in rs] for split, rs in records.items()}
     check_disjoint(keys, f"the {dataset} split lists", "sample (image and text)")
     folder = find_image_dir(spec, src)
     images: dict[str, Path | None] = {}
