@@ -236,7 +236,7 @@ def test_family_comparison_pairs_every_row_on_the_same_cases(tiny_family_policy,
     two = {(c["instance"], c["seed"]): c["acc"] for c in rows["ppo#1"]}
     assert all(c["acc"] == pytest.approx(two[(c["instance"], c["seed"])]) for c in rows["ppo"])  # mean of equal seeds
     out = capsys.readouterr().out
-    assert "ppo − row" in out and "df = 2" in out and "harmful" in out and "normalised" in out
+    assert "ppo − row" in out and "df = 2" in out and "harmful" in out and "IQM normalised" in out
     assert main(argv) == 0  # a rerun resumes: nothing runs again
     assert json.loads((tmp_path / "fam" / "family.json").read_text())["ran"] == 0
 
