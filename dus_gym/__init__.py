@@ -34,6 +34,11 @@ def _drop_working_folder() -> None:
     if run_as_module:
         cwd = os.getcwd()
         sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
+        # the folder this package lives in goes last (installed packages first): spawned worker processes
+        # start from this sys.path and must still find the package (an editable install run from the checkout)
+        home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if home not in sys.path:
+            sys.path.append(home)
 
 
 _drop_working_folder()
