@@ -101,6 +101,7 @@ def test_prepare_errors(tmp_path, monkeypatch):
     (raw / "test.csv").write_text("b,NEU\n")
     with pytest.raises(ValueError, match="XYZ"):
         prepare_dataset("cremad", raw, tmp_path / "out", progress=False)
+    (raw / "train.csv").write_text("a,HAP\n")  # valid lists: the lists are checked before ffmpeg is looked for
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="apt-get install ffmpeg"):
         prepare_dataset("cremad", raw, tmp_path / "out", progress=False)
