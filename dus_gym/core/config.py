@@ -142,7 +142,7 @@ class FamilyConfig:
     """A task family: task instances (overrides of the task's kwargs), split into training and held-out ones.
 
     The instances are ``instances`` as listed, or the list a generator returns (a name of
-    ``dus_gym.tasks.families.FAMILIES``, or "package.module:function" for a user's own) called with
+    ``dus_gym.tasks.FAMILIES``, or "package.module:function" for a user's own) called with
     ``generator_kwargs``. Instance i is the i-th of that list; a fixed share ``held_out`` of them,
     chosen by a permutation seeded with ``split_seed``, is held out of policy training.
     """

@@ -54,6 +54,12 @@ TASKS: Registry[TaskBuilder] = Registry("task", {
 })
 """Task name -> builder (a function of keyword arguments that returns a :class:`Task`), or "module:function"."""
 
+FAMILIES: Registry[Callable[..., list[dict[str, Any]]]] = Registry("family", {
+    "synthetic": "dus_gym.tasks.families:synthetic_family",
+    "mfeat": "dus_gym.tasks.families:mfeat_family",
+})
+"""Task-family name -> generator (keyword arguments -> list of task-kwargs overrides; :mod:`dus_gym.tasks.families`)."""
+
 
 def register_task(name: str, builder: TaskBuilder | str) -> None:
     """Make ``builder`` (a function, or ``"module:function"``) available under ``name``."""
@@ -111,8 +117,6 @@ def check_spec_sources(data: Any, source: str, allow_import: bool = False, task:
     family = data.get("family")
     generator = family.get("generator") if isinstance(family, dict) else None
     if isinstance(generator, str) and ":" in generator and not allow_import:
-        from dus_gym.tasks.families import FAMILIES
-
         if generator not in FAMILIES:
             raise ConfigError(
                 f"{source} names the family generator '{generator[:MAX_SHOWN]}' (family.generator), which would "

@@ -2,7 +2,7 @@
 
 A family env draws a task instance at every reset (or takes the one ``reset(options={"instance": i})``
 names), so the right counts cannot be known before the episode starts: a policy has to read the
-CMD state to find them. Built in (the table :data:`FAMILIES`):
+CMD state to find them. Built in (the table :data:`dus_gym.tasks.FAMILIES`):
 
 - ``synthetic``: :func:`synthetic_family`, the synthetic task with drawn parameters;
 - ``mfeat``: :func:`mfeat_family`, every ordered pair and triple of mfeat's six views.
@@ -15,25 +15,16 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from dus_gym.core.config import MAX_SHOWN, FamilyConfig, checked_kwargs, shown
-from dus_gym.core.registry import Registry, load_entry_point
+from dus_gym.core.registry import load_entry_point
 from dus_gym.core.specs import deep_merge
-from dus_gym.tasks import Task, cached_task
+from dus_gym.tasks import FAMILIES, Task, cached_task
 from dus_gym.tasks.mfeat import VIEW_DIMS
-
-FamilyGenerator = Callable[..., list[dict[str, Any]]]
-
-FAMILIES: Registry[FamilyGenerator] = Registry("family", {
-    "synthetic": "dus_gym.tasks.families:synthetic_family",
-    "mfeat": "dus_gym.tasks.families:mfeat_family",
-})
-"""Family name -> generator (keyword arguments -> list of task-kwargs overrides)."""
 
 
 def synthetic_family(n_instances: int = 160, seed: int = 0, modalities: tuple[int, ...] = (2, 3),
