@@ -16,12 +16,7 @@ from dus_gym.tasks import cached_task
 TINY = {"n_iterations": 40, "iterations_per_step": 10}  # 4 steps per episode
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one torch thread per module
 
 
 def _task(data_seed, **kwargs):

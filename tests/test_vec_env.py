@@ -14,13 +14,7 @@ from dus_gym.tasks.base import MultimodalSplit, Task
 SMALL = {"n_iterations": 10, "iterations_per_step": 5}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread, as every subproc and Ray env gets (two threads on two busy cores mostly wait)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one torch thread per module
 
 
 def _rollout(venv, actions):
