@@ -235,15 +235,14 @@ class BatchedEnvs:
         active = np.ones(self.n_envs, dtype=bool) if active is None else np.asarray(active, dtype=bool)
         t = self.template
         ones = np.ones(self.episodes.counts.shape[1], dtype=np.int64)
-        counts = np.stack([t.actions.to_counts(a) if on else ones for a, on in zip(actions, active, strict=True)])
-        if t.actions.reacts:  # the strength action: counts from each episode's d_t at every iteration
-            def rule(d: np.ndarray) -> np.ndarray:
-                return np.stack([t.actions.to_counts(a, d[i]) if on else ones
-                                 for i, (a, on) in enumerate(zip(actions, active, strict=True))])
 
-            obs, rewards, terminated, truncated, infos = self.episodes.step(rule, active)
-        else:
-            obs, rewards, terminated, truncated, infos = self.episodes.step(counts, active)
+        def counts_of(d: np.ndarray | None) -> np.ndarray:
+            return np.stack([t.actions.to_counts(a, None if d is None else d[i]) if on else ones
+                             for i, (a, on) in enumerate(zip(actions, active, strict=True))])
+
+        # the strength action: counts from each episode's d_t at every iteration; the others: once per step
+        rule = counts_of if t.actions.reacts else counts_of(None)
+        obs, rewards, terminated, truncated, infos = self.episodes.step(rule, active)
         if t.family is not None:
             for i in np.flatnonzero(active):
                 infos[i]["instance"] = self.instances[i]
