@@ -10,7 +10,8 @@ Same as ``dus-gym train-policy``; see ``python train_policy.py --help``.
 import argparse
 import sys
 
-from dus_gym.cli import add_train_policy_arguments, main
+from dus_gym.cli import main
+from dus_gym.cli.train_policy import add_arguments as add_train_policy_arguments
 
 if __name__ == "__main__":
     if any(a in ("-h", "--help") for a in sys.argv[1:]):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from dus_gym.core.config import LearnerConfig
 from dus_gym.core.learner import Learner
 from dus_gym.core.model import MultimodalNet
-from dus_gym.tasks.base import MultimodalSplit, Task
+from dus_gym.core.task import MultimodalSplit, Task
 from dus_gym.tasks.resnet import AudioResNetEncoder, VisualResNetEncoder
 
 

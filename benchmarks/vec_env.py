@@ -32,8 +32,8 @@ def measure(kind: str, n_envs: int, device: str, steps: int, warmup: int, thread
     torch.set_num_threads(threads)
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from dus_gym.rl.env import DUSEnv
-    from dus_gym.rl.vectorized import VecDUSEnv
+    from dus_gym.envs.env import DUSEnv
+    from dus_gym.envs.vector.batched import VecDUSEnv
     from dus_gym.tasks import cached_task
 
     kwargs = {"n_iterations": 20 * (warmup + repeats * steps + 1), "iterations_per_step": 20,

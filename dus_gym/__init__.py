@@ -1,18 +1,23 @@
 """dus-gym: Data-aware Unimodal Sampling (DUS) for multimodal learning, as a reinforcement-learning problem.
 
-Importing the package registers one Gymnasium env per shipped spec (``dus_gym/Synthetic-v0``,
-``dus_gym/MFeat-v0``, ``dus_gym/CremaD-v0``, ``dus_gym/KineticsSounds-v0``) without reading any
-file; a spec is read, and torch imported, when its env is made.
+Importing the package registers one Gymnasium env per shipped spec (``envs/*.yaml``; the ids are
+:data:`ENV_IDS`, e.g. ``dus_gym/SyntheticFamily-v1``, the default of ``train_policy.py``) without
+reading any file; a spec is read, and torch imported, when its env is made.
 
 The package is layered; each layer imports only those before it:
 
-- :mod:`dus_gym.core`: configuration, the multimodal model, the single and batched learners, the
-  batch plan, the CMD monitor, training episodes, balancing methods, checkpoints;
-- :mod:`dus_gym.tasks`: built-in tasks and the task table;
+- :mod:`dus_gym.core`: configuration, the task contract, the multimodal model, the single and batched
+  learners, the batch plan, the CMD monitor and its observation, training episodes, balancing
+  methods, checkpoints;
+- :mod:`dus_gym.tasks`: built-in tasks, task families and the task table;
 - :mod:`dus_gym.samplers`: from the CMD state to per-modality counts (rules and a saved policy);
-- :mod:`dus_gym.rl`: the Gymnasium env, vectorised envs, PPO training of a sampling policy;
-- :mod:`dus_gym.experiments`: a full run, comparisons and the bench;
+- :mod:`dus_gym.envs`: the Gymnasium env, its registration, wrappers, rendering and vector envs;
+- :mod:`dus_gym.agents`: the modality policy for SB3's PPO, its hyper-parameters, callbacks and evaluation;
+- :mod:`dus_gym.experiments`: the applications: a full run, comparisons, the bench, policy training,
+  tuning and reference agents;
 - :mod:`dus_gym.cli`: the ``dus-gym`` command.
+
+A test (tests/test_layers.py) fails when a layer imports a later one.
 """
 
 import os
@@ -43,7 +48,7 @@ def _drop_working_folder() -> None:
 
 _drop_working_folder()
 
-from dus_gym.rl.registration import SHIPPED_ENVS, register_envs  # noqa: E402 (after the sys.path guard)
+from dus_gym.envs.registration import SHIPPED_ENVS, register_envs  # noqa: E402 (after the sys.path guard)
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """CleanRL-style PPO on a DUS env through Gymnasium's own vector API (single file, no SB3).
 
 The N envs come from ``gymnasium.make_vec(env_id, num_envs=N)``, which for a DUS id builds
-:class:`dus_gym.rl.vector_env.DUSVectorEnv`: the N learners train in one batched computation. The
+:class:`dus_gym.envs.vector.gymnasium_vector_env.DUSVectorEnv`: the N learners train in one batched computation. The
 envs are asked for Gymnasium's same-step auto-reset, so that the transition stored at step t is
 (obs_t, a_t, r_t, done_t) as in CleanRL's ``ppo_continuous_action.py``, whose algorithm this
 follows (GAE, clipped surrogate, value clipping off, Gaussian policy with a state-independent log

@@ -10,7 +10,7 @@ TINY_ENV = {"n_iterations": 40, "iterations_per_step": 10}
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory):
     """A PPO policy trained for 64 env steps on a 4-step synthetic env (shared by the policy tests)."""
-    from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+    from dus_gym.experiments.train_policy import TrainPolicyConfig, train_policy
 
     root = tmp_path_factory.mktemp("policy")
     hp = root / "ppo.yml"
@@ -30,7 +30,7 @@ TINY_FAMILY_ENV = {"n_iterations": 20, "iterations_per_step": 10, "task_kwargs":
 @pytest.fixture(scope="session")
 def tiny_family_policy(tmp_path_factory):
     """A ModalityPolicy trained for 32 env steps on a tiny SyntheticFamily-v0 (2 steps per episode)."""
-    from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+    from dus_gym.experiments.train_policy import TrainPolicyConfig, train_policy
 
     root = tmp_path_factory.mktemp("family-policy")
     hp = root / "ppo.yml"

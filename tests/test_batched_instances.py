@@ -8,9 +8,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from dus_gym.core.batched_learner import BatchedLearner, check_equal_shapes, task_shape_key
 from dus_gym.core.config import LearnerConfig
 from dus_gym.core.learner import Learner
-from dus_gym.rl.env import DUSEnv
-from dus_gym.rl.registration import env_kwargs_of, spec_config
-from dus_gym.rl.vectorized import VecDUSEnv
+from dus_gym.envs.env import DUSEnv
+from dus_gym.envs.registration import env_kwargs_of, spec_config
+from dus_gym.envs.vector.batched import VecDUSEnv
 from dus_gym.tasks import cached_task
 
 TINY = {"n_iterations": 40, "iterations_per_step": 10}  # 4 steps per episode
@@ -195,7 +195,7 @@ def test_reset_options_name_the_instances():
 
 
 def test_gymnasium_vector_env_puts_each_env_on_its_own_instance():
-    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
 
     envs = DUSVectorEnv(4, **_family_kwargs())
     _, infos = envs.reset(seed=0)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from dus_gym.core.discrepancy import CMDMonitor, cmd_observation, learning_status
+from dus_gym.core.discrepancy import CMDMonitor, learning_status
+from dus_gym.core.observation import cmd_observation
 
 
 def test_learning_status_is_mean_true_class_probability():

@@ -10,9 +10,9 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import dus_gym
 from dus_gym.core.config import ConfigError
-from dus_gym.core.discrepancy import cmd_observation
-from dus_gym.rl.env import DUSEnv
-from dus_gym.rl.registration import register_envs
+from dus_gym.core.observation import cmd_observation
+from dus_gym.envs.env import DUSEnv
+from dus_gym.envs.registration import register_envs
 from dus_gym.samplers.action import CountsAction
 
 SMALL = {"n_iterations": 40, "iterations_per_step": 20}
@@ -175,7 +175,7 @@ def test_user_spec_registers_and_bad_specs_fail(tmp_path):
 
 def test_shipped_table_matches_the_spec_files():
     from dus_gym.core.files import read_yaml
-    from dus_gym.rl.registration import SHIPPED_ENVS, spec_path
+    from dus_gym.envs.registration import SHIPPED_ENVS, spec_path
 
     specs = {p.name for p in spec_path("synthetic.yaml").parent.glob("*.yaml")}
     assert {s.spec for s in SHIPPED_ENVS.values()} == specs  # every shipped spec is registered
@@ -194,7 +194,7 @@ def test_import_reads_no_spec_and_make_reads_it(tmp_path):
             "real, pathlib.Path.read_text = pathlib.Path.read_text, refuse\n"
             "import dus_gym\n"
             "pathlib.Path.read_text = real\n"
-            "from dus_gym.rl.registration import SHIPPED_ENVS\n"
+            "from dus_gym.envs.registration import SHIPPED_ENVS\n"
             "assert len(dus_gym.ENV_IDS) == len(SHIPPED_ENVS) == 11, dus_gym.ENV_IDS\n"
             "assert 'torch' not in sys.modules, sys.modules.keys()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -11,12 +11,12 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from dus_gym.agents.policies import ModalityPolicy
 from dus_gym.core.config import ConfigError, FamilyConfig
 from dus_gym.core.discrepancy import CMDMonitor
 from dus_gym.core.observation import GLOBAL_FEATURES, MODALITY_FEATURES, ObservationLayout
-from dus_gym.rl.env import DUSEnv
-from dus_gym.rl.policies import ModalityPolicy
-from dus_gym.rl.registration import register_envs
+from dus_gym.envs.env import DUSEnv
+from dus_gym.envs.registration import register_envs
 from dus_gym.samplers import make_sampler
 from dus_gym.samplers.action import CountsAction, allocate
 from dus_gym.samplers.base import SamplerState

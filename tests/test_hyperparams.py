@@ -2,9 +2,9 @@ import pytest
 import yaml
 from torch import nn
 
+from dus_gym.agents.hyperparams import LinearSchedule, load_hyperparams, parse_literal_call
 from dus_gym.core.config import ConfigError
 from dus_gym.core.specs import specs_dir
-from dus_gym.rl.hyperparams import LinearSchedule, load_hyperparams, parse_literal_call
 
 
 def test_shipped_ppo_yml_resolves_for_every_env():
@@ -53,7 +53,7 @@ def test_shipped_ppo_yml_is_per_env_id_and_the_fallback_is_dus_gyms():
     import gymnasium as gym
 
     import dus_gym  # noqa: F401  (registers the ids)
-    from dus_gym.rl.hyperparams import FALLBACK_HYPERPARAMS
+    from dus_gym.agents.hyperparams import FALLBACK_HYPERPARAMS
 
     path = specs_dir("agents") / "ppo.yml"
     table = yaml.safe_load(path.read_text())

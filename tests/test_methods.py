@@ -24,8 +24,8 @@ from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
 from dus_gym.core.methods.mmpareto import mmpareto_weights
 from dus_gym.core.methods.ogm_ge import modulated_parameters, noise_scale, ogm_ge_coefficients
 from dus_gym.core.methods.pmr import pmr_coefficients
+from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 from dus_gym.tasks import make_task
-from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 
 B = 16
 

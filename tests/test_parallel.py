@@ -6,9 +6,9 @@ import yaml
 from stable_baselines3.common.monitor import Monitor
 
 from dus_gym.core.config import ConfigError
-from dus_gym.rl import vec_envs as parallel
-from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
-from dus_gym.rl.vec_envs import build_vec_env
+from dus_gym.envs.vector import kinds as parallel
+from dus_gym.envs.vector.kinds import build_vec_env
+from dus_gym.experiments.train_policy import TrainPolicyConfig, train_policy
 
 TINY_TASK = {"n_samples": 300, "dominant_dim": 32, "weak_dim": 4, "hidden_dim": 16}
 TINY_ENV = {"n_iterations": 4, "iterations_per_step": 2, "n_max": 64, "task_kwargs": TINY_TASK,
@@ -112,7 +112,7 @@ def test_command_line_flags_reach_the_config(monkeypatch):
 
 
 def test_env_overrides_merge_into_the_spec_key_by_key():
-    from dus_gym.rl.registration import env_run_config, spec_kwargs
+    from dus_gym.envs.registration import env_run_config, spec_kwargs
 
     merged = spec_kwargs("dus_gym/Synthetic-v0", {"learner": {"device": "cpu"}, "task_kwargs": {"hidden_dim": 8}})
     assert merged["learner"]["lr"] == 0.05 and merged["learner"]["device"] == "cpu"

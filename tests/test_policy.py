@@ -7,7 +7,7 @@ import pytest
 from stable_baselines3 import PPO
 
 from dus_gym.cli import main
-from dus_gym.rl.train_policy import train_policy
+from dus_gym.experiments.train_policy import train_policy
 from dus_gym.samplers import SamplerState, make_sampler
 from dus_gym.samplers.ppo import PolicySampler
 from dus_gym.samplers.rules import ScheduleSampler

@@ -8,7 +8,7 @@ import pytest
 from dus_gym.cli import main
 from dus_gym.core.discrepancy import CMDMonitor
 from dus_gym.core.observation import ObservationLayout
-from dus_gym.rl.reference import normalised_scores
+from dus_gym.experiments.reference import normalised_scores
 from dus_gym.samplers.action import CountsAction, allocate
 
 TINY = ["n_iterations=20", "iterations_per_step=10", "task_kwargs={n_samples: 300, hidden_dim: 8}"]
@@ -127,7 +127,7 @@ def test_reference_agents_act_on_every_instance_of_a_family(env_id, kwargs, tmp_
 def test_strength_reference_agents_are_the_rules_they_name():
     import gymnasium as gym
 
-    from dus_gym.rl.reference import SamplerAgent
+    from dus_gym.experiments.reference import SamplerAgent
     from dus_gym.samplers.rules import ConstantSampler, HeuristicSampler, UniformSampler
 
     env = gym.make("dus_gym/SyntheticFamily-v1", n_iterations=20, iterations_per_step=10,

@@ -141,7 +141,7 @@ def test_train_policy_checkpoints_atomically_and_resumes_model_and_statistics(ti
 
     from stable_baselines3 import PPO
 
-    from dus_gym.rl.train_policy import train_policy
+    from dus_gym.experiments.train_policy import train_policy
 
     config, source = tiny_policy
     folder = tmp_path / "run"
@@ -164,7 +164,7 @@ def test_train_policy_checkpoints_atomically_and_resumes_model_and_statistics(ti
 
 
 def test_a_diverging_learner_truncates_the_env_episode_with_penalty_and_a_log(caplog):
-    from dus_gym.rl.env import DUSEnv
+    from dus_gym.envs.env import DUSEnv
 
     env = DUSEnv(n_iterations=40, iterations_per_step=20, divergence_penalty=2.0, learner={"lr": 1e30},
                  task_kwargs={"hidden_dim": 8})

@@ -5,8 +5,7 @@ import json
 import numpy as np
 
 from dus_gym.core.config import RunConfig, from_dict
-from dus_gym.experiments.callbacks import RunCallback
-from dus_gym.experiments.run import run_training
+from dus_gym.experiments.run import RunCallback, run_training
 
 
 class StopAt(RunCallback):

@@ -10,13 +10,13 @@ import yaml
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from dus_gym.agents.policies import ModalityPolicy
 from dus_gym.core.config import ConfigError, EnvConfig, FamilyConfig, RunConfig, from_dict
 from dus_gym.core.discrepancy import CMDMonitor
 from dus_gym.core.observation import GLOBAL_FEATURES, MODALITY_FEATURES, ObservationLayout
+from dus_gym.envs.registration import register_envs
 from dus_gym.experiments.family import case_config, family_config
 from dus_gym.experiments.run import run_training
-from dus_gym.rl.policies import ModalityPolicy
-from dus_gym.rl.registration import register_envs
 from dus_gym.samplers import make_sampler
 from dus_gym.samplers.action import ActionError, CountsAction, allocate, heuristic_weights
 from dus_gym.samplers.base import SamplerState
@@ -177,7 +177,7 @@ def test_commit_control_holds_the_counts_after_k_decisions(tiny_strength_policy)
 
 @pytest.fixture(scope="module")
 def tiny_strength_policy(tmp_path_factory):
-    from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+    from dus_gym.experiments.train_policy import TrainPolicyConfig, train_policy
 
     root = tmp_path_factory.mktemp("strength-policy")
     hp = root / "ppo.yml"

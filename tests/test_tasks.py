@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from dus_gym.core.task import MLPEncoder
 from dus_gym.tasks import MultimodalSplit, Task, make_task, register_task
-from dus_gym.tasks.base import MLPEncoder
 from dus_gym.tasks.mfeat import load_mfeat_arrays, stratified_splits
 
 

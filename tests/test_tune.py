@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
+from dus_gym.agents.hyperparams import load_hyperparams
 from dus_gym.cli import main
 from dus_gym.core.config import RunConfig, from_dict
 from dus_gym.experiments.stats import paired_interval
-from dus_gym.rl.hyperparams import load_hyperparams
 from tests.conftest import TINY_FAMILY_PPO, TINY_PPO
 
 optuna = pytest.importorskip("optuna", reason="optuna (the tune extra) is not installed")

@@ -14,8 +14,8 @@ import yaml
 
 from dus_gym.cli import main
 from dus_gym.core.config import ConfigError, LearnerConfig
+from dus_gym.core.task import MLPEncoder
 from dus_gym.tasks import MultimodalSplit, Task, make_task, register_task
-from dus_gym.tasks.base import MLPEncoder
 
 TINY = ["--iterations", "4", "--no-progress", "--set", "eval_every=4", "--set", "tensorboard=false",
         "--set", "task_kwargs.hidden_dim=8"]
@@ -196,7 +196,7 @@ def test_nan_in_a_shipped_format_data_file(capsys, tmp_path):
     (np.array([True, False]), "dtype bool"),
 ])
 def test_env_action_errors_name_the_expected_space(action, message):
-    from dus_gym.rl.env import DUSEnv
+    from dus_gym.envs.env import DUSEnv
     from dus_gym.samplers.action import ActionError
 
     env = DUSEnv(n_iterations=4, iterations_per_step=2, task_kwargs={"hidden_dim": 8})
@@ -224,7 +224,7 @@ def test_learner_checkpoint_of_another_version_or_task(tmp_path):
 
 def test_env_start_checkpoint_of_another_task(tmp_path):
     from dus_gym.core.learner import Learner
-    from dus_gym.rl.env import DUSEnv
+    from dus_gym.envs.env import DUSEnv
 
     Learner(make_task("synthetic", hidden_dim=8), LearnerConfig(), seed=0).save(tmp_path / "learner.pt")
 
@@ -305,7 +305,7 @@ def test_config_yaml_tags_are_not_constructed(capsys, tmp_path):
 @pytest.mark.parametrize("text", ["__import__('os').system('touch pwned')", "dict(net_arch=open('x').read())",
                                   "dict(activation_fn=os.system)"])
 def test_zoo_policy_kwargs_strings_are_parsed_not_evaluated(text, tmp_path):
-    from dus_gym.rl.hyperparams import load_hyperparams
+    from dus_gym.agents.hyperparams import load_hyperparams
 
     hp = tmp_path / "ppo.yml"
     hp.write_text(yaml.safe_dump({"default": {"policy_kwargs": text}}))
@@ -411,7 +411,7 @@ def test_nan_or_inf_reward_weights_are_refused_on_the_command_line(key, value, c
 @pytest.mark.parametrize("key", REWARD_WEIGHTS)
 def test_nan_reward_weights_are_refused_in_python_and_by_the_env(key):
     from dus_gym.core.config import EnvConfig
-    from dus_gym.rl.env import DUSEnv
+    from dus_gym.envs.env import DUSEnv
 
     with pytest.raises(ConfigError, match=f"'env.{key}' is nan"):
         EnvConfig(**{key: float("nan")})
@@ -762,7 +762,7 @@ def test_corrupt_vecnormalize_of_a_policy_is_one_line(tiny_policy, capsys, tmp_p
 
 def _policy_run(tmp_path, **args):
     from dus_gym.core.config import to_dict
-    from dus_gym.rl.train_policy import TrainPolicyConfig
+    from dus_gym.experiments.train_policy import TrainPolicyConfig
 
     folder = tmp_path / "ppo-run"
     folder.mkdir()
@@ -791,7 +791,7 @@ def test_policy_resume_refuses_flags_that_change_the_run(flags, field, capsys, t
 
 
 def test_policy_resume_continues_with_the_runs_settings_and_keeps_its_provenance(tmp_path, recwarn):
-    from dus_gym.rl.train_policy import TrainPolicyConfig, train_policy
+    from dus_gym.experiments.train_policy import TrainPolicyConfig, train_policy
 
     hp = tmp_path / "ppo.yml"
     hp.write_text(yaml.safe_dump({"default": {"n_envs": 1, "n_timesteps": 16, "n_steps": 8, "batch_size": 8,
@@ -863,7 +863,7 @@ def test_devices_are_used_by_the_dummy_vec_env_too(capsys, tmp_path):
 def test_three_env_failures_in_a_row_stop_the_run_as_documented():
     import gymnasium as gym
 
-    from dus_gym.rl.wrappers import ErrorRecoveryWrapper
+    from dus_gym.envs.wrappers import ErrorRecoveryWrapper
 
     class Broken(gym.Env):
         observation_space = gym.spaces.Box(-1, 1, (1,))
@@ -1214,7 +1214,8 @@ ENV_KWARGS = {"n_iterations": 4, "iterations_per_step": 2, "task_kwargs": {"hidd
 def test_num_envs_is_a_bounded_whole_number_checked_before_any_work(num_envs, message, monkeypatch):
     import gymnasium as gym
 
-    from dus_gym.rl import vector_env, vectorized
+    from dus_gym.envs.vector import batched as vectorized
+    from dus_gym.envs.vector import gymnasium_vector_env as vector_env
 
     built = []
     monkeypatch.setattr(vector_env, "spec_config", lambda *a, **k: built.append(a))  # nothing may be read or built
@@ -1228,8 +1229,8 @@ def test_num_envs_is_a_bounded_whole_number_checked_before_any_work(num_envs, me
 
 @pytest.fixture(scope="module")
 def vector_envs():
-    from dus_gym.rl.vector_env import DUSVectorEnv
-    from dus_gym.rl.vectorized import VecDUSEnv
+    from dus_gym.envs.vector.batched import VecDUSEnv
+    from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
 
     envs = {"DUSVectorEnv": DUSVectorEnv(2, **ENV_KWARGS), "VecDUSEnv": VecDUSEnv(2, seed=0, **ENV_KWARGS)}
     envs["DUSVectorEnv"].reset(seed=0)
@@ -1272,7 +1273,7 @@ def test_vector_env_actions_are_checked_as_the_single_envs_are(kind, case, vecto
 @pytest.mark.parametrize("action", [np.array([[0.5 + 1j, 0.0], [0.0, 0.0]]), np.array([["a", "b"], ["c", "d"]]),
                                     np.full((2, 2), np.nan, np.float32)])
 def test_vector_env_actions_of_envs_about_to_reset_are_checked_too(action):
-    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
     from dus_gym.samplers.action import ActionError
 
     env = DUSVectorEnv(2, **ENV_KWARGS)  # next-step auto-reset: an ended env's next action is not acted on
@@ -1308,8 +1309,8 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize("options, error, message", BAD_OPTIONS)
 @pytest.mark.parametrize("kind", ["DUSEnv", "DUSVectorEnv"])
 def test_reset_options_are_a_dict_and_the_instance_a_plain_int_in_range(kind, options, error, message):
-    from dus_gym.rl.env import DUSEnv
-    from dus_gym.rl.vector_env import DUSVectorEnv
+    from dus_gym.envs.env import DUSEnv
+    from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
 
     env = DUSEnv(**_family_env_kwargs()) if kind == "DUSEnv" else DUSVectorEnv(1, **_family_env_kwargs())
     with pytest.raises(error, match=message):
@@ -1320,9 +1321,9 @@ def test_reset_options_are_a_dict_and_the_instance_a_plain_int_in_range(kind, op
 
 
 def test_stepping_or_resetting_a_closed_env_is_an_error():
-    from dus_gym.rl.env import DUSEnv
-    from dus_gym.rl.vector_env import DUSVectorEnv
-    from dus_gym.rl.vectorized import VecDUSEnv
+    from dus_gym.envs.env import DUSEnv
+    from dus_gym.envs.vector.batched import VecDUSEnv
+    from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
 
     single = DUSEnv(**ENV_KWARGS)
     single.reset(seed=0)
@@ -1482,7 +1483,7 @@ def test_a_files_family_generator_is_checked_even_when_the_task_is_given_elsewhe
     victim = _victim(tmp_path)
     family = {"generator": "shutil:rmtree", "generator_kwargs": {"path": str(victim)}}
     if where == "env spec":
-        from dus_gym.rl.env import make_spec_env
+        from dus_gym.envs.env import make_spec_env
 
         spec = _family_spec(tmp_path, family=family)
         with pytest.raises(ConfigError, match="names the family generator 'shutil:rmtree'"):

@@ -6,10 +6,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan, VecMonito
 from dus_gym.core.batched_learner import BatchedLearner, MaskedBatchNorm, mask_batch_norms
 from dus_gym.core.config import ConfigError, LearnerConfig
 from dus_gym.core.learner import Learner
-from dus_gym.rl.env import DUSEnv
-from dus_gym.rl.vectorized import VecDUSEnv
+from dus_gym.core.task import MultimodalSplit, Task
+from dus_gym.envs.env import DUSEnv
+from dus_gym.envs.vector.batched import VecDUSEnv
 from dus_gym.tasks import cached_task
-from dus_gym.tasks.base import MultimodalSplit, Task
 
 SMALL = {"n_iterations": 10, "iterations_per_step": 5}
 

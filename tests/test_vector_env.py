@@ -7,7 +7,7 @@ from gymnasium.vector import AutoresetMode
 
 import dus_gym  # noqa: F401 (registers the ids)
 from dus_gym.core.config import ConfigError
-from dus_gym.rl.vector_env import DUSVectorEnv
+from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
 
 TINY = {"n_iterations": 20, "iterations_per_step": 10, "task_kwargs": {"n_samples": 300, "hidden_dim": 8}}
 ENV_ID = "dus_gym/Synthetic-v0"

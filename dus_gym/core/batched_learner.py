@@ -57,7 +57,7 @@ from dus_gym.core.loader import is_lazy
 from dus_gym.core.methods import method_class
 from dus_gym.core.model import MultimodalNet, quantize_counts, resolve_device
 from dus_gym.core.objectives import head_terms, unimodal_aux_loss
-from dus_gym.tasks.base import MultimodalSplit, Task
+from dus_gym.core.task import MultimodalSplit, Task
 
 
 class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
+from dus_gym.error import ConfigError
+
 T = TypeVar("T")
 
 FUSIONS = ("concat", "sum", "gated", "film")
@@ -171,7 +173,7 @@ class FamilyConfig:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """How training becomes a Gymnasium env (see docs/env.md); used by :class:`dus_gym.rl.env.DUSEnv`."""
+    """How training becomes a Gymnasium env (see docs/env.md); used by :class:`dus_gym.envs.env.DUSEnv`."""
 
     iterations_per_step: int = 20
     """K: learner iterations run with the chosen counts per env step."""
@@ -407,10 +409,6 @@ def shown(value: Any) -> str:
     """``repr(value)`` bounded for an error message (nested and long values are cut with '...')."""
     text = _REPR.repr(value)
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message says what to change."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

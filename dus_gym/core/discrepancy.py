@@ -84,15 +84,3 @@ class CMDMonitor:
         self.cumulative = np.asarray(state["cumulative"], dtype=np.float64)
         self.status = np.asarray(state["status"], dtype=np.float64)
 
-
-def cmd_observation(
-    monitor: CMDMonitor, counts: np.ndarray, batch_size: int, progress: float
-) -> np.ndarray:
-    """The CMD state as a policy sees it (docs/env.md), float32 of length 4M + 1.
-
-    Per modality m (in order): c_t(m), d_t(m), the last status s(m), count(m) / B; then t / T.
-    """
-    counts = np.asarray(counts, dtype=np.float64) / batch_size
-    per_modality = np.stack([monitor.cumulative, monitor.discrepancy, monitor.status, counts], axis=1)
-    return np.concatenate([per_modality.reshape(-1), [progress]]).astype(np.float32)
-

@@ -29,7 +29,7 @@ from dus_gym.core.loader import SampleDataset, WindowLoader, is_lazy
 from dus_gym.core.methods import IterationBatch, StepContext, check_method_fusion, make_method
 from dus_gym.core.metrics import classification_metrics, linear_probe_accuracy, shapley_values
 from dus_gym.core.model import MultimodalNet, quantize_counts, resolve_device
-from dus_gym.tasks.base import MultimodalSplit, Task
+from dus_gym.core.task import MultimodalSplit, Task
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dus_gym.core.batch_plan import BatchPlanner
-from dus_gym.tasks.base import MultimodalSplit
+from dus_gym.core.task import MultimodalSplit
 
 
 def is_lazy(split: MultimodalSplit) -> bool:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dus_gym.core.config import FUSIONS
-from dus_gym.tasks.base import Task
+from dus_gym.core.task import Task
 
 
 def resolve_device(name: str) -> torch.device:

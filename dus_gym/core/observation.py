@@ -5,7 +5,7 @@
 - ``"modalities"`` (the family envs): one row of :data:`MODALITY_FEATURES` per modality slot,
   ``n_slots`` rows (a task with fewer modalities leaves the last rows zero, with mask 0), then
   :data:`GLOBAL_FEATURES`. A policy that applies one network to every row and pools them
-  (``dus_gym.rl.policies.ModalityPolicy``) serves any M up to ``n_slots`` and any modality order.
+  (``dus_gym.agents.policies.ModalityPolicy``) serves any M up to ``n_slots`` and any modality order.
 
 With ``blind``, every CMD-derived feature is zero: only the mask and the progress remain (the
 control that tells a policy reading the state from a schedule over training progress). With
@@ -21,7 +21,6 @@ from typing import Protocol
 import numpy as np
 
 from dus_gym.core.config import OBSERVATIONS, EnvConfig
-from dus_gym.core.discrepancy import cmd_observation
 
 MODALITY_FEATURES = ("cumulative", "discrepancy", "relative_discrepancy", "status", "val_status", "memorisation",
                      "count", "mask")
@@ -45,6 +44,18 @@ class CMDState(Protocol):
     """d_t(m)."""
     status: np.ndarray
     """The last learning status s(m)."""
+
+
+def cmd_observation(
+    monitor: CMDState, counts: np.ndarray, batch_size: int, progress: float
+) -> np.ndarray:
+    """The CMD state as a policy sees it (docs/env.md), float32 of length 4M + 1.
+
+    Per modality m (in order): c_t(m), d_t(m), the last status s(m), count(m) / B; then t / T.
+    """
+    counts = np.asarray(counts, dtype=np.float64) / batch_size
+    per_modality = np.stack([monitor.cumulative, monitor.discrepancy, monitor.status, counts], axis=1)
+    return np.concatenate([per_modality.reshape(-1), [progress]]).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ A run configuration is built from layers, later wins (:func:`resolve_run_config`
 6. ``key.sub=value`` overrides (:func:`parse_override`).
 
 ``dus-gym run``, ``compare`` and ``bench`` resolve through it; the env side
-(:mod:`dus_gym.rl.registration`) reads the same spec files and merges its overrides the same way.
+(:mod:`dus_gym.envs.registration`) reads the same spec files and merges its overrides the same way.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ import numpy as np
 from dus_gym.core.config import MAX_WORKERS, ConfigError, RunConfig, from_dict, to_dict
 from dus_gym.core.files import read_yaml, write_text_atomic
 from dus_gym.core.specs import deep_merge
+from dus_gym.envs.registration import spec_path
 from dus_gym.experiments.bench import Cell, execute_cells
 from dus_gym.experiments.stats import (
     format_aggregates,
@@ -50,7 +51,6 @@ from dus_gym.experiments.stats import (
     format_mean_std,
     two_level_aggregates,
 )
-from dus_gym.rl.registration import spec_path
 from dus_gym.samplers.action import allocate
 from dus_gym.tasks.families import TaskFamily
 

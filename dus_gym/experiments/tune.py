@@ -9,7 +9,7 @@ pruned at its last validation. The best settings are written in the formats ``ag
 
 This module tunes the DUS heuristic (alpha, n_min, warm-up) on training runs of a task, then
 measures the tuned settings against the default ones on held-out seeds, paired (the table says
-whether tuning helped); :mod:`dus_gym.rl.tune_ppo` tunes PPO on a DUS env with the same study
+whether tuning helped); :mod:`dus_gym.experiments.tune_ppo` tunes PPO on a DUS env with the same study
 machinery. Optuna is the ``tune`` extra (``pip install "dus-gym[tune]"``).
 """
 
@@ -30,8 +30,7 @@ import yaml
 from dus_gym.core.config import MAX_TRIALS, ConfigError, RunConfig, check_seeds, shown, to_dict
 from dus_gym.core.extras import require
 from dus_gym.core.files import write_text_atomic
-from dus_gym.experiments.callbacks import RunCallback
-from dus_gym.experiments.run import DivergedError, run_training
+from dus_gym.experiments.run import DivergedError, RunCallback, run_training
 from dus_gym.experiments.stats import (
     aggregate_scores,
     format_aggregates,

@@ -9,10 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from dus_gym.core.config import ACTION_TYPES, EnvConfig, check_count_range
-
-
-class ActionError(ValueError):
-    """An action outside the action space (wrong shape, dtype, NaN/inf or range): the agent's fault, not the env's."""
+from dus_gym.error import ActionError
 
 
 def allocate(weights: np.ndarray | Sequence[float], total: int, n_min: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The ``ppo`` sampler: counts from a saved SB3 policy, as in the env it was trained in.
 
-A policy trained in a :class:`dus_gym.rl.env.DUSEnv` is saved as a folder with ``policy.zip`` (the SB3
+A policy trained in a :class:`dus_gym.envs.env.DUSEnv` is saved as a folder with ``policy.zip`` (the SB3
 model), ``vecnormalize.pkl`` (observation statistics, when used) and ``policy.json`` (the env
 settings it was trained under: step size K, action mapping, B, M, and the SHA-256 digests of
 ``policy.zip`` and ``vecnormalize.pkl``). Loading a zip or a pickle unpickles Python objects, which

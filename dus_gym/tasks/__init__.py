@@ -33,7 +33,7 @@ from typing import Any
 
 from dus_gym.core.config import MAX_SHOWN, ConfigError, checked_kwargs, shown
 from dus_gym.core.registry import Registry, load_entry_point
-from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
+from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 
 logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "dus_gym.tasks"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
+from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 
 VIEW_DIMS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 """The six views and their sizes: Fourier coefficients, profile correlations, Karhunen-Loeve

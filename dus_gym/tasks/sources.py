@@ -1,6 +1,6 @@
 """Lazy on-disk modalities: a source loads the samples a batch asks for, nothing before.
 
-A :class:`ClipSource` is what a task puts in a :class:`~dus_gym.tasks.base.MultimodalSplit` instead
+A :class:`ClipSource` is what a task puts in a :class:`~dus_gym.core.task.MultimodalSplit` instead
 of a tensor when the data does not fit in memory (video frames, images): indexing it with
 integers, an index tensor or a slice loads those samples and stacks them; ``subset`` narrows it
 without loading anything. The learner's DataLoader workers call it ahead of time

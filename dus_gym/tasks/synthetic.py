@@ -22,7 +22,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from dus_gym.tasks.base import MLPEncoder, MultimodalSplit, Task
+from dus_gym.core.task import MLPEncoder, MultimodalSplit, Task
 from dus_gym.tasks.mfeat import stratified_splits
 
 

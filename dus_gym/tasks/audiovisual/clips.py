@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dus_gym.tasks.base import MultimodalSplit, Task
+from dus_gym.core.task import MultimodalSplit, Task
 from dus_gym.tasks.layout import check_clip_name, check_disjoint, holdout, read_metadata, read_split_csv
 from dus_gym.tasks.resnet import AudioResNetEncoder, VisualResNetEncoder
 from dus_gym.tasks.sources import ClipSource, imagenet_normalize, load_image

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dus_gym.tasks.base import MultimodalSplit, Task
+from dus_gym.core.task import MultimodalSplit, Task
 from dus_gym.tasks.gesture.prepare import FLOW_BOUND, FORMAT, MODALITIES
 from dus_gym.tasks.i3d import I3DEncoder
 from dus_gym.tasks.layout import check_clip_name, check_disjoint, holdout, read_metadata, read_split_csv

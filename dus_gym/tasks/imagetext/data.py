@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dus_gym.tasks.base import MultimodalSplit, Task
+from dus_gym.core.task import MultimodalSplit, Task
 from dus_gym.tasks.bert import BertTextEncoder
 from dus_gym.tasks.imagetext.prepare import DEFAULT_TOKENIZER, FORMAT, SPLITS
 from dus_gym.tasks.layout import check_clip_name, read_metadata, read_split_csv

@@ -17,8 +17,8 @@ from dus_gym.core.discrepancy import CMDMonitor
 from dus_gym.core.episode import Episodes
 from dus_gym.core.learner import Learner, LearnerGroup
 from dus_gym.core.observation import ObservationLayout
-from dus_gym.rl.registration import env_kwargs_of, spec_config
-from dus_gym.rl.render import RENDER_FPS, RENDER_MODES, EpisodeTrace, check_render_mode
+from dus_gym.envs.registration import env_kwargs_of, spec_config
+from dus_gym.envs.render import RENDER_FPS, RENDER_MODES, EpisodeTrace, check_render_mode
 from dus_gym.samplers.action import CountsAction
 from dus_gym.tasks import Task, cached_task
 from dus_gym.tasks.families import TaskFamily, check_reset_options
@@ -97,7 +97,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     ``render_mode="ansi"``: :meth:`render` returns the last step as one line (step, iteration,
     counts, c(m), d(m), fused validation accuracy); ``"human"``: that line is printed at every
     reset and step; ``"rgb_array"``: a 320x240 plot of d(m) and the counts over the iterations so
-    far (``dus_gym.rl.render``), for video recorders.
+    far (``dus_gym.envs.render``), for video recorders.
 
     ## Version History
 

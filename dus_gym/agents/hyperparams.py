@@ -24,9 +24,9 @@ from typing import Any
 from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 
+from dus_gym.agents.policies import POLICIES
 from dus_gym.core.config import MAX_ENVS, MAX_TIMESTEPS, ConfigError, did_you_mean
 from dus_gym.core.files import read_yaml
-from dus_gym.rl.policies import POLICIES
 
 RUNNER_KEYS = ("n_envs", "n_timesteps", "normalize", "policy", "env_kwargs")
 RUNNER_SET = ("env", "tensorboard_log", "seed", "device", "verbose", "_init_setup_model")

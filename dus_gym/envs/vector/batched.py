@@ -2,7 +2,7 @@
 
 :class:`BatchedEnvs` resets any of the N envs and steps them together; it has no auto-reset of its
 own. :class:`VecDUSEnv` puts SB3's auto-reset and info layout on it, and
-:class:`dus_gym.rl.vector_env.DUSVectorEnv` Gymnasium's. ``VecDUSEnv`` is an SB3 ``VecEnv`` whose
+:class:`dus_gym.envs.vector.gymnasium_vector_env.DUSVectorEnv` Gymnasium's. ``VecDUSEnv`` is an SB3 ``VecEnv`` whose
 env i behaves as ``DUSEnv`` seeded the same way: the same observation, reward, termination,
 truncation and info at every step, given the same actions (to float tolerance), but the K learner
 iterations of a step run for all N learners at once. Both are the same
@@ -38,7 +38,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from dus_gym.core.batched_learner import BatchedLearner, task_shape_key
 from dus_gym.core.config import check_n_envs, shown
 from dus_gym.core.episode import Episodes
-from dus_gym.rl.env import DUSEnv
+from dus_gym.envs.env import DUSEnv
 from dus_gym.samplers.action import ActionError
 from dus_gym.tasks import Task, cached_task
 from dus_gym.tasks.families import TaskFamily
@@ -266,7 +266,7 @@ def _instance_shape_key(task: str, frozen_kwargs: str) -> tuple[Any, ...]:
 class VecDUSEnv(VecEnv):
     """N ``DUSEnv`` of the same settings whose learners train together (SB3's ``VecEnv``).
 
-    Spaces, rewards and infos are those of :class:`dus_gym.rl.env.DUSEnv` with the same keyword
+    Spaces, rewards and infos are those of :class:`dus_gym.envs.env.DUSEnv` with the same keyword
     arguments; the learner settings must be batchable (sgd, fp32, in-memory data; see
     :func:`dus_gym.core.batched_learner.check_batchable`).
 

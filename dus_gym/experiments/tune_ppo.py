@@ -24,11 +24,15 @@ import numpy as np
 import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize
 
+from dus_gym.agents.evaluation import final_val_accuracy, make_eval_env
+from dus_gym.agents.hyperparams import FALLBACK_HYPERPARAMS, load_hyperparams, parse_entry
 from dus_gym.core.config import MAX_TIMESTEPS, MAX_TRIALS, ConfigError, check_seeds
 from dus_gym.core.files import write_text_atomic
 from dus_gym.core.specs import specs_dir
+from dus_gym.envs.registration import env_run_config
+from dus_gym.envs.vector.kinds import VEC_ENVS, build_vec_env
 from dus_gym.experiments.tune import (
     best_trial,
     finished_trials,
@@ -37,15 +41,10 @@ from dus_gym.experiments.tune import (
     round_significant,
     run_study,
 )
-from dus_gym.rl.hyperparams import FALLBACK_HYPERPARAMS, load_hyperparams, parse_entry
-from dus_gym.rl.registration import env_run_config
-from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env
 
 if TYPE_CHECKING:
     import optuna
 
-EVAL_SEED_OFFSET = 20_000
-"""The evaluation episodes' learner seeds start here above the trial's seed."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class PPOTuneConfig:
     n_startup_trials: int = 4
     """Random trials before TPE, and trials before pruning starts."""
     vec_env: str = "dummy"
-    """Where the trial's envs run (:data:`dus_gym.rl.vec_envs.VEC_ENVS`)."""
+    """Where the trial's envs run (:data:`dus_gym.envs.vector.kinds.VEC_ENVS`)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -138,18 +137,6 @@ class PruneOnEpisodes(BaseCallback):
             self.pruned = self.trial.should_prune()
 
 
-def final_val_accuracy(model: PPO, venv: VecEnv, n_episodes: int) -> list[float]:
-    """Final fused validation accuracy of ``n_episodes`` deterministic episodes of ``model`` on ``venv`` (1 env)."""
-    scores: list[float] = []
-    obs = venv.reset()
-    while len(scores) < n_episodes:
-        action, _ = model.predict(obs, deterministic=True)
-        obs, _, dones, infos = venv.step(action)
-        if dones[0]:
-            scores.append(float(infos[0].get("val_acc", 0.0)))
-    return scores
-
-
 def tune_ppo(config: PPOTuneConfig) -> dict[str, Any]:
     """Search PPO's hyper-parameters on ``config.env_id``; write the best entry; return the record (best.json)."""
     optuna = import_optuna()
@@ -171,7 +158,7 @@ def tune_ppo(config: PPOTuneConfig) -> dict[str, Any]:
         trial.set_user_attr("entry", entry)
         hp = parse_entry(entry, f"trial {trial.number} of {study.study_name}")
         venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env)
-        eval_venv = build_vec_env(config.env_id, 1, config.seed + EVAL_SEED_OFFSET, env_kwargs, "dummy")
+        eval_venv = None
         try:
             if hp.normalize:
                 venv = VecNormalize(venv, **hp.normalize)
@@ -180,14 +167,12 @@ def tune_ppo(config: PPOTuneConfig) -> dict[str, Any]:
             model.learn(config.trial_timesteps, callback=callback)
             if callback.pruned:
                 raise optuna.TrialPruned(f"pruned at {model.num_timesteps} env steps")
-            if hp.normalize:
-                eval_venv = VecNormalize(eval_venv, training=False, norm_obs=venv.norm_obs, norm_reward=False)
-                if venv.norm_obs:  # the statistics exist only when observations are normalised
-                    eval_venv.obs_rms = venv.obs_rms
+            eval_venv = make_eval_env(config.env_id, config.seed, env_kwargs, venv)
             scores = final_val_accuracy(model, eval_venv, config.n_eval_episodes)
         finally:
             venv.close()
-            eval_venv.close()
+            if eval_venv is not None:
+                eval_venv.close()
         trial.set_user_attr("eval_val_acc", scores)
         return float(np.mean(scores))
 

@@ -3,7 +3,7 @@
 Every DUS id is registered with :func:`make_spec_vector_env` as its ``vector_entry_point``, so
 ``gymnasium.make_vec("dus_gym/Synthetic-v0", num_envs=N)`` (or with
 ``vectorization_mode="vector_entry_point"``) returns N envs whose learners train in one batched
-computation (:class:`dus_gym.rl.vectorized.BatchedEnvs`, the core it shares with SB3's
+computation (:class:`dus_gym.envs.vector.batched.BatchedEnvs`, the core it shares with SB3's
 ``VecDUSEnv``). Given the same seeds and actions it returns what
 ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="sync")`` returns: the same observations,
 rewards, terminations, truncations and infos (to float tolerance), in Gymnasium 1.x's layout:
@@ -33,9 +33,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from dus_gym.core.config import ConfigError, check_n_envs
-from dus_gym.rl.registration import env_kwargs_of, spec_config
-from dus_gym.rl.render import RENDER_FPS, RENDER_MODES, EpisodeTrace, check_render_mode
-from dus_gym.rl.vectorized import BatchedEnvs
+from dus_gym.envs.registration import env_kwargs_of, spec_config
+from dus_gym.envs.render import RENDER_FPS, RENDER_MODES, EpisodeTrace, check_render_mode
+from dus_gym.envs.vector.batched import BatchedEnvs
 
 
 class DUSVectorEnv(VectorEnv):

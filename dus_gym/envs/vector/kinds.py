@@ -7,15 +7,15 @@ kind           the learners run
 ``subproc``    one spawned process per env (SB3 ``SubprocVecEnv``), env i's learner on
                ``devices[i % len]`` (by default every visible GPU in turn when the learner's
                device is "cuda" or "auto")
-``vectorized`` in this process, all N in one batched computation (:class:`~dus_gym.rl.vectorized.VecDUSEnv`)
-``ray``        one Ray actor per env with its own CPU/GPU share (:class:`~dus_gym.rl.ray_vec_env.RayVecEnv`)
+``vectorized`` in this process, all N in one batched computation (:class:`~dus_gym.envs.vector.batched.VecDUSEnv`)
+``ray``        one Ray actor per env with its own CPU/GPU share (:class:`~dus_gym.envs.vector.ray_vec_env.RayVecEnv`)
 ``auto``       ``vectorized`` where the env's learners can be batched on one device (in-memory data,
                a batchable method, sgd, fp32: the small learners of the built-in tasks and families,
                for which one batched computation is faster than N processes), else ``subproc``
 =============  ==========================================================================
 
 Every kind is built by :func:`build_vec_env` from an env id and DUSEnv-style overrides, which
-are merged into the spec key by key (:func:`dus_gym.rl.registration.spec_kwargs`).
+are merged into the spec key by key (:func:`dus_gym.envs.registration.spec_kwargs`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from dus_gym.core.config import ConfigError, from_dict
 from dus_gym.core.registry import Registry
 from dus_gym.core.specs import deep_merge
-from dus_gym.rl.ray_vec_env import RayVecEnv, RayVecEnvConfig
-from dus_gym.rl.registration import spec_kwargs
-from dus_gym.rl.vectorized import VecDUSEnv
-from dus_gym.rl.wrappers import ErrorRecoveryWrapper
+from dus_gym.envs.registration import spec_kwargs
+from dus_gym.envs.vector.batched import VecDUSEnv
+from dus_gym.envs.vector.ray_vec_env import RayVecEnv, RayVecEnvConfig
+from dus_gym.envs.wrappers import ErrorRecoveryWrapper
 
 VecEnvBuilder = Callable[..., VecEnv]
 
@@ -111,7 +111,7 @@ def build_subproc(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any
 
 def build_vectorized(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
                      devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
-    """One :class:`~dus_gym.rl.vectorized.VecDUSEnv` (N learners batched on one device), monitored."""
+    """One :class:`~dus_gym.envs.vector.batched.VecDUSEnv` (N learners batched on one device), monitored."""
     if devices is not None:
         if len(set(devices)) > 1:
             raise ConfigError("the vectorised env runs its learners on one device; give one device or use "
@@ -123,7 +123,7 @@ def build_vectorized(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, 
 
 def build_ray(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
               devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
-    """:class:`~dus_gym.rl.ray_vec_env.RayVecEnv`: one Ray actor per env (``ray``: RayVecEnvConfig fields)."""
+    """:class:`~dus_gym.envs.vector.ray_vec_env.RayVecEnv`: one Ray actor per env (``ray``: RayVecEnvConfig fields)."""
     config = from_dict(RayVecEnvConfig, ray or {}, "ray")
     # an actor with a GPU share sees only its own GPUs (Ray sets CUDA_VISIBLE_DEVICES): "cuda" is then right
     pinned = assign_devices(n_envs, devices) if devices is not None else [None] * n_envs
@@ -177,7 +177,7 @@ def build_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any
         kind: a key of :data:`VEC_ENVS`.
         devices: learner devices, round robin over the envs; None: for "subproc" see :func:`env_devices`, for
             the others the spec's device (for "ray" with a GPU share, "cuda" is the actor's own GPU).
-        ray: :class:`dus_gym.rl.ray_vec_env.RayVecEnvConfig` fields (kind "ray").
+        ray: :class:`dus_gym.envs.vector.ray_vec_env.RayVecEnvConfig` fields (kind "ray").
     """
     if kind not in VEC_ENVS:
         raise ConfigError(f"vec_env must be one of {VEC_ENVS.names()}, got '{kind}'")

@@ -18,22 +18,20 @@ from typing import Any
 import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList, EvalCallback
-from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize
 
+from dus_gym.agents.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
+from dus_gym.agents.evaluation import make_eval_env
+from dus_gym.agents.hyperparams import FALLBACK_HYPERPARAMS, AgentHyperparams, load_hyperparams
 from dus_gym.core.config import MAX_TIMESTEPS, ConfigError, check_seeds, to_dict
 from dus_gym.core.files import new_run_folder, sha256_of, write_text_atomic
 from dus_gym.core.specs import sampler_settings, specs_dir
+from dus_gym.envs.registration import env_run_config, registry_spec, run_mapping
+from dus_gym.envs.vector.kinds import VEC_ENVS, build_vec_env, stop_vec_env
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
-from dus_gym.rl.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
-from dus_gym.rl.hyperparams import FALLBACK_HYPERPARAMS, AgentHyperparams, load_hyperparams
-from dus_gym.rl.policy_run import check_hyperparams_task, load_last_checkpoint, record_resume
-from dus_gym.rl.registration import env_run_config, registry_spec, run_mapping
-from dus_gym.rl.vec_envs import VEC_ENVS, build_vec_env, stop_vec_env
+from dus_gym.experiments.resume import check_hyperparams_task, load_last_checkpoint, record_resume
 from dus_gym.samplers.ppo import POLICY_FORMAT, POLICY_VERSION
-
-EVAL_SEED_OFFSET = 10_000
-"""EvalCallback's env is seeded here, away from the training envs' seeds."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class TrainPolicyConfig:
     vec_env: str = "auto"
     """"auto" (vectorized where the learners can be batched, else subproc), "dummy" (one process), "subproc"
     (one process per env, started with spawn, pinned to ``devices``), "vectorized" (one process, the envs'
-    learners batched: dus_gym.rl.vectorized) or "ray" (one Ray actor per env)."""
+    learners batched: dus_gym.envs.vector.batched) or "ray" (one Ray actor per env)."""
     devices: tuple[str, ...] | None = None
     """Learner devices, round robin over the envs (None: every visible GPU when the learner is on cuda/auto)."""
     ray: dict[str, Any] = field(default_factory=dict)
@@ -125,9 +123,7 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
 
     venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env, config.devices,
                          config.ray)
-    # the eval env mirrors the training env's wrappers (VecNormalize statistics are synced wrapper by wrapper)
-    eval_kind = "vectorized" if isinstance(venv, VecMonitor) else "dummy"
-    eval_venv = build_vec_env(config.env_id, 1, config.seed + EVAL_SEED_OFFSET, env_kwargs, eval_kind)
+    eval_venv = None
     try:
         if config.resume:
             # trusted input: an SB3 zip is unpickled (the run folder is this user's own)
@@ -135,8 +131,7 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
                                                            tensorboard_log=str(folder / "tb"))
         elif hp.normalize:
             venv = VecNormalize(venv, **hp.normalize)
-        if hp.normalize:
-            eval_venv = VecNormalize(eval_venv, training=False, norm_obs=venv.norm_obs, norm_reward=False)
+        eval_venv = make_eval_env(config.env_id, config.seed, env_kwargs, venv)
         if config.resume:
             model._last_obs = None  # the envs are fresh: learn() resets them instead of using a stale observation
             model.set_random_seed(config.seed + model.num_timesteps)  # a resumed run is reproducible too
@@ -169,7 +164,8 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
         raise
     finally:
         venv.close()
-        eval_venv.close()
+        if eval_venv is not None:
+            eval_venv.close()
     print(f"policy saved: {folder / 'policy.zip'} ({model.num_timesteps} env steps)")
     if config.evaluate:
         evaluate_policy(config, folder, env_kwargs)

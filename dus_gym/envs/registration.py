@@ -1,7 +1,7 @@
 """Env ids and spec files: registration with Gymnasium, and the spec + overrides -> env kwargs resolution.
 
 An env spec (``envs/<task>.yaml``) is a run-config mapping with an ``env_id``. Every DUS env is
-registered with the entry point :func:`dus_gym.rl.env.make_spec_env` and the kwargs
+registered with the entry point :func:`dus_gym.envs.env.make_spec_env` and the kwargs
 ``{"spec": <file>}``: as with Gymnasium's own envs, registering reads nothing, and the spec file
 is read and checked when the env is made. The overrides given to ``gymnasium.make(id, **kwargs)``
 (any ``DUSEnv`` argument) are merged into the spec key by key, so ``learner={"lr": 0.1}`` changes
@@ -28,9 +28,9 @@ from dus_gym.core.config import ConfigError, EnvConfig, RunConfig, did_you_mean,
 from dus_gym.core.files import read_yaml
 from dus_gym.core.specs import deep_merge, specs_dir
 
-ENTRY_POINT = "dus_gym.rl.env:make_spec_env"
+ENTRY_POINT = "dus_gym.envs.env:make_spec_env"
 """The entry point of every DUS env id."""
-VECTOR_ENTRY_POINT = "dus_gym.rl.vector_env:make_spec_vector_env"
+VECTOR_ENTRY_POINT = "dus_gym.envs.vector.gymnasium_vector_env:make_spec_vector_env"
 """The vector entry point (``gymnasium.make_vec``) of every DUS id whose learners can be batched."""
 ENV_ARGUMENTS = ("task", "task_kwargs", "learner", "cmd", "n_iterations", "epochs", "family")
 """DUSEnv's own run-config arguments; its other keyword arguments (but ``render_mode``) are EnvConfig fields."""

@@ -1,7 +1,12 @@
-"""A policy-training run folder: resuming it with its own settings, and its checkpoints.
+"""Resuming a run folder with its own settings: a training run (``dus-gym run``) or a policy-training run.
 
-``train_policy.py`` writes its provenance once, when the run starts: ``args.yml`` (the
-:class:`~dus_gym.rl.train_policy.TrainPolicyConfig`), ``config.yml`` (the PPO hyper-parameters as
+**A training run** (``dus-gym run --resume RUN``) continues from ``checkpoint.pt`` with the run's
+``config.yaml``; only the learner's device may change, and the learning rate with ``--lr`` (after a
+divergence), recorded in ``changes.yaml``, which every later resume applies
+(:func:`resumed_run_config`). A finished run (``results.json``) is not resumed (:func:`check_resumable`).
+
+**A policy-training run**: ``train_policy.py`` writes its provenance once, when the run starts: ``args.yml`` (the
+:class:`~dus_gym.experiments.train_policy.TrainPolicyConfig`), ``config.yml`` (the PPO hyper-parameters as
 written) and ``command.txt``. ``--resume RUN`` continues with exactly those settings: a flag that
 would change what is trained (env, env kwargs such as the step size K, hyper-parameters, seed,
 checkpoint and evaluation periods) is refused when it differs from the run's; only where the
@@ -22,12 +27,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from dus_gym.core.config import MAX_SHOWN, ConfigError, shown
+from dus_gym.core.config import MAX_SHOWN, ConfigError, RunConfig, from_dict, shown
 from dus_gym.core.files import read_yaml, write_text_atomic
+from dus_gym.core.specs import deep_merge
 from dus_gym.tasks import OPT_IN, check_spec_sources
+
+CHANGES_FILE = "changes.yaml"
+"""Changes made on resuming a training run (``--lr``), appended in order; config.yaml stays as the run wrote it."""
 
 ARGS_FILE = "args.yml"
 HYPERPARAMS_FILE = "config.yml"
@@ -35,6 +45,43 @@ RESUMES_FILE = "resumes.txt"
 RESUME_MAY_CHANGE = ("resume", "n_timesteps", "vec_env", "devices", "ray", "evaluate", "eval_seeds", "controls",
                      "grid", "progress", "allow_task_import")
 """TrainPolicyConfig fields a resume may change: where the learners run, the total steps, the final evaluation."""
+
+
+def check_resumable(run_dir: str | Path) -> None:
+    """Raise a ValueError when the training run in ``run_dir`` has already finished (nothing to resume)."""
+    if (Path(run_dir) / "results.json").is_file():
+        raise ValueError(f"the run in {run_dir} has already finished (results.json exists); nothing to resume")
+
+
+def resumed_run_config(folder: Path, lr: float | None = None, device: str | None = None,
+                       allow_task_import: bool = False) -> tuple[RunConfig, bool]:
+    """The config of the training run in ``folder``, and whether its learning rate was changed.
+
+    Args:
+        folder: the run folder (with config.yaml, not finished).
+        lr: a new learning rate, appended to ``changes.yaml`` (applied by this and every later resume).
+        device: the learner's device for this resume.
+        allow_task_import: the run's config may name a ``module:function`` task.
+    """
+    if not (folder / "config.yaml").is_file():
+        raise FileNotFoundError(f"no run to resume in {folder}: expected a run folder with config.yaml")
+    check_resumable(folder)
+    data = read_yaml(folder / "config.yaml")
+    check_spec_sources(data, f"the run folder's {folder / 'config.yaml'}", allow_task_import)
+    changes_path = folder / CHANGES_FILE
+    changes = read_yaml(changes_path).get("changes", []) if changes_path.is_file() else []
+    if not isinstance(changes, list) or not all(isinstance(c, dict) and "learner.lr" in c for c in changes):
+        raise ConfigError(f"{changes_path} is malformed: expected 'changes:' with entries holding learner.lr")
+    if lr is not None:
+        changes.append({"learner.lr": lr, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    for change in changes:
+        data = deep_merge(data, {"learner": {"lr": change["learner.lr"]}})
+    if device is not None:
+        data = deep_merge(data, {"learner": {"device": device}})
+    config = from_dict(RunConfig, data)
+    if lr is not None:
+        write_text_atomic(changes_path, yaml.safe_dump({"changes": changes}, sort_keys=False))
+    return config, bool(changes)
 
 
 def resumed_settings(folder: Path, typed: dict[str, Any]) -> dict[str, Any]:
@@ -130,5 +177,5 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-__all__ = ["OPT_IN", "RESUME_MAY_CHANGE", "check_hyperparams_task", "checkpoint_pairs", "load_last_checkpoint",
-           "record_resume", "resumed_settings"]
+__all__ = ["CHANGES_FILE", "OPT_IN", "RESUME_MAY_CHANGE", "check_hyperparams_task", "check_resumable",
+           "checkpoint_pairs", "load_last_checkpoint", "record_resume", "resumed_run_config", "resumed_settings"]

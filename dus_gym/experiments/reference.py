@@ -42,10 +42,10 @@ import numpy as np
 from dus_gym.core.config import ConfigError, check_seeds
 from dus_gym.core.files import write_text_atomic
 from dus_gym.core.specs import sampler_settings
+from dus_gym.envs.env import DUSEnv
+from dus_gym.envs.registration import registry_spec
 from dus_gym.experiments.compare import DEFAULT_GRID
 from dus_gym.experiments.stats import format_mean_std, paired_interval
-from dus_gym.rl.env import DUSEnv
-from dus_gym.rl.registration import registry_spec
 from dus_gym.samplers.base import Sampler, SamplerState
 from dus_gym.samplers.rules import ConstantSampler, HeuristicSampler, ScheduleSampler, UniformSampler
 

@@ -8,7 +8,7 @@ from typing import Any
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 
 from dus_gym.core.files import atomic_path
-from dus_gym.rl.wrappers import is_finite_info
+from dus_gym.envs.wrappers import is_finite_info
 
 STEP_KEYS = ("reward_delta", "reward_cmd", "reward_terminal")
 
@@ -24,7 +24,7 @@ class DUSMetricsCallback(BaseCallback):
     - ``episode/val_acc_<m>``, ``episode/mean_count_<m>``: per-modality accuracy and mean count;
     - ``episode/diverged``: share of episodes truncated by a NaN/inf loss;
     - ``episode/env_error``: share of episodes truncated because the env raised
-      (:class:`dus_gym.rl.wrappers.ErrorRecoveryWrapper`); their other metrics are not averaged in.
+      (:class:`dus_gym.envs.wrappers.ErrorRecoveryWrapper`); their other metrics are not averaged in.
     """
 
     def _on_step(self) -> bool:

@@ -1,0 +1,1 @@
+"""DUS envs: one multimodal training run as a Gymnasium episode, its registration, wrappers and rendering."""

@@ -1,1 +1,0 @@
-"""Training as a Gymnasium env, vectorised envs, and PPO training of a sampling policy (Stable-Baselines3)."""
