@@ -17,21 +17,14 @@ import csv
 import io
 import json
 import math
-import multiprocessing as mp
-import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from dus_gym.core.config import (
-    MAX_SHOWN,
     MAX_WORKERS,
     ConfigError,
     RunConfig,
@@ -41,11 +34,11 @@ from dus_gym.core.config import (
     to_dict,
 )
 from dus_gym.core.extras import require
-from dus_gym.core.files import atomic_path, write_bytes_atomic, write_text_atomic
+from dus_gym.core.files import atomic_path, write_text_atomic
 from dus_gym.core.methods import METHODS, check_method_fusion, make_method
 from dus_gym.core.specs import deep_merge, resolve_run_config
 from dus_gym.experiments import readme as readme_block
-from dus_gym.experiments.run import DivergedError, run_training
+from dus_gym.experiments.cells import Cell, execute_cells
 from dus_gym.experiments.stats import (
     format_difference,
     format_mean_std,
@@ -123,24 +116,6 @@ class BenchConfig:
             raise ConfigError(f"plot_seed {self.plot_seed} is not one of the seeds {list(self.seeds)}")
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One run of the bench: its key, its resolved run config, and what it is (alone: a modality)."""
-
-    key: str
-    task: str
-    method: str
-    sampler: str
-    seed: int
-    config: dict[str, Any]
-    alone: str | None = None
-
-    @property
-    def file_stem(self) -> str:
-        """File name of the cell (the key with path-safe characters)."""
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key)
-
-
 def cell_config(bench: BenchConfig, task: str, sampler: str, flags: dict[str, Any]) -> dict[str, Any]:
     """The run-config mapping of a cell: the one resolver (spec, sampler settings, flags, overrides), no TensorBoard.
 
@@ -198,118 +173,6 @@ def _validated(data: dict[str, Any], n_modalities: int) -> dict[str, Any]:
 
 _CHECKED_SAMPLERS: set[str] = set()
 """Sampler settings already built once in this process (a policy is loaded once, not once per cell)."""
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # one process per core
-
-
-def run_cell(cell: Cell, cells_dir: str) -> dict[str, Any]:
-    """Run one cell and write its record (JSON) and histories (.npz) atomically; returns the record."""
-    config = from_dict(RunConfig, cell.config)
-    task = cached_task(config.task, **config.task_kwargs)
-    folder = Path(cells_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_training(config, run_dir=None, task=task, progress=False, probe=False)
-    except DivergedError as err:  # a result of the cell (counted and reported), not a failure of the bench
-        summary, diverged = {"modalities": list(task.modalities)}, str(err)
-        arrays = {"counts": np.zeros((0, len(task.modalities))), "cmd": np.zeros((0, len(task.modalities)))}
-    else:
-        summary, diverged = result.summary, None
-        arrays = {"counts": result.counts, "cmd": result.cmd}
-        if cell.alone is not None:
-            arrays["probabilities"] = result.test.unimodal_probabilities[cell.alone]
-            arrays["labels"] = result.test.labels
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    write_bytes_atomic(folder / f"{cell.file_stem}.npz", buffer.getvalue())
-    record = {"key": cell.key, "task": cell.task, "method": cell.method, "sampler": cell.sampler,
-              "seed": cell.seed, "alone": cell.alone, "config": cell.config, "summary": summary,
-              "diverged": diverged}
-    write_text_atomic(folder / f"{cell.file_stem}.json", json.dumps(record, indent=1))
-    return record
-
-
-RECORD_FIELDS = ("key", "task", "method", "sampler", "seed", "alone", "config", "summary", "diverged")
-SUMMARY_FIELDS = ("modalities", "test", "iterations", "epochs", "samples_seen", "mean_counts", "final_cmd",
-                  "final_gap", "train_seconds")
-"""What a finished cell's record holds (a diverged cell's summary holds only the modalities)."""
-
-
-def load_cell(cell: Cell, cells_dir: Path) -> dict[str, Any] | None:
-    """The finished record of ``cell`` when a complete one with the same config exists (else None: run it).
-
-    A record or history file that is unreadable, truncated or lacks fields is treated as missing,
-    so the cell runs again (and its files are replaced atomically).
-    """
-    path, arrays = cells_dir / f"{cell.file_stem}.json", cells_dir / f"{cell.file_stem}.npz"
-    if not path.is_file() or not arrays.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        with np.load(arrays, allow_pickle=False) as histories:
-            needed = ["counts", "cmd"] + (["probabilities", "labels"] if cell.alone and not record.get("diverged")
-                                          else [])
-            for name in needed:
-                histories[name]  # reads (and CRC-checks) every array
-    except Exception as err:  # a truncated .npz or .json raises several types
-        _warn_rerun(path, err)
-        return None
-    summary = record.get("summary") if isinstance(record, dict) else None
-    complete = (isinstance(summary, dict) and all(k in record for k in RECORD_FIELDS)
-                and (record["diverged"] or all(k in summary for k in SUMMARY_FIELDS)) and "modalities" in summary)
-    if not complete:
-        _warn_rerun(path, ValueError("fields are missing"))
-        return None
-    return record if record.get("config") == json.loads(json.dumps(cell.config)) else None
-
-
-def _warn_rerun(path: Path, err: BaseException) -> None:
-    tqdm.write(f"bench: {path.name} is incomplete or damaged ({type(err).__name__}: {str(err)[:MAX_SHOWN]}); "
-               "running the cell again")
-
-
-def execute_cells(cells: list[Cell], cells_dir: Path, workers: int | None = None, progress: bool = True,
-                  desc: str = "bench cells") -> tuple[dict[str, dict[str, Any]], int, int]:
-    """Run the cells without a finished record in ``cells_dir``, in parallel processes (one torch thread each).
-
-    Returns the records by key, how many cells ran and how many processes ran them. A failing cell or
-    Ctrl-C stops the workers at once; the finished cells stay written, so a rerun continues.
-    """
-    records: dict[str, dict[str, Any]] = {}
-    todo = []
-    for cell in cells:
-        record = load_cell(cell, cells_dir)
-        if record is None:
-            todo.append(cell)
-        else:
-            records[cell.key] = record
-    workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, disable=not progress,
-               dynamic_ncols=True)
-    try:
-        if workers == 1:  # in this process, with its torch threads
-            for cell in todo:
-                records[cell.key] = run_cell(cell, str(cells_dir))
-                bar.update(1)
-        elif todo:
-            # spawn: a forked child of a process whose torch thread pool already ran can deadlock
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
-            try:
-                for record in pool.imap_unordered(partial(run_cell, cells_dir=str(cells_dir)), todo):
-                    records[record["key"]] = record
-                    bar.update(1)
-            except BaseException:  # a cell failed or the user interrupted: stop now, finished cells stay written
-                pool.terminate()
-                raise
-            else:
-                pool.close()
-            finally:
-                pool.join()
-    finally:
-        bar.close()
-    return records, len(todo), workers
 
 
 def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:

@@ -26,7 +26,7 @@ difference is paired case by case and its interval takes the **instance** as the
   the progress, which a modality-agnostic network must turn into uniform sampling (a structural
   fact, not evidence).
 
-Cells run in parallel and are resumable, as the bench's (:func:`dus_gym.experiments.bench.execute_cells`).
+Cells run in parallel and are resumable, as the bench's (:func:`dus_gym.experiments.cells.execute_cells`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from dus_gym.core.config import MAX_WORKERS, ConfigError, RunConfig, from_dict, 
 from dus_gym.core.files import read_yaml, write_text_atomic
 from dus_gym.core.specs import deep_merge
 from dus_gym.envs.registration import spec_path
-from dus_gym.experiments.bench import Cell, execute_cells
+from dus_gym.experiments.cells import Cell, execute_cells
 from dus_gym.experiments.stats import (
     format_aggregates,
     format_clustered,
