@@ -37,7 +37,7 @@ import torch
 
 import dus_gym
 from dus_gym.core.files import write_text_atomic
-from dus_gym.experiments.readme import check_readme_block, write_readme_block
+from dus_gym.experiments.results import check_readme_block, write_readme_block
 
 HERE = Path(__file__).resolve().parent
 README_BLOCK = "gpu-suite"

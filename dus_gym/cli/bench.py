@@ -13,7 +13,7 @@ from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides
 from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
 from dus_gym.experiments.bench import BenchConfig, bench_config_from_args, run_bench
-from dus_gym.experiments.readme import check_readme_block, write_readme_block
+from dus_gym.experiments.results import check_readme_block, write_readme_block
 from dus_gym.samplers import SAMPLERS
 from dus_gym.tasks import check_task_source
 

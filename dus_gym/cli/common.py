@@ -11,7 +11,7 @@ from dus_gym.core.files import read_yaml
 from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config, task_spec_path
 from dus_gym.envs.registration import is_shipped
-from dus_gym.experiments.readme import write_readme_block
+from dus_gym.experiments.results import write_readme_block
 from dus_gym.tasks import OPT_IN, TASKS, check_spec_sources
 
 

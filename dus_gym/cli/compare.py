@@ -11,7 +11,7 @@ from dus_gym.core.files import new_run_folder, remove_if_empty
 from dus_gym.core.specs import parse_overrides
 from dus_gym.experiments.compare import SamplerSpec, check_controls, run_comparison
 from dus_gym.experiments.family import FamilyEvaluationConfig, run_family_evaluation
-from dus_gym.experiments.readme import check_readme_block
+from dus_gym.experiments.results import check_readme_block
 from dus_gym.samplers import SAMPLERS, overrides_per_sampler
 
 

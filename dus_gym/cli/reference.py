@@ -8,9 +8,9 @@ from pathlib import Path
 from dus_gym.core.config import RunConfig, check_seeds
 from dus_gym.core.files import new_run_folder, remove_if_empty
 from dus_gym.core.specs import parse_overrides
-from dus_gym.experiments.readme import check_readme_block, write_readme_block
 from dus_gym.experiments.reference import AGENTS as REFERENCE_AGENTS
 from dus_gym.experiments.reference import run_reference
+from dus_gym.experiments.results import check_readme_block, write_readme_block
 from dus_gym.experiments.train_policy import TrainPolicyConfig
 
 

@@ -9,7 +9,7 @@ from dus_gym.agents.hyperparams import load_hyperparams
 from dus_gym.cli.common import add_allow_task_import, add_common_arguments, resolve_config
 from dus_gym.core.config import RunConfig, from_dict
 from dus_gym.core.specs import parse_overrides
-from dus_gym.experiments.readme import check_readme_block, write_readme_block
+from dus_gym.experiments.results import check_readme_block, write_readme_block
 from dus_gym.experiments.resume import check_hyperparams_task
 from dus_gym.experiments.tune import HeuristicTuneConfig, tune_heuristic
 from dus_gym.experiments.tune_ppo import PPOTuneConfig, tune_ppo

@@ -37,8 +37,9 @@ from dus_gym.core.extras import require
 from dus_gym.core.files import atomic_path, write_text_atomic
 from dus_gym.core.methods import METHODS, check_method_fusion, make_method
 from dus_gym.core.specs import deep_merge, resolve_run_config
-from dus_gym.experiments import readme as readme_block
+from dus_gym.experiments import results as readme_block
 from dus_gym.experiments.cells import Cell, execute_cells
+from dus_gym.experiments.results import table_header, table_row
 from dus_gym.experiments.stats import (
     format_difference,
     format_mean_std,
@@ -307,7 +308,7 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
                 + [f"samples {m}" for m in modalities] + ["epochs", "steps", "MFLOP/iter", "wall s", "seeds"])
         budget = ", ".join(str(i) for i in iterations) or "—"
         lines = [f"**{task}** ({budget} learner iterations per run; accuracies, Shapley values and differences in "
-                 "points of test accuracy)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                 "points of test accuracy)", "", *table_header(head)]
         for r in task_rows:
             fused = r["fused"]
             lo, hi = _interval(fused) if fused else (float("nan"), float("nan"))
@@ -323,7 +324,7 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
             row += [_mean(r["samples"].get(m)) for m in modalities]
             row += [_mean(r["epochs"], 1), _mean(r["steps"]), _mean(r["flops"], 2, 1e-6),
                     _mean(r["seconds"], 1), _seeds_cell(r)]
-            lines.append("| " + " | ".join(row) + " |")
+            lines.append(table_row(row))
         out.append("\n".join(lines))
     return "\n\n".join(out)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from dus_gym.core.config import ConfigError, RunConfig, check_seeds
-from dus_gym.core.files import write_text_atomic
+from dus_gym.experiments.results import table_header, table_row, write_results
 from dus_gym.experiments.run import RunResult, run_training
 from dus_gym.experiments.stats import (
     aggregate_scores,
@@ -124,8 +123,7 @@ def run_comparison(
     aggregates = aggregate_table(record)
     record["aggregates"], record["table"] = aggregates[0], record["table"] + "\n\n" + aggregates[1]
     if out_dir is not None:
-        write_text_atomic(Path(out_dir) / "compare.json", json.dumps(record, indent=2))
-        write_text_atomic(Path(out_dir) / "table.md", record["table"] + "\n")
+        write_results(Path(out_dir), "compare", record)
     return record
 
 
@@ -159,7 +157,7 @@ def format_table(record: dict[str, Any]) -> str:
             + [f"Δ fused vs {ref} [95% CI]" for ref in REFERENCES] + (["ppo − row [95% CI]"] if policy else [])
             + ["final abs(CMD)", "iterations"]
             + [f"samples {m}" for m in modalities] + ["epochs", "steps", "MFLOP/iter", "wall s"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_header(head)
     for label, rs in runs.items():
         alone_of = label.split(":", 1)[1] if label.startswith("alone:") else None
         fused = [r["test"]["fused"]["acc"] for r in rs]
@@ -194,7 +192,7 @@ def format_table(record: dict[str, Any]) -> str:
         flops = [r["flops_per_iteration"] for r in rs if r.get("flops_per_iteration") is not None]
         row.append(f"{np.mean(flops) / 1e6:.2f}" if flops else "—")
         row.append(f"{np.mean([r['train_seconds'] for r in rs]):.1f}")
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(table_row(row))
     if record.get("late_fusion_acc"):
         lines.append("| late fusion (alone models) | " + format_mean_std(record["late_fusion_acc"]) + " |"
                      + " — |" * (len(head) - 2))

@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 
 from dus_gym.core.config import MAX_WORKERS, ConfigError, RunConfig, from_dict, to_dict
-from dus_gym.core.files import read_yaml, write_text_atomic
+from dus_gym.core.files import read_yaml
 from dus_gym.core.specs import deep_merge
 from dus_gym.envs.registration import spec_path
 from dus_gym.experiments.cells import Cell, execute_cells
+from dus_gym.experiments.results import table_header, table_row, write_results
 from dus_gym.experiments.stats import (
     format_aggregates,
     format_clustered,
@@ -369,8 +370,7 @@ def run_family_evaluation(evaluation: FamilyEvaluationConfig, progress: bool = T
     }
     record["table"] = format_family_report(record)
     out = Path(evaluation.out_dir)
-    write_text_atomic(out / "family.json", json.dumps(record, indent=1))
-    write_text_atomic(out / "table.md", record["table"] + "\n")
+    write_results(out, "family", record, indent=1)
     return record
 
 
@@ -490,14 +490,14 @@ def format_family_table(record: dict[str, Any], labels: list[str] | None = None)
     heuristic = record["heuristic"]
     head = ["sampler", "fused acc", "Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "ppo − row [95% CI]",
             "samples / iteration", "epochs", "cases"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_header(head)
     ppo = _by_instance(rows["ppo"]) if "ppo" in rows else None
     for label in labels or main_rows(rows):
         cases = rows[label]
         ok = [c for c in cases if "acc" in c]
         means = _by_instance(cases)
         diverged = sum(c["diverged"] for c in cases)
-        lines.append("| " + " | ".join([
+        lines.append(table_row([
             _name(record, label),
             format_mean_std([float(np.mean(v)) for v in means.values()]) if ok else "—",
             "—" if label == "uniform" else format_clustered(means, _by_instance(rows["uniform"])),
@@ -506,7 +506,7 @@ def format_family_table(record: dict[str, Any], labels: list[str] | None = None)
             f"{np.mean([c['samples'] for c in ok]):.1f}" if ok else "—",
             f"{np.mean([c['epochs'] for c in ok]):.1f}" if ok else "—",
             f"{len(ok)}" + (f" (+{diverged} diverged)" if diverged else ""),
-        ]) + " |")
+        ]))
     return "\n".join(lines)
 
 
@@ -518,17 +518,17 @@ def format_subgroups(record: dict[str, Any]) -> str:
     references = [name for name in ("uniform", heuristic, "oracle") if name in rows]
     head = ["subgroup", "instances", "sampler", "fused acc",
             *(f"Δ vs {'heuristic' if name == heuristic else name} [95% CI]" for name in references)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_header(head)
     for group, members in subgroups(record).items():
         keep = set(members)
         for label in main:
             means = {i: v for i, v in _by_instance(rows[label]).items() if i in keep}
             ref = {name: {i: v for i, v in _by_instance(rows[name]).items() if i in keep} for name in references}
-            lines.append("| " + " | ".join([
+            lines.append(table_row([
                 group, str(len(members)), _name(record, label),
                 format_mean_std([float(np.mean(v)) for v in means.values()]) if means else "—",
                 *("—" if name == label else format_clustered(means, ref[name]) for name in references),
-            ]) + " |")
+            ]))
     return "\n".join(lines)
 
 
@@ -543,14 +543,14 @@ def format_policy_seeds(record: dict[str, Any]) -> str:
                 if f"{name}#0" in rows]
     head = ["policy", "fused acc", *(f"ppo − {_name(record, o).split(' (')[0]}" for o in others),
             *(f"ppo − {c}" for c in controls)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_header(head)
     for label in seeds:
         k = label.split("#")[1]
         means = _by_instance(rows[label])
         cells = [format_clustered(means, _by_instance(rows[o])) for o in others]
         cells += [format_clustered(means, _by_instance(rows[f"{c}#{k}"])) for c in controls]
-        lines.append("| " + " | ".join([label, format_mean_std([float(np.mean(v)) for v in means.values()]),
-                                        *cells]) + " |")
+        lines.append(table_row([label, format_mean_std([float(np.mean(v)) for v in means.values()]),
+                                        *cells]))
     return "\n".join(lines)
 
 
@@ -575,9 +575,9 @@ def format_tuning(record: dict[str, Any]) -> str:
     tuning = record["tuning"]
     sources = list(dict.fromkeys(key.split("/")[0] for key in tuning))
     alphas = list(dict.fromkeys(key.split("/")[1] for key in tuning))
-    lines = ["| source | " + " | ".join(f"alpha {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
+    lines = table_header(["source", *(f"alpha {a}" for a in alphas)])
     for source in sources:
-        lines.append(f"| {source} | " + " | ".join(f"{100 * tuning[f'{source}/{a}']:.1f}" for a in alphas) + " |")
+        lines.append(table_row([source, *(f"{100 * tuning[f'{source}/{a}']:.1f}" for a in alphas)]))
     return "\n".join(lines)
 
 

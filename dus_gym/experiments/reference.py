@@ -28,7 +28,6 @@ interval of its gain above zero), since the scale is then noise.
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -40,11 +39,11 @@ import gymnasium as gym
 import numpy as np
 
 from dus_gym.core.config import ConfigError, check_seeds
-from dus_gym.core.files import write_text_atomic
 from dus_gym.core.specs import sampler_settings
 from dus_gym.envs.env import DUSEnv
 from dus_gym.envs.registration import registry_spec
 from dus_gym.experiments.compare import DEFAULT_GRID
+from dus_gym.experiments.results import table_header, table_row, write_results
 from dus_gym.experiments.stats import format_mean_std, paired_interval
 from dus_gym.samplers.base import Sampler, SamplerState
 from dus_gym.samplers.rules import ConstantSampler, HeuristicSampler, ScheduleSampler, UniformSampler
@@ -239,8 +238,7 @@ def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] 
     record = reference_record(env_id, core, list(seeds), env_kwargs or {}, episodes)
     record["skipped"] = skipped
     if out_dir is not None:
-        write_text_atomic(Path(out_dir) / "reference.json", json.dumps(record, indent=2))
-        write_text_atomic(Path(out_dir) / "table.md", record["table"] + "\n")
+        write_results(Path(out_dir), "reference", record)
     return record
 
 
@@ -309,7 +307,7 @@ def format_reference_table(record: dict[str, Any]) -> str:
     modalities = record["modalities"]
     head = ["agent", "return", "final val acc", "Δ return vs uniform [95% CI]", "normalised score",
             *(f"mean count {m}" for m in modalities)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_header(head)
     agents = record["agents"]
     uniform = agents[UNIFORM]["returns"]
     rows = list(agents.items()) + [(f"{BEST} = {record['best_constant']}", agents[record["best_constant"]])]
@@ -321,8 +319,8 @@ def format_reference_table(record: dict[str, Any]) -> str:
             delta = f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) else f"{d:+.4f}"
         score = a["normalised_score"]
         shown = "—" if not np.isfinite(score) else f"{round(score, 2) + 0.0:.2f}"
-        lines.append("| " + " | ".join([
+        lines.append(table_row([
             label, format_mean_std(a["returns"], scale=1.0, digits=4), format_mean_std(a["final_val_acc"]) + " %",
             delta, shown, *(f"{n:.1f}" for n in a["mean_counts"]),
-        ]) + " |")
+        ]))
     return "\n".join(lines)

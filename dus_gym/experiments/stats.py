@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from dus_gym.experiments.results import table_header, table_row
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
@@ -164,12 +166,12 @@ def aggregate_scores(scores: Mapping[str, Sequence[float] | np.ndarray], referen
 def format_aggregates(aggregates: Mapping[str, Aggregate], reference: str = "uniform", what: str = "fused acc",
                       label: str = "sampler", scale: float = 100.0) -> str:
     """A markdown table of :func:`aggregate_scores`: IQM [95% CI] and P(X > reference) [95% CI]."""
-    lines = [f"| {label} | IQM {what} [95% CI] | P({label} > {reference}) [95% CI] |", "|---|---|---|"]
+    lines = table_header([label, f"IQM {what} [95% CI]", f"P({label} > {reference}) [95% CI]"])
     for name, a in aggregates.items():
         lo, hi = a.iqm_interval
         poi = "—" if a.improvement is None else (f"{a.improvement:.2f} [{a.improvement_interval[0]:.2f}, "
                                                  f"{a.improvement_interval[1]:.2f}]")
-        lines.append(f"| {name} | {scale * a.iqm:.1f} [{scale * lo:.1f}, {scale * hi:.1f}] | {poi} |")
+        lines.append(table_row([name, f"{scale * a.iqm:.1f} [{scale * lo:.1f}, {scale * hi:.1f}]", poi]))
     return "\n".join(lines)
 
 

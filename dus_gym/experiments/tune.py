@@ -30,6 +30,7 @@ import yaml
 from dus_gym.core.config import MAX_TRIALS, ConfigError, RunConfig, check_seeds, shown, to_dict
 from dus_gym.core.extras import require
 from dus_gym.core.files import write_text_atomic
+from dus_gym.experiments.results import table_header, table_row, write_results
 from dus_gym.experiments.run import DivergedError, RunCallback, run_training
 from dus_gym.experiments.stats import (
     aggregate_scores,
@@ -337,8 +338,7 @@ def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
     record = evaluate_heuristic(base, task, default, tuned, config.eval_seeds, config.progress)
     record.update({"study": study.study_name, "best_trial": best.number, "best_val_acc": best.value,
                    "trials_finished": finished_trials(study), "tuning_seeds": list(config.seeds)})
-    write_text_atomic(folder / "evaluation.json", json.dumps(record, indent=2))
-    write_text_atomic(folder / "table.md", record["table"] + "\n")
+    write_results(folder, "evaluation", record)
     return record
 
 
@@ -357,10 +357,9 @@ def evaluate_heuristic(base: RunConfig, task: Any, default: dict[str, Any], tune
     def settings(kwargs: dict[str, Any]) -> str:
         return ", ".join(f"{k} {_short(kwargs[k])}" for k in ("alpha", "n_min", "n_max", "warmup") if k in kwargs)
 
-    lines = ["| heuristic | settings | test fused acc | Δ tuned vs default [95% CI] |", "|---|---|---|---|",
-             f"| default | {settings(default)} | {format_mean_std(acc['default'])} | — |",
-             f"| tuned | {settings(tuned)} | {format_mean_std(acc['tuned'])} | "
-             f"{format_difference((d, lo, hi))} |"]
+    lines = [*table_header(["heuristic", "settings", "test fused acc", "Δ tuned vs default [95% CI]"]),
+             table_row(["default", settings(default), format_mean_std(acc["default"]), "—"]),
+             table_row(["tuned", settings(tuned), format_mean_std(acc["tuned"]), format_difference((d, lo, hi))])]
     table = ("\n".join(lines) + "\n\n" + format_aggregates(aggregates, "default", label="heuristic"))
     return {"task": task.name, "eval_seeds": list(seeds), "default": default, "tuned": tuned, "test_acc": acc,
             "paired_difference": {"mean": d, "low": lo, "high": hi},
