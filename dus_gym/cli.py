@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     family.add_argument("--no-ogm-ge", action="store_true", help="skip OGM-GE with uniform sampling")
     family.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
     family.add_argument("--out", help="output folder (default runs/family-<spec>); finished cases are kept")
-    compare.add_argument("--readme", help="also write the table into this file's block (see --readme-block)")
+    compare.add_argument("--readme", metavar="FILE",
+                         help="also write the table into this file's block (see --readme-block), e.g. "
+                              "docs/results/compare.md (docs/results/family.md for a task family)")
     compare.add_argument("--readme-block", help="name of that block: <!-- NAME:start --> ... <!-- NAME:end --> "
                                                 "(default compare-<task>)")
     bench = sub.add_parser("bench", help="tasks x methods x samplers x seeds in parallel: CSV, table and plots")
@@ -202,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run-config override for every cell, e.g. --set learner.device=cuda")
     bench.add_argument("--method-kwargs", action="append", metavar="METHOD.KEY=VALUE",
                        help="a keyword of one method, e.g. --method-kwargs ogm-ge.alpha=0.5")
-    bench.add_argument("--readme", help="also write the table into this file's bench block")
+    bench.add_argument("--readme", metavar="FILE",
+                       help="also write the table into this file's bench block (docs/results/bench.md)")
     bench.add_argument("--no-progress", action="store_true")
     _allow_task_import(bench)
     train = sub.add_parser("train-policy", help="train a sampling policy with PPO (same as train_policy.py)")
@@ -217,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     reference.add_argument("--env-kwargs", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                            help="env kwargs overrides, e.g. n_iterations=400 iterations_per_step=10")
     reference.add_argument("--run-dir", default=RunConfig.run_dir, help="parent of the output folder")
-    reference.add_argument("--readme", help="also write the table into this file's block (see --readme-block)")
+    reference.add_argument("--readme", metavar="FILE",
+                           help="also write the table into this file's block (see --readme-block), "
+                                "e.g. docs/results/reference.md")
     reference.add_argument("--readme-block", help="name of that block (default reference-<env name>, e.g. "
                                                   "reference-Synthetic-v0)")
     reference.add_argument("--no-progress", action="store_true")
@@ -225,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare", help="preprocess a raw data set release (CREMA-D, Kinetics-Sounds, "
                                              "Twitter2015, Sarcasm, NVGesture)")
     prepare.add_argument("dataset", choices=PREPARERS.names())
-    prepare.add_argument("src", help="the raw release (see the README: CREMA-D AudioWAV/ and VideoFlash/; "
+    prepare.add_argument("src", help="the raw release (see docs/data.md: CREMA-D AudioWAV/ and VideoFlash/; "
                                      "Kinetics-Sounds videos/; Twitter2015 *.tsv and twitter2015_images/; Sarcasm "
                                      "text/ and dataset_image/; NVGesture the .lst lists and Video_data/)")
     prepare.add_argument("dst", help="output folder (what is already there is skipped)")
@@ -261,7 +266,8 @@ def add_tune_parser(sub: Any) -> None:
                    help="held-out seeds of the tuned-vs-default comparison")
     h.add_argument("--study", help="study folder (default RUN_DIR/tune-TASK-heuristic; run again to resume)")
     h.add_argument("--sampler-seed", type=int, default=hc.sampler_seed, help="seed of Optuna's TPE sampler")
-    h.add_argument("--readme", help="also write the comparison table into this file's block")
+    h.add_argument("--readme", metavar="FILE",
+                   help="also write the comparison table into this file's block, e.g. docs/results/tune.md")
     h.add_argument("--readme-block", help="name of that block (default tune-heuristic-TASK)")
     p, pc = targets.add_parser("ppo", help="PPO's hyper-parameters on a DUS env"), PPOTuneConfig
     p.add_argument("--env", default=pc.env_id, help=f"registered env id (default {pc.env_id})")
