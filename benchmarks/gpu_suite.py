@@ -1,7 +1,7 @@
 """The GPU numbers in one command: learner throughput, the vectorised env on CUDA, a short bench; one table.
 
     python benchmarks/gpu_suite.py                         # prints the table, writes runs/gpu-suite.md
-    python benchmarks/gpu_suite.py --readme README.md      # also writes it into the README's gpu-suite block
+    python benchmarks/gpu_suite.py --readme docs/results/gpu.md   # also writes it into that page's gpu-suite block
 
 It runs, each in its own process with a time limit (90 + 120 + 120 + 120 s: at most 7.5 minutes in all,
 about 6 expected on one H100):
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     """Check for a GPU, run the parts, print and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/gpu-suite.md", help="markdown file written (default runs/gpu-suite.md)")
-    parser.add_argument("--readme", help="also write the table into this file's gpu-suite block")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="also write the table into this file's gpu-suite block (docs/results/gpu.md)")
     parser.add_argument("--limit-scale", type=float, default=1.0,
                         help="multiply every part's time limit (90, 120, 120, 120 s) by this (a slower GPU)")
     args = parser.parse_args(argv)

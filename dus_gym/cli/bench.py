@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run-config override for every cell, e.g. --set learner.device=cuda")
     parser.add_argument("--method-kwargs", action="append", metavar="METHOD.KEY=VALUE",
                         help="a keyword of one method, e.g. --method-kwargs ogm-ge.alpha=0.5")
-    parser.add_argument("--readme", help="also write the table into this file's bench block")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="also write the table into this file's bench block (docs/results/bench.md)")
     parser.add_argument("--no-progress", action="store_true")
     add_allow_task_import(parser)
 

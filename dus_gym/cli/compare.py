@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with ppo and two or more seeds: add a constant at the policy's mean counts and its "
                              "open-loop replay")
     parser.add_argument("--grid", action="store_true", help="add the best constant counts of a small grid")
+    parser.add_argument("--workers", type=int, help="parallel processes, one torch thread each (default: 1 for a "
+                                                    "task, in this process; the CPU count for a task family)")
     family = parser.add_argument_group(
         "task families", "with --task naming a family spec (e.g. synthetic-family): every row on the same "
         "(instance, seed) cases of the family's held-out instances, paired case by case (docs/protocol.md)")
@@ -59,9 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     family.add_argument("--no-reversed", action="store_true", help="skip the reversed-sign heuristic")
     family.add_argument("--no-oracle", action="store_true", help="skip the per-instance best constant allocation")
     family.add_argument("--no-ogm-ge", action="store_true", help="skip OGM-GE with uniform sampling")
-    family.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
     family.add_argument("--out", help="output folder (default runs/family-<spec>); finished cases are kept")
-    parser.add_argument("--readme", help="also write the table into this file's block (see --readme-block)")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="also write the table into this file's block (see --readme-block), e.g. "
+                             "docs/results/compare.md (docs/results/family.md for a task family)")
     parser.add_argument("--readme-block", help="name of that block: <!-- NAME:start --> ... <!-- NAME:end --> "
                                                "(default compare-<task>)")
 
@@ -132,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
     folder = new_run_folder(base.run_dir, f"compare-{base.task.split(':')[-1]}")
     try:
         record = run_comparison(base, specs, args.seeds, folder, alone=not args.no_alone, controls=args.controls,
-                                grid=args.grid, progress=not args.no_progress)
+                                grid=args.grid, progress=not args.no_progress, workers=args.workers or 1)
     finally:
         remove_if_empty(folder)
     return report(args, block, f"{record['task']} ({', '.join(record['modalities'])}), seeds {args.seeds}, test "

@@ -10,7 +10,7 @@ from dus_gym.tasks.prepare import PREPARERS, prepare
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of this command."""
     parser.add_argument("dataset", choices=PREPARERS.names())
-    parser.add_argument("src", help="the raw release (see the README: CREMA-D AudioWAV/ and VideoFlash/; "
+    parser.add_argument("src", help="the raw release (see docs/data.md: CREMA-D AudioWAV/ and VideoFlash/; "
                                     "Kinetics-Sounds videos/; Twitter2015 *.tsv and twitter2015_images/; Sarcasm "
                                     "text/ and dataset_image/; NVGesture the .lst lists and Video_data/)")
     parser.add_argument("dst", help="output folder (what is already there is skipped)")

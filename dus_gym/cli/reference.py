@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-kwargs", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="env kwargs overrides, e.g. n_iterations=400 iterations_per_step=10")
     parser.add_argument("--run-dir", default=RunConfig.run_dir, help="parent of the output folder")
-    parser.add_argument("--readme", help="also write the table into this file's block (see --readme-block)")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="also write the table into this file's block (see --readme-block), "
+                             "e.g. docs/results/reference.md")
     parser.add_argument("--readme-block", help="name of that block (default reference-<env name>, e.g. "
                                                "reference-Synthetic-v0)")
     parser.add_argument("--no-progress", action="store_true")

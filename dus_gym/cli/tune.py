@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="held-out seeds of the tuned-vs-default comparison")
     h.add_argument("--study", help="study folder (default RUN_DIR/tune-TASK-heuristic; run again to resume)")
     h.add_argument("--sampler-seed", type=int, default=hc.sampler_seed, help="seed of Optuna's TPE sampler")
-    h.add_argument("--readme", help="also write the comparison table into this file's block")
+    h.add_argument("--readme", metavar="FILE",
+                   help="also write the comparison table into this file's block, e.g. docs/results/tune.md")
     h.add_argument("--readme-block", help="name of that block (default tune-heuristic-TASK)")
     p, pc = targets.add_parser("ppo", help="PPO's hyper-parameters on a DUS env"), PPOTuneConfig
     p.add_argument("--env", default=pc.env_id, help=f"registered env id (default {pc.env_id})")

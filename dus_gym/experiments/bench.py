@@ -464,7 +464,7 @@ def _smooth(y: np.ndarray, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_readme_block(readme: Path, bench: BenchConfig, summary: dict[str, Any], command: str) -> None:
-    """Replace the bench block of ``readme`` with the bench's table (see :mod:`dus_gym.experiments.readme`)."""
+    """Replace the bench block of ``readme`` with the bench's table (see :mod:`dus_gym.experiments.results`)."""
     readme_block.write_readme_block(readme, README_BLOCK, summary["table"], command)
 
 

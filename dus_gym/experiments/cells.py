@@ -4,8 +4,8 @@ A :class:`Cell` is one run (a task, a method, a sampler, a seed and the resolved
 :func:`execute_cells` runs the cells that have no finished record in a folder, in spawned
 processes with one torch thread each; each cell writes its record (JSON) and its histories
 (counts and CMD per iteration, .npz) atomically, so an interrupted experiment continues where it
-stopped and a damaged record is run again. ``dus-gym bench`` and the family evaluation
-(``dus-gym compare`` on a task family) run their cells here.
+stopped and a damaged record is run again. ``dus-gym compare`` (on a task or a task family) and
+``dus-gym bench`` run their cells here.
 """
 
 from __future__ import annotations
@@ -32,7 +32,19 @@ from dus_gym.tasks import cached_task
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run of an experiment: its key, its resolved run config, and what it is (alone: a modality)."""
+    """One training run of an experiment: its key, its resolved run config, and what it is.
+
+    Args:
+        key: the cell's name, unique in its experiment (its files are named after it).
+        task: the task's name.
+        method: the balancing method.
+        sampler: the sampler, or the row label of a comparison.
+        seed: the run's seed.
+        config: the resolved run config (a RunConfig mapping).
+        alone: the modality trained alone, or None (its test probabilities are kept for late fusion).
+        run_dir: a folder for the run's own files (config.yaml, results.json, TensorBoard), or None.
+        probe: fit the linear probe of every encoder at the end (``probe_acc`` in the summary).
+    """
 
     key: str
     task: str
@@ -41,6 +53,8 @@ class Cell:
     seed: int
     config: dict[str, Any]
     alone: str | None = None
+    run_dir: str | None = None
+    probe: bool = False
 
     @property
     def file_stem(self) -> str:
@@ -60,7 +74,7 @@ def run_cell(cell: Cell, cells_dir: str) -> dict[str, Any]:
     folder = Path(cells_dir)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_training(config, run_dir=None, task=task, progress=False, probe=False)
+        result = run_training(config, run_dir=cell.run_dir, task=task, progress=False, probe=cell.probe)
     except DivergedError as err:  # a result of the cell (counted and reported), not a failure of the bench
         summary, diverged = {"modalities": list(task.modalities)}, str(err)
         arrays = {"counts": np.zeros((0, len(task.modalities))), "cmd": np.zeros((0, len(task.modalities)))}
@@ -78,6 +92,12 @@ def run_cell(cell: Cell, cells_dir: str) -> dict[str, Any]:
               "diverged": diverged}
     write_text_atomic(folder / f"{cell.file_stem}.json", json.dumps(record, indent=1))
     return record
+
+
+def load_histories(cell: Cell, cells_dir: Path) -> dict[str, np.ndarray]:
+    """The per-iteration histories of a finished cell: counts and CMD (and, alone, test probabilities and labels)."""
+    with np.load(Path(cells_dir) / f"{cell.file_stem}.npz", allow_pickle=False) as histories:
+        return {name: histories[name] for name in histories.files}
 
 
 RECORD_FIELDS = ("key", "task", "method", "sampler", "seed", "alone", "config", "summary", "diverged")
@@ -162,4 +182,4 @@ def execute_cells(cells: list[Cell], cells_dir: Path, workers: int | None = None
     return records, len(todo), workers
 
 
-__all__ = ["Cell", "execute_cells", "load_cell", "run_cell"]
+__all__ = ["Cell", "execute_cells", "load_cell", "load_histories", "run_cell"]

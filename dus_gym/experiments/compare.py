@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dus_gym.core.config import ConfigError, RunConfig, check_seeds
+from dus_gym.core.config import MAX_WORKERS, ConfigError, RunConfig, check_seeds, to_dict
+from dus_gym.error import DivergedError
+from dus_gym.experiments.cells import Cell, execute_cells, load_histories
 from dus_gym.experiments.results import table_header, table_row, write_results
-from dus_gym.experiments.run import RunResult, run_training
 from dus_gym.experiments.stats import (
     aggregate_scores,
     format_aggregates,
@@ -63,6 +66,7 @@ def run_comparison(
     controls: bool = False,
     grid: bool = False,
     progress: bool = True,
+    workers: int | None = 1,
 ) -> dict[str, Any]:
     """Run every sampler (and, with ``alone``, every modality trained alone) on every seed.
 
@@ -71,60 +75,96 @@ def run_comparison(
     on seed i+1, replayed open-loop on seed i). With ``grid``: ``best-constant``, the constant counts
     of :data:`DEFAULT_GRID` with the best mean validation accuracy (each cell is also a row).
 
-    Returns the JSON-serialisable record that is also written to ``out_dir/compare.json``.
+    Every run is a cell (:mod:`dus_gym.experiments.cells`) with its own folder ``out_dir/LABEL/seedS``
+    (config, results, TensorBoard); ``workers`` processes run them (1: in this process, one after
+    the other; None: the CPU count). Returns the JSON-serialisable record that is also written to
+    ``out_dir/compare.json``.
     """
     check_seeds(seeds)
     check_controls([spec.label for spec in samplers], list(seeds), controls)
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {workers}")
     task = make_task(base.task, **base.task_kwargs)
     M, B = len(task.modalities), base.learner.batch_size
     if grid and M != 2:  # before any run
         raise ValueError(f"the constant-count grid is defined for 2 modalities, this task has {M}")
-    runs: dict[str, list[dict[str, Any]]] = {}
-    results: dict[str, list[RunResult]] = {}
-
-    def run_all(label: str, name: str, kwargs_of_seed: Any) -> None:
-        for i, seed in enumerate(seeds):
-            kwargs = kwargs_of_seed(i) if callable(kwargs_of_seed) else kwargs_of_seed
-            config = replace(base, sampler=name, sampler_kwargs=kwargs, seed=seed)
-            run_dir = out_dir / label.replace(":", "-") / f"seed{seed}" if out_dir is not None else None
-            result = run_training(config, run_dir=run_dir, task=task, progress=progress)
-            result.summary["label"] = label
-            runs.setdefault(label, []).append(result.summary)
-            results.setdefault(label, []).append(result)
-
-    for spec in samplers:
-        run_all(spec.label, spec.name, spec.kwargs)
-    if controls:
-        policy_runs = results["ppo"]
-        mean_counts = np.rint(np.mean([r.counts.mean(0) for r in policy_runs], axis=0)).astype(int).tolist()
-        run_all("ppo-mean", "constant", {"counts": mean_counts})
-        run_all("ppo-replay", "schedule",
-                lambda i: {"schedule": policy_runs[(i + 1) % len(seeds)].counts.tolist()})
-    if grid:
-        cells = []
-        for counts in DEFAULT_GRID:
-            label = f"constant{list(counts)}".replace(" ", "")
-            run_all(label, "constant", {"counts": list(counts)})
-            cells.append(label)
-        best = max(cells, key=lambda c: np.mean([r["val_curve"][-1]["fused_acc"] for r in runs[c]]))
-        runs["best-constant"] = [dict(r, label="best-constant", best_of_grid=best) for r in runs[best]]
+    with contextlib.ExitStack() as stack:
+        folder = Path(out_dir) if out_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        runs, histories = _Rows(base, task.name, seeds, folder, out_dir is not None, workers, progress).run_stages(
+            samplers, controls, grid, alone, task.modalities, B)
     late: list[float] = []
     if alone:
-        for k, m in enumerate(task.modalities):
-            run_all(f"alone:{m}", "constant", {"counts": [B if j == k else 0 for j in range(M)]})
         for i in range(len(seeds)):
-            alone_runs = [results[f"alone:{m}"][i] for m in task.modalities]
-            late.append(late_fusion_accuracy([run.test.unimodal_probabilities[m]
-                                              for run, m in zip(alone_runs, task.modalities, strict=True)],
-                                             alone_runs[0].test.labels))
+            alone_runs = [histories[f"alone:{m}"][i] for m in task.modalities]
+            late.append(late_fusion_accuracy([h["probabilities"] for h in alone_runs], alone_runs[0]["labels"]))
     record = {"task": task.name, "modalities": list(task.modalities), "seeds": list(seeds), "runs": runs,
               "late_fusion_acc": late}
     record["table"] = format_table(record)
     aggregates = aggregate_table(record)
     record["aggregates"], record["table"] = aggregates[0], record["table"] + "\n\n" + aggregates[1]
     if out_dir is not None:
-        write_results(Path(out_dir), "compare", record)
+        write_results(out_dir, "compare", record)
     return record
+
+
+class _Rows:
+    """The rows of one comparison, run stage by stage as cells (the controls need the policy's counts first)."""
+
+    def __init__(self, base: RunConfig, task: str, seeds: list[int], folder: Path, run_folders: bool,
+                 workers: int | None, progress: bool) -> None:
+        self.base, self.task, self.seeds, self.folder = base, task, seeds, folder
+        self.run_folders, self.workers, self.progress = run_folders, workers, progress
+        self.runs: dict[str, list[dict[str, Any]]] = {}
+        self.histories: dict[str, list[dict[str, np.ndarray]]] = {}
+
+    def cells(self, label: str, name: str, kwargs_of_seed: Any, alone: str | None = None) -> list[Cell]:
+        """One cell per seed of row ``label`` (sampler ``name``; kwargs, or a function of the seed's index)."""
+        out = []
+        for i, seed in enumerate(self.seeds):
+            kwargs = kwargs_of_seed(i) if callable(kwargs_of_seed) else kwargs_of_seed
+            config = replace(self.base, sampler=name, sampler_kwargs=kwargs, seed=seed)
+            run_dir = self.folder / label.replace(":", "-") / f"seed{seed}"
+            out.append(Cell(f"{label}/seed{seed}", self.task, config.learner.method, label, seed, to_dict(config),
+                            alone=alone, run_dir=str(run_dir) if self.run_folders else None, probe=True))
+        return out
+
+    def run(self, cells: list[Cell]) -> None:
+        """Run ``cells`` (rows in the order given) and keep their summaries and histories."""
+        cells_dir = self.folder / "cells"
+        records, _, _ = execute_cells(cells, cells_dir, self.workers, self.progress, "compare runs")
+        for cell in cells:
+            record = records[cell.key]
+            if record["diverged"]:
+                raise DivergedError(f"{cell.key}: {record['diverged']}")
+            summary = dict(record["summary"], label=cell.sampler)
+            self.runs.setdefault(cell.sampler, []).append(summary)
+            self.histories.setdefault(cell.sampler, []).append(load_histories(cell, cells_dir))
+
+    def run_stages(self, samplers: list[SamplerSpec], controls: bool, grid: bool, alone: bool,
+                   modalities: tuple[str, ...], B: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+        """Every row: the samplers, grid cells and modalities alone; then the controls, from the policy's counts."""
+        M = len(modalities)
+        first = [cell for spec in samplers for cell in self.cells(spec.label, spec.name, spec.kwargs)]
+        grid_labels = [f"constant{list(counts)}".replace(" ", "") for counts in DEFAULT_GRID] if grid else []
+        for label, counts in zip(grid_labels, DEFAULT_GRID, strict=False):
+            first += self.cells(label, "constant", {"counts": list(counts)})
+        if alone:
+            for k, m in enumerate(modalities):
+                first += self.cells(f"alone:{m}", "constant", {"counts": [B if j == k else 0 for j in range(M)]},
+                                    alone=m)
+        self.run([cell for cell in first if not cell.sampler.startswith(("constant[", "alone:"))])
+        if controls:
+            policy_counts = [h["counts"] for h in self.histories["ppo"]]
+            mean_counts = np.rint(np.mean([c.mean(0) for c in policy_counts], axis=0)).astype(int).tolist()
+            self.run(self.cells("ppo-mean", "constant", {"counts": mean_counts})
+                     + self.cells("ppo-replay", "schedule",
+                                  lambda i: {"schedule": policy_counts[(i + 1) % len(self.seeds)].tolist()}))
+        self.run([cell for cell in first if cell.sampler.startswith("constant[")])
+        if grid:
+            best = max(grid_labels, key=lambda c: np.mean([r["val_curve"][-1]["fused_acc"] for r in self.runs[c]]))
+            self.runs["best-constant"] = [dict(r, label="best-constant", best_of_grid=best) for r in self.runs[best]]
+        self.run([cell for cell in first if cell.sampler.startswith("alone:")])
+        return self.runs, self.histories
 
 
 def aggregate_table(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
