@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from dus_gym.tasks.media import require_ffmpeg
+
 CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 
 
 def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+    subprocess.run([require_ffmpeg(), "-nostdin", "-v", "error", "-y", *args], check=True)
 
 
 def make_raw_cremad(root: Path, per_class: int = 2) -> Path:

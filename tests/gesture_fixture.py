@@ -11,13 +11,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from dus_gym.tasks.media import require_ffmpeg
+
 MOTION = {1: ("8+4*n", "16"), 2: ("26", "2+2*n"), 3: ("52-4*n", "16")}
 """Class -> overlay position of the moving square (ffmpeg expressions of the frame number n)."""
 SEGMENT = (4, 12)
 
 
 def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+    subprocess.run([require_ffmpeg(), "-nostdin", "-v", "error", "-y", *args], check=True)
 
 
 def make_clip(folder: Path, label: int) -> None:

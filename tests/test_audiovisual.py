@@ -1,6 +1,8 @@
 """Audio-visual pipeline on a tiny fixture in the real raw formats: ffmpeg -> prepare -> task -> learner."""
 
+import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ from dus_gym.core.learner import Learner
 from dus_gym.tasks import make_task
 from dus_gym.tasks.audiovisual.features import cremad_log_spectrogram, kaldi_mel_banks, kinetics_fbank
 from dus_gym.tasks.audiovisual.prepare import prepare_dataset
+from dus_gym.tasks.media import find_ffmpeg
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+pytestmark = pytest.mark.skipif(find_ffmpeg() is None, reason="needs ffmpeg (pip install -e \".[av]\")")
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +105,16 @@ def test_prepare_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="XYZ"):
         prepare_dataset("cremad", raw, tmp_path / "out", progress=False)
     (raw / "train.csv").write_text("a,HAP\n")  # valid lists: the lists are checked before ffmpeg is looked for
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="apt-get install ffmpeg"):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no system ffmpeg ...
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # ... and no wheel: one line says how to get one
+    with pytest.raises(FileNotFoundError, match=re.escape('pip install "dus-gym[av]"')):
         prepare_dataset("cremad", raw, tmp_path / "out", progress=False)
+
+
+def test_without_a_system_ffmpeg_the_wheels_binary_is_used(tmp_path, monkeypatch):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_ffmpeg() == imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def test_audio_features_by_hand():

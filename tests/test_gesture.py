@@ -19,9 +19,10 @@ from dus_gym.core.methods import METHODS
 from dus_gym.samplers import make_sampler
 from dus_gym.samplers.base import SamplerState
 from dus_gym.tasks import make_task
+from dus_gym.tasks.media import find_ffmpeg
 from dus_gym.tasks.prepare import prepare
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+pytestmark = pytest.mark.skipif(find_ffmpeg() is None, reason="needs ffmpeg (pip install -e \".[av]\")")
 pytest.importorskip("cv2")
 
 TINY = {"pretrained": False, "width": 0.0625, "n_frames": 4, "image_size": 28}

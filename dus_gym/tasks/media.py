@@ -31,12 +31,27 @@ FOLDER_MODE = 0o755
 """Quality of every JPEG written by ``prepare`` (Pillow's scale; 95 keeps compression artefacts small)."""
 
 
-def require_ffmpeg() -> str:
-    """Path of ffmpeg, or one clear error saying how to install it."""
+def find_ffmpeg() -> str | None:
+    """Path of ffmpeg: the system's (on PATH) if there is one, else the static binary of the imageio-ffmpeg wheel."""
     path = shutil.which("ffmpeg")
+    if path is not None:
+        return path
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # the wheel has no binary for this platform
+        return None
+
+
+def require_ffmpeg() -> str:
+    """Path of ffmpeg (:func:`find_ffmpeg`), or one clear error saying how to install it."""
+    path = find_ffmpeg()
     if path is None:
-        raise FileNotFoundError("ffmpeg not found on PATH: install it (Debian/Ubuntu: apt-get install ffmpeg; "
-                                "conda: conda install ffmpeg) and run again")
+        raise FileNotFoundError("ffmpeg not found: pip install \"dus-gym[av]\" (its imageio-ffmpeg wheel holds a "
+                                "static ffmpeg), or install a system ffmpeg (apt-get install ffmpeg), and run again")
     return path
 
 
