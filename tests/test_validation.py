@@ -1149,7 +1149,7 @@ def _png_header_only(path, width, height):
 
 def test_prepare_refuses_a_decompression_bomb_in_one_line(capsys, tmp_path):
     pytest.importorskip("transformers")
-    from imagetext_fixture import make_vocab
+    from tests.imagetext_fixture import make_vocab
 
     src = _twitter_release(tmp_path)
     _png_header_only(src / "twitter2015_images" / "b.jpg", 30_000, 30_000)

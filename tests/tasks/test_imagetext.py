@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from imagetext_fixture import COLOURS, make_raw_sarcasm, make_raw_twitter2015, make_vocab
 from PIL import Image
 
 from dus_gym.cli import main
@@ -20,6 +19,7 @@ from dus_gym.core.learner import Learner
 from dus_gym.tasks import make_task
 from dus_gym.tasks.imagetext.prepare import clean_text, load_tokenizer
 from dus_gym.tasks.prepare import prepare
+from tests.imagetext_fixture import COLOURS, make_raw_sarcasm, make_raw_twitter2015, make_vocab
 
 pytest.importorskip("transformers")
 

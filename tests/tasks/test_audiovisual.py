@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import pytest
-from av_fixture import make_raw_cremad, make_raw_kinetics
 
 from dus_gym.cli import main
 from dus_gym.core.config import LearnerConfig
@@ -12,6 +11,7 @@ from dus_gym.core.learner import Learner
 from dus_gym.tasks import make_task
 from dus_gym.tasks.audiovisual.features import cremad_log_spectrogram, kaldi_mel_banks, kinetics_fbank
 from dus_gym.tasks.audiovisual.prepare import prepare_dataset
+from tests.av_fixture import make_raw_cremad, make_raw_kinetics
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
 

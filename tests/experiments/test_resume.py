@@ -184,7 +184,7 @@ def test_train_policy_sigkill_then_resume(tmp_path):
 
     hp = tmp_path / "ppo.yml"
     hp.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": {**TINY_PPO, "n_timesteps": 100_000}}))
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     base = [sys.executable, str(root / "train_policy.py"), "--env", "dus_gym/Synthetic-v0", "-conf", str(hp),
             "--vec-env", "dummy", "--no-evaluate",
             "--no-progress", "--eval-freq", "0", "--checkpoint-freq", "32", "--env-kwargs", "n_iterations=40",

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from gesture_fixture import make_raw_nvgesture
 from PIL import Image
 
 from dus_gym.cli import main
@@ -20,6 +19,7 @@ from dus_gym.samplers import make_sampler
 from dus_gym.samplers.base import SamplerState
 from dus_gym.tasks import make_task
 from dus_gym.tasks.prepare import prepare
+from tests.gesture_fixture import make_raw_nvgesture
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
 pytest.importorskip("cv2")

@@ -86,7 +86,7 @@ def _tiny_task(n: int = 40) -> Task:
 def test_user_task_registration_and_validation():
     register_task("tiny", _tiny_task)
     assert make_task("tiny", n=20).modalities == ("a", "b")
-    assert make_task("tests.test_tasks:_tiny_task").name == "tiny"
+    assert make_task("tests.tasks.test_mfeat:_tiny_task").name == "tiny"
     labels = torch.tensor([0, 5])
     with pytest.raises(ValueError, match="labels outside"):
         s = MultimodalSplit({"a": torch.zeros(2, 1), "b": torch.zeros(2, 1)}, labels)

@@ -151,10 +151,10 @@ def test_start_from_a_saved_learner_checkpoint(tmp_path):
 
 
 def test_user_spec_registers_and_bad_specs_fail(tmp_path):
-    spec = {"env_id": "dus_gym/TinyTest-v0", "task": "tests.test_tasks:_tiny_task", "n_iterations": 20,
+    spec = {"env_id": "dus_gym/TinyTest-v0", "task": "tests.tasks.test_mfeat:_tiny_task", "n_iterations": 20,
             "env": {"iterations_per_step": 10}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.warns(UserWarning, match="names the task 'tests.test_tasks:_tiny_task'"):
+    with pytest.warns(UserWarning, match="names the task 'tests.tasks.test_mfeat:_tiny_task'"):
         assert register_envs(tmp_path) == []  # a spec is a file: its module:function task needs the opt-in
     assert register_envs(tmp_path, allow_task_import=True) == ["dus_gym/TinyTest-v0"]
     env = gym.make("dus_gym/TinyTest-v0")
