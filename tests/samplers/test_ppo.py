@@ -1,5 +1,4 @@
 import json
-from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -7,7 +6,6 @@ import pytest
 from stable_baselines3 import PPO
 
 from dus_gym.cli import main
-from dus_gym.experiments.train_policy import train_policy
 from dus_gym.samplers import SamplerState, make_sampler
 from dus_gym.samplers.ppo import PolicySampler
 from dus_gym.samplers.rules import ScheduleSampler
@@ -95,15 +93,6 @@ def test_policy_mismatch_and_missing(tiny_policy, tmp_path):
     with pytest.raises(FileNotFoundError, match="policy.zip"):
         PolicySampler(64, 2, policy=str(tmp_path))
     assert main(["run", "--sampler", "ppo", "--run-dir", str(tmp_path)]) == 2
-
-
-def test_resume_continues_from_the_last_checkpoint(tiny_policy, capsys):
-    config, folder = tiny_policy
-    before = PPO.load(folder / "policy.zip", device="cpu").num_timesteps
-    train_policy(replace(config, resume=str(folder), n_timesteps=128), argv=["train_policy.py"])
-    assert "resuming from" in capsys.readouterr().out
-    after = PPO.load(folder / "policy.zip", device="cpu")
-    assert before >= 64 and after.num_timesteps >= 128
 
 
 def test_unknown_env_id_is_one_line(tmp_path, capsys):
