@@ -36,6 +36,17 @@ def test_zoo_strings_are_parsed_without_eval():
             parse_literal_call(evil, "x")
 
 
+@pytest.mark.parametrize("text", ["__import__('os').system('touch pwned')", "dict(net_arch=open('x').read())",
+                                  "dict(activation_fn=os.system)"])
+def test_zoo_policy_kwargs_strings_are_parsed_not_evaluated(text, tmp_path):
+    from dus_gym.agents.hyperparams import load_hyperparams
+
+    hp = tmp_path / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"default": {"policy_kwargs": text}}))
+    with pytest.raises(ConfigError):
+        load_hyperparams(hp, "dus_gym/Synthetic-v0")
+
+
 def test_default_entry_and_bad_files(tmp_path):
     path = tmp_path / "ppo.yml"
     path.write_text(yaml.safe_dump({"default": {"n_timesteps": "1e3", "normalize": True, "clip_range": "lin_0.2"}}))

@@ -45,27 +45,6 @@ def test_tune_heuristic_writes_settings_and_a_paired_comparison(tmp_path, capsys
     assert trials[-1].params["alpha"] == alpha  # the stale trial's parameters, queued again
 
 
-def test_pruning_on_validation_accuracy():
-    from dataclasses import replace
-
-    from dus_gym.experiments.run import run_training
-    from dus_gym.experiments.tune import PruneOnValidation
-
-    config = from_dict(RunConfig, {"task": "synthetic", "n_iterations": 30, "eval_every": 10,
-                                   "task_kwargs": {"n_samples": 300, "dominant_dim": 32, "hidden_dim": 16}})
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01))
-    trial = study.ask()
-    with pytest.raises(optuna.TrialPruned, match="step 10"):  # below the threshold at the first validation
-        run_training(replace(config, seed=0), progress=False, probe=False,
-                     callbacks=[PruneOnValidation(trial, run_index=0)])
-    assert list(trial.storage.get_trial(trial._trial_id).intermediate_values) == [10]
-    kept = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.0))
-    trial = kept.ask()
-    run_training(replace(config, seed=0), progress=False, probe=False, callbacks=[PruneOnValidation(trial, 1)])
-    assert sorted(kept.trials[0].intermediate_values) == [40, 50, 60]  # steps offset by one run's budget
-
-
-
 def test_tune_ppo_on_a_family_env_trains_its_modality_policy(tmp_path):
     # the default env's entry names dus-gym's ModalityPolicy, which SB3 does not know by name
     study, start = tmp_path / "ppo", tmp_path / "start.yml"

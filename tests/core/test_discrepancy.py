@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from dus_gym.core.discrepancy import CMDMonitor, learning_status
-from dus_gym.core.observation import cmd_observation
 
 
 def test_learning_status_is_mean_true_class_probability():
@@ -62,14 +61,6 @@ def test_bad_status_rejected():
         monitor.update([0.1, 0.2, 0.3])
     with pytest.raises(ValueError):
         CMDMonitor(1)
-
-
-def test_observation_layout():
-    monitor = CMDMonitor(2)
-    monitor.update([0.6, 0.2])
-    obs = cmd_observation(monitor, np.array([32, 96]), 64, 0.25)
-    assert obs.dtype == np.float32 and obs.shape == (9,)
-    assert obs == pytest.approx([0.6, 0.2, 0.6, 0.5, 0.2, -0.2, 0.2, 1.5, 0.25])
 
 
 def test_state_dict_round_trip():

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
-from torch import nn
 
 from dus_gym.core.config import ConfigError, LearnerConfig
 from dus_gym.core.learner import Learner
@@ -24,42 +23,10 @@ from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
 from dus_gym.core.methods.mmpareto import mmpareto_weights
 from dus_gym.core.methods.ogm_ge import modulated_parameters, noise_scale, ogm_ge_coefficients
 from dus_gym.core.methods.pmr import pmr_coefficients
-from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
+from dus_gym.core.task import MLPEncoder, SmallCNNEncoder
 from dus_gym.tasks import make_task
 
 B = 16
-
-
-class TanhEncoder(nn.Module):
-    """One tanh layer: small enough to reason about, non-linear enough to matter."""
-
-    def __init__(self, d_in: int, d_out: int) -> None:
-        super().__init__()
-        self.out_dim = d_out
-        self.lin = nn.Linear(d_in, d_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.lin(x))
-
-
-def tiny_task() -> Task:
-    g = torch.Generator().manual_seed(0)
-    n = 90
-    labels = torch.arange(n) % 3
-    a = torch.randn(n, 4, generator=g) + labels[:, None].float()
-    b = torch.randn(n, 3, generator=g) - 0.5 * labels[:, None].float()
-
-    def split(rows):
-        return MultimodalSplit({"a": a[rows], "b": b[rows]}, labels[rows])
-
-    return Task("tiny", ("a", "b"), 3, {"train": split(slice(0, 60)), "val": split(slice(60, 75)),
-                                        "test": split(slice(75, 90))},
-                {"a": lambda: TanhEncoder(4, 5), "b": lambda: TanhEncoder(3, 5)})
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_task()
 
 
 @pytest.fixture(scope="module")
@@ -111,43 +78,6 @@ def concat_logits(model, feats, n):
 def assert_grads(model, reference_grads, params_of, atol=1e-6):
     for got, want in zip(params_of(model), reference_grads, strict=True):
         assert torch.allclose(got.grad, want, atol=atol), (got.grad, want)
-
-
-# --- fusion heads -----------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("fusion", ["concat", "sum", "gated", "film"])
-def test_fusion_heads_by_hand(tiny, fusion):
-    from dus_gym.core.model import MultimodalNet
-
-    torch.manual_seed(0)
-    net = MultimodalNet(tiny, fusion=fusion)
-    h_a, h_b = torch.randn(4, 5), torch.randn(4, 5)
-    f = net.fusion
-    if fusion == "concat":
-        want = torch.cat([h_a, h_b], 1) @ f.weight.T + f.bias
-    elif fusion == "sum":
-        want = h_a @ f.parts[0].weight.T + f.parts[0].bias + h_b @ f.parts[1].weight.T + f.parts[1].bias
-    elif fusion == "gated":  # W_o (sigmoid(W_g h_a + b_g) * (W_v h_b + b_v)) + b_o
-        gate = 1 / (1 + torch.exp(-(h_a @ f.gate.weight.T + f.gate.bias)))
-        want = (gate * (h_b @ f.value.weight.T + f.value.bias)) @ f.out.weight.T + f.out.bias
-    else:  # (gamma, beta) = W_f h_a + b_f; W_o (gamma * h_b + beta) + b_o
-        film = h_a @ f.film.weight.T + f.film.bias
-        want = (film[:, :5] * h_b + film[:, 5:]) @ f.out.weight.T + f.out.bias
-    assert torch.allclose(net.fuse([h_a, h_b]), want, atol=1e-6)
-
-
-def test_concat_keeps_its_parameter_names_and_initialisation(tiny):
-    from dus_gym.core.model import MultimodalNet
-
-    torch.manual_seed(5)
-    net = MultimodalNet(tiny)
-    torch.manual_seed(5)
-    encoders = [tiny.encoders[m]() for m in tiny.modalities]
-    heads = [nn.Linear(5, 3) for _ in tiny.modalities]
-    fusion = nn.Linear(10, 3)  # the order of construction (and so of the random draws) is unchanged
-    assert torch.equal(net.fusion.weight, fusion.weight) and torch.equal(net.heads["b"].bias, heads[1].bias)
-    assert torch.equal(net.encoders["a"].lin.weight, encoders[0].lin.weight)
-    assert {"fusion.weight", "fusion.bias"} <= set(net.state_dict())
 
 
 def test_methods_refuse_fusion_heads_they_are_not_defined_for():

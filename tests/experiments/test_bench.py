@@ -5,7 +5,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dus_gym.cli import main
@@ -105,24 +104,6 @@ def test_readme_is_checked_before_any_run_and_method_kwargs_go_to_their_method(t
     assert kwargs == {"ogm-ge": {"alpha": 0.5}, "mla": {}}
 
 
-def test_interval_and_late_fusion_arithmetic_by_hand():
-    from dus_gym.experiments.stats import late_fusion_accuracy, mean_interval, paired_interval
-
-    # 1..5: mean 3, sd sqrt(2.5), t(0.975, 4) = 2.7764451: half-width 2.7764451 * sqrt(2.5) / sqrt(5)
-    mean, lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
-    half = 2.7764451 * (2.5**0.5) / 5**0.5
-    assert (mean, lo, hi) == pytest.approx((3.0, 3.0 - half, 3.0 + half), abs=1e-6)
-    # paired: differences (0.1, 0.3, 0.2): mean 0.2, sd 0.1, t(0.975, 2) = 4.3026527
-    d, lo, hi = paired_interval([0.6, 0.8, 0.9], [0.5, 0.5, 0.7])
-    assert (d, lo, hi) == pytest.approx((0.2, 0.2 - 4.3026527 * 0.1 / 3**0.5, 0.2 + 4.3026527 * 0.1 / 3**0.5))
-    assert all(x != x for x in mean_interval([0.4])[1:])  # one value: no interval (nan bounds)
-    # late fusion: argmax of the summed log-probabilities; sample 2 is decided by the confident second model
-    p_a = np.array([[0.6, 0.4], [0.55, 0.45], [0.2, 0.8]])
-    p_b = np.array([[0.7, 0.3], [0.1, 0.9], [0.5, 0.5]])
-    # sums of logs: [-0.87, -2.12] -> 0; [-2.90, -0.90] -> 1; [-2.30, -0.92] -> 1 (wrong: the label is 0)
-    assert late_fusion_accuracy([p_a, p_b], np.array([0, 1, 0])) == pytest.approx(2 / 3)
-
-
 def test_paired_differences_use_the_seeds_both_rows_have():
     from dus_gym.experiments.bench import format_delta, paired_difference, summary_rows
 
@@ -162,3 +143,44 @@ def test_the_table_shows_the_cost_beside_the_accuracy(bench_out):
     names = [c.strip() for c in header.strip("|").split("|")]
     assert cells[names.index("samples dominant")] == "480" and cells[names.index("steps")] == "30"  # 30 x 16
     assert cells[names.index("epochs")] == "2.7" and float(cells[names.index("MFLOP/iter")]) > 0  # 480 / 180 rows
+
+
+def test_bench_overrides_win_over_the_sampler_file_and_reach_only_the_samplers_that_take_them():
+    from dus_gym.experiments.bench import bench_config_from_args, plan_cells
+
+    bench = bench_config_from_args({"tasks": ["synthetic"], "methods": ["joint"], "samplers": ["uniform", "heuristic"],
+                                    "seeds": [0], "overrides": {"sampler_kwargs": {"alpha": 5},
+                                                                "task_kwargs": {"hidden_dim": 4}}})
+    kwargs = {(c.sampler, c.alone): c.config["sampler_kwargs"] for c in plan_cells(bench)}
+    assert kwargs[("heuristic", None)]["alpha"] == 5  # agents/heuristic.yml says 10
+    assert kwargs[("uniform", None)] == {}
+    assert kwargs[("dominant", "dominant")] == {"counts": [64, 0]}
+
+
+@pytest.mark.parametrize("damage", ["truncated npz", "npz of garbage", "record without summary", "summary without test",
+                                    "record of a list"])
+def test_a_damaged_bench_cell_is_run_again(damage, tmp_path):
+    from dus_gym.experiments.bench import bench_config_from_args, run_bench
+
+    bench = bench_config_from_args({"tasks": ["synthetic"], "methods": ["joint"], "samplers": ["uniform"],
+                                    "seeds": [0], "n_iterations": 2, "alone": False, "workers": 1,
+                                    "out_dir": str(tmp_path), "overrides": {"task_kwargs": {"hidden_dim": 4}}})
+    assert run_bench(bench, progress=False)["ran"] == 1
+    cell = tmp_path / "cells" / "synthetic_joint_uniform_seed0"
+    npz, record = cell.with_suffix(".npz"), cell.with_suffix(".json")
+    if damage == "truncated npz":
+        npz.write_bytes(npz.read_bytes()[:40])
+    elif damage == "npz of garbage":
+        npz.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    elif damage == "record of a list":
+        record.write_text("[1, 2]")
+    else:
+        data = json.loads(record.read_text())
+        if damage == "record without summary":
+            del data["summary"]
+        else:
+            del data["summary"]["test"]
+        record.write_text(json.dumps(data))
+    summary = run_bench(bench, progress=False)
+    assert summary["ran"] == 1 and "joint" in summary["table"]
+    assert run_bench(bench, progress=False)["ran"] == 0  # repaired

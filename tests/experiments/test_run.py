@@ -5,7 +5,9 @@ import json
 import numpy as np
 
 from dus_gym.core.config import RunConfig, from_dict
+from dus_gym.experiments.family import case_config, family_config
 from dus_gym.experiments.run import RunCallback, run_training
+from dus_gym.tasks.families import TaskFamily
 
 
 class StopAt(RunCallback):
@@ -54,3 +56,19 @@ def test_flops_per_iteration_match_the_layers_by_hand(tmp_path):
     for every in (None, 7):  # never; or not within a run of 6 iterations
         other = run_training(RunConfig(**{**config.__dict__, "flops_every": every}), progress=False, probe=False)
         assert other.summary["flops_per_iteration"] is None
+
+
+TINY = {"n_iterations": 20, "iterations_per_step": 10, "task_kwargs": {"n_samples": 300, "hidden_dim": 8}}
+
+
+def test_val_source_heuristic_runs_and_differs_from_train(tmp_path):
+    base = family_config("synthetic-family-v1.yaml", {"n_iterations": 40, "task_kwargs": TINY["task_kwargs"]})
+    family = TaskFamily.from_config(base.task, base.task_kwargs, base.family)
+    histories = {}
+    for source in ("train", "val"):
+        config = case_config(base, family, 1, 0, "heuristic",
+                             {"alpha": 30.0, "allocation": True, "n_min": 4, "source": source, "val_every": 10})
+        histories[source] = run_training(from_dict(RunConfig, config), task=family.make(1), progress=False,
+                                         probe=False).counts
+    assert all(h.sum(1).tolist() == [32 * h.shape[1]] * 40 for h in histories.values())
+    assert not np.array_equal(histories["train"], histories["val"])

@@ -1,4 +1,5 @@
-"""IQM, stratified bootstrap and probability of improvement: hand computations, and rliable's numbers."""
+"""IQM, stratified bootstrap and probability of improvement (hand computations, and rliable's numbers);
+t intervals, late fusion and instance-clustered intervals by hand."""
 
 import numpy as np
 import pytest
@@ -72,3 +73,42 @@ def test_against_rliable():
         np.testing.assert_allclose(ours[name].iqm_interval, np.ravel(iqm_ci[name]), atol=0.01)
     # rliable draws the same run indices for both samplers, here each is resampled alone: close, not equal
     np.testing.assert_allclose(ours["h"].improvement_interval, np.ravel(poi_ci["h"]), atol=0.04)
+
+
+def test_interval_and_late_fusion_arithmetic_by_hand():
+    from dus_gym.experiments.stats import late_fusion_accuracy, mean_interval, paired_interval
+
+    # 1..5: mean 3, sd sqrt(2.5), t(0.975, 4) = 2.7764451: half-width 2.7764451 * sqrt(2.5) / sqrt(5)
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451 * (2.5**0.5) / 5**0.5
+    assert (mean, lo, hi) == pytest.approx((3.0, 3.0 - half, 3.0 + half), abs=1e-6)
+    # paired: differences (0.1, 0.3, 0.2): mean 0.2, sd 0.1, t(0.975, 2) = 4.3026527
+    d, lo, hi = paired_interval([0.6, 0.8, 0.9], [0.5, 0.5, 0.7])
+    assert (d, lo, hi) == pytest.approx((0.2, 0.2 - 4.3026527 * 0.1 / 3**0.5, 0.2 + 4.3026527 * 0.1 / 3**0.5))
+    assert all(x != x for x in mean_interval([0.4])[1:])  # one value: no interval (nan bounds)
+    # late fusion: argmax of the summed log-probabilities; sample 2 is decided by the confident second model
+    p_a = np.array([[0.6, 0.4], [0.55, 0.45], [0.2, 0.8]])
+    p_b = np.array([[0.7, 0.3], [0.1, 0.9], [0.5, 0.5]])
+    # sums of logs: [-0.87, -2.12] -> 0; [-2.90, -0.90] -> 1; [-2.30, -0.92] -> 1 (wrong: the label is 0)
+    assert late_fusion_accuracy([p_a, p_b], np.array([0, 1, 0])) == pytest.approx(2 / 3)
+
+
+def test_instance_clustered_intervals_take_the_instance_as_the_unit():
+    from scipy import stats
+
+    from dus_gym.experiments.stats import clustered_difference, two_level_aggregates
+
+    values = {0: [0.8, 0.9, 1.0], 1: [0.5, 0.5, 0.5], 2: [0.7, 0.6, 0.8], 3: [0.9, 0.9, 0.9]}
+    reference = {0: [0.7, 0.7, 0.7], 1: [0.5, 0.4, 0.6], 2: [0.6, 0.6, 0.6], 3: [0.85, 0.85, 0.85]}
+    d = np.array([0.2, 0.0, 0.1, 0.05])  # per-instance mean differences, by hand
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2  # df = instances - 1 = 3, not cases - 1 = 11
+    mean, lo, hi = clustered_difference(values, reference)
+    assert mean == pytest.approx(d.mean()) and (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, (3, 30))
+    agg = two_level_aggregates({"uniform": base, "better": base + 1.0}, reps=500)
+    assert agg["better"].iqm == pytest.approx(agg["uniform"].iqm + 1.0)
+    assert agg["better"].improvement > 0.7 and agg["better"].iqm_interval[0] < agg["better"].iqm
+    one = two_level_aggregates({"uniform": base[:, :1].repeat(30, 1)}, reps=200)  # no spread between instances
+    spread = two_level_aggregates({"uniform": base}, reps=200)
+    assert np.diff(one["uniform"].iqm_interval)[0] < np.diff(spread["uniform"].iqm_interval)[0]

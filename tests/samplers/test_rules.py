@@ -1,8 +1,12 @@
+"""The rule samplers: uniform, the heuristic (its formula, allocation, reversal, validation source), constant
+and schedule, and the sampler table."""
+
 import numpy as np
 import pytest
 
 from dus_gym.samplers import SamplerState, make_sampler
-from dus_gym.samplers.rules import ConstantSampler, HeuristicSampler, UniformSampler
+from dus_gym.samplers.action import allocate
+from dus_gym.samplers.rules import ConstantSampler, HeuristicSampler, ScheduleSampler, UniformSampler
 
 
 def state(d, iteration=10, counts=(64, 64)):
@@ -46,6 +50,30 @@ def test_heuristic_rejects_bad_settings(kwargs):
         HeuristicSampler(64, 2, **kwargs)
 
 
+def test_heuristic_allocation_splits_m_times_b_by_its_softmax():
+    sampler = make_sampler("heuristic", 32, 3, alpha=10.0, n_min=4, allocation=True)
+    d = np.array([0.1, -0.05, -0.05])
+    state = SamplerState(50, 100, 32, d + 0.5, d, d, np.array([32, 32, 32]), np.zeros(13, np.float32))
+    counts = sampler.counts(state)
+    w = np.exp(-10 * d) / np.exp(-10 * d).sum()
+    assert counts.sum() == 96 and counts.tolist() == allocate(w, 96, 4).tolist() and counts[0] < counts[1]
+
+
+def test_reversed_heuristic_feeds_the_modality_ahead_and_val_source_reads_validation():
+    d = np.array([0.1, -0.1])
+    state = SamplerState(20, 100, 32, d + 0.5, d, d, np.array([32, 32]), np.zeros(1, np.float32),
+                         val_status=np.array([0.3, 0.5]), val_acc=0.6)
+    plain = make_sampler("heuristic", 32, 2, alpha=10.0, n_min=4, allocation=True)
+    reverse = make_sampler("heuristic", 32, 2, alpha=10.0, n_min=4, allocation=True, reverse=True)
+    assert plain.counts(state)[0] < 32 < reverse.counts(state)[0]
+    assert plain.counts(state).tolist() == reverse.counts(state)[::-1].tolist()  # a mirror image for M = 2
+    val = make_sampler("heuristic", 32, 2, alpha=10.0, n_min=4, allocation=True, source="val", val_every=20)
+    assert val.validation_every == 20
+    assert val.counts(state)[0] > 32  # on validation, modality 0 is behind: it gets more, whatever the train CMD
+    with pytest.raises(ValueError, match="source"):
+        make_sampler("heuristic", 32, 2, source="test")
+
+
 def test_constant_and_registry():
     assert ConstantSampler(64, 2, counts=[64, 0]).counts(state([0.0, 0.0])).tolist() == [64, 0]
     with pytest.raises(ValueError):
@@ -55,3 +83,21 @@ def test_constant_and_registry():
         make_sampler("heuristc", 64, 2)
     with pytest.raises(ValueError, match="bad arguments"):
         make_sampler("uniform", 64, 2, alpha=3.0)
+
+
+def progress_state(iteration, n_iterations=100):
+    return SamplerState(iteration, n_iterations, 64, np.zeros(2), np.zeros(2), np.zeros(2), np.array([64, 64]),
+                        np.zeros(9, dtype=np.float32))
+
+
+def test_schedule_replays_by_progress(tmp_path):
+    sampler = ScheduleSampler(64, 2, schedule=[[8, 100], [16, 90], [32, 80], [64, 70]])
+    assert [sampler.counts(progress_state(t)).tolist() for t in (0, 24, 25, 74, 99)] == \
+        [[8, 100], [8, 100], [16, 90], [32, 80], [64, 70]]
+    np.save(tmp_path / "counts.npy", np.array([[1, 2]] * 3))
+    assert (make_sampler("schedule", 64, 2, schedule=str(tmp_path / "counts.npy"))
+            .counts(progress_state(50)).tolist() == [1, 2])
+    with pytest.raises(ValueError, match="table of counts"):
+        ScheduleSampler(64, 2, schedule=[[1, 2, 3]])
+    with pytest.raises(FileNotFoundError):
+        ScheduleSampler(64, 2, schedule=str(tmp_path / "missing.npy"))

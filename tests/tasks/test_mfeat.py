@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dus_gym.core.task import MLPEncoder
-from dus_gym.tasks import MultimodalSplit, Task, make_task, register_task
+from dus_gym.tasks import make_task
 from dus_gym.tasks.mfeat import load_mfeat_arrays, stratified_splits
 
 
@@ -49,50 +48,3 @@ def test_mfeat_missing_and_corrupt_data(tmp_path):
     bad.write_bytes(b"PK\x03\x04 this is not an archive")
     with pytest.raises(ValueError, match="corrupt"):
         make_task("mfeat", data_path=str(bad))
-
-
-def test_synthetic_is_seeded_and_weak_modality_is_not_linear():
-    from sklearn.linear_model import LogisticRegression
-
-    a, b = make_task("synthetic"), make_task("synthetic")
-    assert torch.equal(a.splits["train"].features["weak"], b.splits["train"].features["weak"])
-    assert a.modalities == ("dominant", "weak") and a.n_classes == 10
-    train, test = a.splits["train"], a.splits["test"]
-    linear_weak = LogisticRegression(max_iter=2000).fit(train.features["weak"], train.labels)
-    assert linear_weak.score(test.features["weak"], test.labels) < 0.2  # chance is 0.1
-    coarse = train.labels // 2
-    linear_dominant = LogisticRegression(max_iter=2000).fit(train.features["dominant"], coarse)
-    assert linear_dominant.score(test.features["dominant"], test.labels // 2) > 0.95
-    three = make_task("synthetic", n_weak=2)
-    assert three.modalities == ("dominant", "weak", "weak2")
-
-
-def test_unknown_task_and_bad_kwargs():
-    with pytest.raises(ValueError, match="did you mean 'mfeat'"):
-        make_task("mfet")
-    with pytest.raises(ValueError, match="bad arguments"):
-        make_task("synthetic", n_sample=10)
-
-
-def _tiny_task(n: int = 40) -> Task:
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(n) % 2
-    def split():
-        return MultimodalSplit({"a": torch.randn(n, 3, generator=g), "b": torch.randn(n, 2, generator=g)}, labels)
-    return Task("tiny", ("a", "b"), 2, {"train": split(), "val": split(), "test": split()},
-                {"a": lambda: MLPEncoder(3, 8), "b": lambda: MLPEncoder(2, 8)})
-
-
-def test_user_task_registration_and_validation():
-    register_task("tiny", _tiny_task)
-    assert make_task("tiny", n=20).modalities == ("a", "b")
-    assert make_task("tests.tasks.test_mfeat:_tiny_task").name == "tiny"
-    labels = torch.tensor([0, 5])
-    with pytest.raises(ValueError, match="labels outside"):
-        s = MultimodalSplit({"a": torch.zeros(2, 1), "b": torch.zeros(2, 1)}, labels)
-        Task("bad", ("a", "b"), 2, {"train": s, "val": s, "test": s}, {"a": None, "b": None})
-    with pytest.raises(ValueError, match="has 3 samples"):
-        MultimodalSplit({"a": torch.zeros(3, 1)}, torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match="NaN"):
-        s = MultimodalSplit({"a": torch.full((2, 1), float("nan")), "b": torch.zeros(2, 1)}, torch.zeros(2).long())
-        Task("bad", ("a", "b"), 2, {"train": s, "val": s, "test": s}, {"a": None, "b": None})

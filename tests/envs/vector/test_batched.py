@@ -1,17 +1,26 @@
+"""The batched envs (VecDUSEnv, and the BatchedEnvs behind DUSVectorEnv): equal to separate envs, one copy of
+the task data, divergence, SB3 wrappers, family instances per env, and bad num_envs or actions."""
+
+import re
+
 import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan, VecMonitor, VecNormalize
 
-from dus_gym.core.batched_learner import BatchedLearner, MaskedBatchNorm, mask_batch_norms
-from dus_gym.core.config import ConfigError, LearnerConfig
-from dus_gym.core.learner import Learner
-from dus_gym.core.task import MultimodalSplit, Task
+from dus_gym.core.batched_learner import (
+    BatchedLearner,
+    task_shape_key,
+)
+from dus_gym.core.config import ConfigError
 from dus_gym.envs.env import DUSEnv
+from dus_gym.envs.registration import env_kwargs_of, spec_config
 from dus_gym.envs.vector.batched import VecDUSEnv
 from dus_gym.tasks import cached_task
+from tests.helpers import ENV_KWARGS
 
 SMALL = {"n_iterations": 10, "iterations_per_step": 5}
+TINY = {"n_iterations": 40, "iterations_per_step": 10}  # 4 steps per episode
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one torch thread per module
@@ -124,54 +133,181 @@ def test_unsupported_settings_are_refused():
         VecDUSEnv(2, learner={"method": "ogm-ge"}, **SMALL)
 
 
-class _BNEncoder(torch.nn.Module):
-    def __init__(self, in_dim):
-        super().__init__()
-        self.out_dim = 8
-        self.net = torch.nn.Sequential(torch.nn.Linear(in_dim, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU())
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def _bn_task():
-    g = torch.Generator().manual_seed(0)
-    def split(n):
-        return MultimodalSplit({"a": torch.randn(n, 5, generator=g), "b": torch.randn(n, 3, generator=g)},
-                               torch.arange(n) % 3)
-    return Task("bn", ("a", "b"), 3, {"train": split(120), "val": split(30), "test": split(30)},
-                {"a": lambda: _BNEncoder(5), "b": lambda: _BNEncoder(3)})
+def _family_kwargs(**overrides):
+    """A small family: 9 + 9 instances of two shapes (2 and 3 modalities), a quarter held out."""
+    instances = ([{"data_seed": s} for s in range(9)]
+                 + [{"data_seed": s, "n_weak": 2, "dominant_slot": 1} for s in range(9)])
+    spec = {"task_kwargs": {"n_samples": 300, "hidden_dim": 8},
+            "family": {"generator": None, "generator_kwargs": {}, "instances": instances, "held_out": 0.25,
+                       "split_seed": 0}, **TINY, **overrides}
+    return env_kwargs_of(spec_config("synthetic-family.yaml", spec, "test"))
 
 
-def test_batchnorm_uses_masked_statistics():
-    task, config = _bn_task(), LearnerConfig(batch_size=16, lr=0.1)
-    seeds = [0, 1, 2]
-    singles = [Learner(task, config, seed=s) for s in seeds]
-    batched = BatchedLearner(task, config, len(seeds))
-    for i, s in enumerate(seeds):
-        batched.reset_learner(i, s)
-    assert all(isinstance(n, MaskedBatchNorm) for n in batched._masked_norms["a"])
-    counts = np.array([[4, 16], [16, 2], [9, 9]])
-    for _ in range(4):
-        stats = batched.step(counts)
-        expected = [single.step(c) for single, c in zip(singles, counts, strict=True)]
-        np.testing.assert_allclose(stats.loss, [e.loss for e in expected], atol=1e-5)
-    for i, single in enumerate(singles):
-        state = batched.learner_state(i)
-        for key, value in single.model.state_dict().items():
-            torch.testing.assert_close(state[key], value, atol=1e-5, rtol=1e-5)
-    fused, _ = batched.accuracies("val")
-    np.testing.assert_allclose(fused, [s.accuracies("val")[0] for s in singles])
+def _episode_batches(venv, n_batches):
+    """The instances of every env in ``n_batches`` batches of episodes (checking the infos on the way)."""
+    venv.reset()
+    batches = [[info["instance"] for info in venv.reset_infos]]
+    while len(batches) < n_batches:
+        actions = np.zeros((venv.num_envs, venv.action_space.shape[0]), dtype=np.float32)
+        _, _, dones, infos = venv.step(actions)
+        assert [info["instance"] for info in infos] == batches[-1]  # each env's own instance at every step
+        if dones.all():
+            batches.append([info["instance"] for info in venv.reset_infos])
+            assert venv.env_method("instance_info") == [venv.batch.instance_info(i) for i in range(venv.num_envs)]
+            assert venv.get_attr("instance") == batches[-1]
+    return batches
 
 
-def test_masked_batchnorm_ignores_padded_rows():
-    bn = torch.nn.BatchNorm1d(4)
-    x = torch.randn(6, 4)
-    (masked,) = mask_batch_norms(torch.nn.Sequential(torch.nn.BatchNorm1d(4)))
-    masked.mask = torch.tensor([True, True, True, True, False, False])
-    y = masked(torch.cat([x[:4], torch.full((2, 4), 1e3)]))
-    torch.testing.assert_close(y[:4], bn(x[:4]))
-    mean, var, tracked = masked.updated
-    torch.testing.assert_close(mean, bn.running_mean)
-    torch.testing.assert_close(var, bn.running_var)
-    assert int(tracked) == 1
+def test_family_envs_train_distinct_instances_of_one_shape():
+    kwargs = _family_kwargs()
+    venv = VecDUSEnv(4, seed=0, **kwargs)
+    family, pool = venv.template.family, set(venv.template.pool)
+    batches = _episode_batches(venv, 5)
+    for instances in batches:
+        assert len(set(instances)) == 4 and set(instances) <= pool
+        assert len({len(family.make(k).modalities) for k in instances}) == 1  # one shape per batch
+    learners = venv.learners
+    for i, k in enumerate(batches[-1]):  # learner i reads its own instance's training rows
+        task = learners.task_of(i)
+        assert task is family.make(k)
+        n_train = len(task.splits["train"])
+        start = int(learners.keep[i].min()) // n_train * n_train
+        assert int(learners.keep[i].max()) < start + n_train
+        torch.testing.assert_close(learners.train_split.features["weak"][learners.keep[i]],
+                                   task.splits["train"].features["weak"][learners.keep[i] - start])
+    assert _episode_batches(VecDUSEnv(4, seed=0, **kwargs), 5) == batches  # reproducible
+    shared = _episode_batches(VecDUSEnv(4, seed=0, **_family_kwargs(shared_instance=True)), 5)
+    assert all(len(set(instances)) == 1 for instances in shared)
+    assert shared[0][0] == batches[0][0]  # env 0 draws as before
+    seen, seen_shared = {k for b in batches for k in b}, {k for b in shared for k in b}
+    assert len(seen) >= 2 * len(seen_shared)
+
+
+def test_family_envs_match_separate_envs_on_the_named_instances():
+    kwargs = _family_kwargs()
+    venv = VecDUSEnv(3, **kwargs)
+    family = venv.template.family
+    named = [k for k in family.train if len(family.make(k).modalities) == 2][:3]
+    options = [{"instance": k} for k in named]
+    separate = DummyVecEnv([lambda: DUSEnv(**kwargs)] * 3)
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, size=(3, 3)).astype(np.float32) for _ in range(4)]
+    out = []
+    for env in (separate, venv):
+        env.seed(3)
+        env.set_options(options)
+        rollout = [(env.reset(), [info["instance"] for info in env.reset_infos])]
+        rollout += [env.step(a) for a in actions]
+        out.append(rollout)
+    assert out[0][0][1] == out[1][0][1] == named
+    assert out[1][-1][2].all()  # the rollout crossed the end of the episodes
+    np.testing.assert_allclose(out[1][0][0], out[0][0][0], atol=1e-5)
+    for (obs_a, rew_a, done_a, info_a), (obs_b, rew_b, done_b, info_b) in zip(out[0][1:], out[1][1:], strict=True):
+        ended = done_a.all()  # then env 0 draws its next instance as DUSEnv does, the others from its group
+        np.testing.assert_allclose(obs_b[:1] if ended else obs_b, obs_a[:1] if ended else obs_a, atol=1e-5)
+        np.testing.assert_allclose(rew_b, rew_a, atol=1e-5)
+        assert done_b.tolist() == done_a.tolist()
+        for a, b in zip(info_a, info_b, strict=True):
+            assert b["instance"] == a["instance"] and b["val_acc"] == pytest.approx(a["val_acc"], abs=1e-5)
+            if "terminal_observation" in a:
+                np.testing.assert_allclose(b["terminal_observation"], a["terminal_observation"], atol=1e-5)
+
+
+def test_reset_options_name_the_instances():
+    venv = VecDUSEnv(4, seed=0, **_family_kwargs())
+    family = venv.template.family
+    held = family.held_out[0]
+    venv.set_options({"instance": held})
+    venv.reset()
+    assert [info["instance"] for info in venv.reset_infos] == [held] * 4 and venv.reset_infos[0]["held_out"]
+    first = family.train[0]
+    venv.set_options([{"instance": first}, {}, {}, {}])
+    venv.reset()
+    instances = [info["instance"] for info in venv.reset_infos]
+    assert instances[0] == first and len(set(instances)) == 4
+    assert all(task_shape_key(family.make(k)) == task_shape_key(family.make(first)) for k in instances)
+    other = next(k for k in family.train if len(family.make(k).modalities) != len(family.make(first).modalities))
+    venv.set_options([{"instance": first}, {"instance": other}, {}, {}])
+    with pytest.raises(ValueError, match="differ in shapes"):
+        venv.reset()
+
+
+def test_gymnasium_vector_env_puts_each_env_on_its_own_instance():
+    from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
+
+    envs = DUSVectorEnv(4, **_family_kwargs())
+    _, infos = envs.reset(seed=0)
+    assert len(set(infos["instance"].tolist())) == 4
+    _, _, _, _, infos = envs.step(np.zeros((4, 3), dtype=np.float32))
+    assert len(set(infos["instance"].tolist())) == 4
+    first = envs.batch.template.family.train[0]
+    _, infos = envs.reset(seed=0, options={"instance": first})
+    assert infos["instance"].tolist() == [first] * 4
+
+
+@pytest.mark.parametrize("num_envs, message", [
+    (10**6, "num_envs must be a whole number from 1 to 1024, got 1000000"),
+    (0, "num_envs must be a whole number from 1 to 1024, got 0"),
+    (-2, "from 1 to 1024, got -2"),
+    (1.5, "got 1.5 (float)"),
+    ("2", "got '2' (str)"),
+    (True, "got True (bool)"),
+    (None, "got None (NoneType)"),
+])
+def test_num_envs_is_a_bounded_whole_number_checked_before_any_work(num_envs, message, monkeypatch):
+    import gymnasium as gym
+
+    from dus_gym.envs.vector import batched as vectorized
+    from dus_gym.envs.vector import gymnasium_vector_env as vector_env
+
+    built = []
+    monkeypatch.setattr(vector_env, "spec_config", lambda *a, **k: built.append(a))  # nothing may be read or built
+    with pytest.raises(ValueError, match=re.escape(message)):
+        gym.make_vec("dus_gym/Synthetic-v0", num_envs=num_envs, vectorization_mode="vector_entry_point")
+    assert built == []
+    for make in (vector_env.DUSVectorEnv, vectorized.VecDUSEnv, vectorized.BatchedEnvs):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make(num_envs, **ENV_KWARGS)
+
+
+@pytest.fixture(scope="module")
+def vector_envs():
+    from dus_gym.envs.vector.batched import VecDUSEnv
+    from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
+
+    envs = {"DUSVectorEnv": DUSVectorEnv(2, **ENV_KWARGS), "VecDUSEnv": VecDUSEnv(2, seed=0, **ENV_KWARGS)}
+    envs["DUSVectorEnv"].reset(seed=0)
+    envs["VecDUSEnv"].reset()
+    return envs
+
+
+BAD_VECTOR_ACTIONS = {
+    "None": (None, "expected 2 actions \\(one per env\\), got None"),
+    "a scalar": (0.5, "expected 2 actions \\(one per env\\), got 0.5"),
+    "one action": (np.zeros((1, 2), np.float32), "expected 2 actions"),
+    "complex": (np.array([[0.5 + 1j, 0.0], [0.0, 0.0]]), "action has dtype complex128"),
+    "complex, no imaginary part": (np.zeros((2, 2), np.complex64), "action has dtype complex64"),
+    "text": (np.array([["a", "b"], ["c", "d"]]), "action has dtype <U1"),
+    "bool": (np.zeros((2, 2), bool), "action has dtype bool"),
+    "NaN in the second env": (np.array([[0.0, 0.0], [np.nan, 0.0]], np.float32), "NaN/inf"),
+    "out of range": (np.array([[0.0, 3.0], [0.0, 0.0]], np.float32), "outside \\[-1, 1\\]"),
+    "ragged": ([[0.0, 0.0], [0.0]], "not an array"),
+    "wrong width": (np.zeros((2, 3), np.float32), "action has shape \\(3,\\)"),
+}
+
+
+@pytest.mark.parametrize("kind", ["DUSVectorEnv", "VecDUSEnv"])
+@pytest.mark.parametrize("case", list(BAD_VECTOR_ACTIONS))
+def test_vector_env_actions_are_checked_as_the_single_envs_are(kind, case, vector_envs):
+    from dus_gym.samplers.action import ActionError
+
+    env = vector_envs[kind]
+    action, message = BAD_VECTOR_ACTIONS[case]
+    iteration = env.batch.learners.iteration.copy()
+    with pytest.raises(ActionError, match=message):
+        if kind == "DUSVectorEnv":
+            env.step(action)
+        else:
+            env.step_async(action)
+            env.step_wait()
+    assert (env.batch.learners.iteration == iteration).all()  # nothing ran

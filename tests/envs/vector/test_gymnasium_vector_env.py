@@ -8,6 +8,7 @@ from gymnasium.vector import AutoresetMode
 import dus_gym  # noqa: F401 (registers the ids)
 from dus_gym.core.config import ConfigError
 from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
+from tests.helpers import ENV_KWARGS
 
 TINY = {"n_iterations": 20, "iterations_per_step": 10, "task_kwargs": {"n_samples": 300, "hidden_dim": 8}}
 ENV_ID = "dus_gym/Synthetic-v0"
@@ -94,3 +95,18 @@ def test_on_disk_specs_keep_sync_make_vec():
     assert gym.spec("dus_gym/MFeat-v0").vector_entry_point is not None
     with pytest.raises(ConfigError, match="vectorization_mode='sync'"):
         gym.make_vec(ENV_ID, num_envs=2, learner={"optimizer": "adam"}, **TINY)
+
+
+@pytest.mark.parametrize("action", [np.array([[0.5 + 1j, 0.0], [0.0, 0.0]]), np.array([["a", "b"], ["c", "d"]]),
+                                    np.full((2, 2), np.nan, np.float32)])
+def test_vector_env_actions_of_envs_about_to_reset_are_checked_too(action):
+    from dus_gym.envs.vector.gymnasium_vector_env import DUSVectorEnv
+    from dus_gym.samplers.action import ActionError
+
+    env = DUSVectorEnv(2, **ENV_KWARGS)  # next-step auto-reset: an ended env's next action is not acted on
+    env.reset(seed=0)
+    zeros = np.zeros((2, 2), np.float32)
+    while not env.step(zeros)[2].all():
+        pass
+    with pytest.raises(ActionError, match="expected an action in Box"):
+        env.step(action)

@@ -1,4 +1,5 @@
-from pathlib import Path
+"""The vec-env kinds: devices per env, subprocess envs pinned to them, training on the vectorised env and
+through Ray actors (equal to DummyVecEnv)."""
 
 import numpy as np
 import pytest
@@ -97,27 +98,3 @@ def test_train_policy_through_ray_actors_on_a_local_runtime(tmp_path, monkeypatc
 
     model = PPO.load(folder / "policy.zip", device="cpu")
     assert model.num_timesteps == 256
-
-
-def test_command_line_flags_reach_the_config(monkeypatch):
-    from dus_gym import cli
-
-    seen = {}
-    monkeypatch.setattr(cli, "train_policy", lambda config, argv=None: seen.setdefault("config", config))
-    assert cli.main(["train-policy", "--vec-env", "ray", "--ray-address", "auto", "--ray-gpus-per-env", "0.5",
-                     "--devices", "cuda:0", "cuda:1"]) == 0
-    config = seen["config"]
-    assert config.vec_env == "ray" and config.devices == ("cuda:0", "cuda:1")
-    assert config.ray == {"address": "auto", "num_cpus_per_env": 1.0, "num_gpus_per_env": 0.5}
-
-
-def test_env_overrides_merge_into_the_spec_key_by_key():
-    from dus_gym.envs.registration import env_run_config, spec_kwargs
-
-    merged = spec_kwargs("dus_gym/Synthetic-v0", {"learner": {"device": "cpu"}, "task_kwargs": {"hidden_dim": 8}})
-    assert merged["learner"]["lr"] == 0.05 and merged["learner"]["device"] == "cpu"
-    assert merged["task_kwargs"]["hidden_dim"] == 8 and merged["task_kwargs"]["dominant_dim"] == 1024
-    config = env_run_config("dus_gym/Synthetic-v0", {"learner": {"lr": 0.01}, "task_kwargs": {"hidden_dim": 8}},
-                            Path("runs"))
-    assert config.learner.lr == 0.01 and config.learner.weight_decay == 1e-4
-    assert config.task_kwargs["hidden_dim"] == 8 and config.task_kwargs["dominant_dim"] == 1024
