@@ -19,9 +19,10 @@ from tests.helpers import EVIL, marker_kwargs, one_line
 
 def test_command_line_flags_reach_the_config(monkeypatch):
     from dus_gym import cli
+    from dus_gym.cli import train_policy as command
 
     seen = {}
-    monkeypatch.setattr(cli, "train_policy", lambda config, argv=None: seen.setdefault("config", config))
+    monkeypatch.setattr(command, "train_policy", lambda config, argv=None: seen.setdefault("config", config))
     assert cli.main(["train-policy", "--vec-env", "ray", "--ray-address", "auto", "--ray-gpus-per-env", "0.5",
                      "--devices", "cuda:0", "cuda:1"]) == 0
     config = seen["config"]
