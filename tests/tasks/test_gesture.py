@@ -21,7 +21,8 @@ from dus_gym.tasks import make_task
 from dus_gym.tasks.prepare import prepare
 from tests.gesture_fixture import make_raw_nvgesture
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+pytestmark = [pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)"),
+              pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
 pytest.importorskip("cv2")
 
 TINY = {"pretrained": False, "width": 0.0625, "n_frames": 4, "image_size": 28}
@@ -29,8 +30,6 @@ TINY = {"pretrained": False, "width": 0.0625, "n_frames": 4, "image_size": 28}
 CPU_LEARNER = {"device": "cpu", "batch_size": 2, "eval_batch_size": 16, "num_workers": 0, "precision": "fp32",
                "count_sizes": None, "lr": 0.01}
 
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def flow_of(root, clip, axis, frame):
