@@ -5,7 +5,7 @@ the aggregates RL readers expect (Agarwal et al., *Deep RL at the Edge of the St
 NeurIPS 2021; the definitions of their library rliable): the interquartile mean with
 stratified-bootstrap intervals and the probability of improvement over a reference. They are
 computed here with numpy, vectorised over the resamples, and tested against rliable
-(tests/test_aggregates.py): rliable's bootstrap (through arch, pinned below 8) takes about a second
+(tests/experiments/test_stats.py): rliable's bootstrap (through arch, pinned below 8) takes about a second
 per sampler and its import two more, which every ``compare`` would pay, and arch 7 does not import
 beside pandas 3.
 """

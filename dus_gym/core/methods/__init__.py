@@ -16,7 +16,7 @@
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
-a hand computation on a tiny batch (tests/test_methods.py). A user's own method subclasses
+a hand computation on a tiny batch (tests/core/test_methods.py). A user's own method subclasses
 :class:`~dus_gym.core.methods.base.Method` and joins with :func:`register_method`.
 """
 

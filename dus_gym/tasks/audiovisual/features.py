@@ -57,7 +57,7 @@ def kinetics_fbank(wave: np.ndarray, n_mels: int | None = None) -> np.ndarray:
 
     Written here because torchaudio (whose ``compliance.kaldi.fbank`` is the published code's) has no
     build for every torch this package allows; tested against kaldi-native-fbank
-    (tests/test_audiovisual.py), which refuses 128 bins over a 512-point FFT (empty filters), on
+    (tests/tasks/test_audiovisual.py), which refuses 128 bins over a 512-point FFT (empty filters), on
     the bin counts both accept. ``n_mels`` (default 128) is there for that test.
     """
     c = {**KINETICS_AUDIO, **({"n_mels": n_mels} if n_mels is not None else {})}
