@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dus_gym.core.episode import Episodes
+from dus_gym.core.extras import require
 
 RENDER_MODES = ("ansi", "human", "rgb_array")
 """The render modes of ``DUSEnv`` and ``DUSVectorEnv``."""
@@ -27,9 +28,15 @@ FRAME_SIZE = (320, 240)
 
 
 def check_render_mode(render_mode: str | None) -> None:
-    """Raise a ValueError unless ``render_mode`` is None or one of :data:`RENDER_MODES`."""
+    """Raise a ValueError unless ``render_mode`` is None or one of :data:`RENDER_MODES`.
+
+    ``"rgb_array"`` draws with matplotlib (the ``bench`` extra): without it, an ImportError saying
+    ``pip install 'dus-gym[bench]'``, when the env is made rather than at its first frame.
+    """
     if render_mode is not None and render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {list(RENDER_MODES)} or None, got {render_mode!r}")
+    if render_mode == "rgb_array":
+        require("matplotlib", "bench", "rgb_array frames")
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,8 @@ class EpisodeTrace:
 
     def rgb_array(self) -> np.ndarray:
         """A (240, 320, 3) uint8 plot of d(m) (top) and the counts (bottom) over the iterations so far."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        FigureCanvasAgg = require("matplotlib.backends.backend_agg", "bench", "rgb_array frames").FigureCanvasAgg
+        Figure = require("matplotlib.figure", "bench", "rgb_array frames").Figure
 
         width, height = FRAME_SIZE
         figure = Figure(figsize=(width / 80, height / 80), dpi=80)

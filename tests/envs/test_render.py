@@ -63,6 +63,15 @@ def test_rgb_array_frames_plot_the_episode_and_pass_the_render_check():
         gym.make(ENV_ID, render_mode="rgb", **TINY)
 
 
+def test_rgb_array_without_matplotlib_names_its_extra_when_the_env_is_made(monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a core install: import fails
+    with pytest.raises(ImportError, match=r"pip install 'dus-gym\[bench\]'"):
+        gym.make(ENV_ID, render_mode="rgb_array", **TINY)
+    gym.make(ENV_ID, render_mode="ansi", **TINY).close()  # the text modes need nothing more
+
+
 def test_rl_zoo_record_video_writes_a_video_and_enjoy_renders(tmp_path, monkeypatch, capsys):
     pytest.importorskip("rl_zoo3")
     pytest.importorskip("moviepy")
