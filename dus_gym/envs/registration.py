@@ -5,7 +5,10 @@ registered with the entry point :func:`dus_gym.envs.env.make_spec_env` and the k
 ``{"spec": <file>}``: as with Gymnasium's own envs, registering reads nothing, and the spec file
 is read and checked when the env is made. The overrides given to ``gymnasium.make(id, **kwargs)``
 (any ``DUSEnv`` argument) are merged into the spec key by key, so ``learner={"lr": 0.1}`` changes
-the learning rate and keeps the spec's other learner settings.
+the learning rate and keeps the spec's other learner settings. A ``task`` override replaces the
+spec's task with its ``task_kwargs`` (which belong to that task): ``gymnasium.make("dus_gym/Synthetic-v0",
+task="mytasks:make_task")`` runs the user's task under the spec's learner, budget and env settings,
+with ``task_kwargs`` given beside it if it takes any.
 
 The shipped specs are registered on ``import dus_gym`` from :data:`SHIPPED_ENVS`; a folder of a
 user's specs with :func:`register_envs`, which reads and checks them: a malformed spec is reported
@@ -107,6 +110,13 @@ def _check_task_source(data: Any, source: str, allow_task_import: bool, task: bo
     check_spec_sources(data, source, allow_task_import, task=task)
 
 
+def _check_task_name(name: Any, source: str) -> None:
+    """:func:`dus_gym.tasks.check_task_name`, imported when a user's spec is registered."""
+    from dus_gym.tasks import check_task_name
+
+    check_task_name(name, source)
+
+
 def is_shipped(path: Path) -> bool:
     """True for a spec shipped with dus-gym (trusted like its code)."""
     return Path(path).resolve().parent == specs_dir("envs").resolve()
@@ -123,6 +133,8 @@ def spec_config(spec: str | Path, overrides: dict[str, Any], where: str, run_dir
     data = read_yaml(path)
     if not is_shipped(path):  # its task unless the overrides name one; its family generator always
         _check_task_source(data, f"the env spec {path}", allow_task_import, task="task" not in overrides)
+    if "task" in overrides and overrides["task"] != data.get("task"):
+        data = {k: v for k, v in data.items() if k != "task_kwargs"}  # the spec's task settings go with its task
     data = deep_merge(data, run_mapping(overrides, where))
     if run_dir is not None:
         data["run_dir"] = str(run_dir)
@@ -180,14 +192,15 @@ def register_spec(path: str | Path, allow_task_import: bool = False) -> str | No
         allow_task_import: let the spec name a ``module:function`` task (it is then imported when the env is made).
 
     Raises:
-        ConfigError: the spec is malformed, names a ``module:function`` task without ``allow_task_import``,
-            or its id is not of the form ``[namespace/]Name-vN``.
+        ConfigError: the spec is malformed, names an unknown task or a ``module:function`` task without
+            ``allow_task_import``, or its id is not of the form ``[namespace/]Name-vN``.
     """
     path = Path(path).resolve()
     data = read_yaml(path)
     if not data.get("env_id"):
         return None
     _check_task_source(data, f"the env spec {path}", allow_task_import)
+    _check_task_name(data.get("task"), f"env spec {path}")
     try:
         config = from_dict(RunConfig, data)
     except ConfigError as err:

@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dus_gym.core.config import MAX_SHOWN, ConfigError, checked_kwargs, shown
+from dus_gym.core.config import MAX_SHOWN, ConfigError, checked_kwargs, did_you_mean, shown
 from dus_gym.core.registry import Registry, load_entry_point
 from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 
@@ -103,6 +103,18 @@ def check_task_source(name: Any, source: str, allow_import: bool = False) -> Non
             f"{source} names the task '{name[:MAX_SHOWN]}', which would import and run that code; a file may name "
             f"only registered or installed tasks ({', '.join(sorted([*TASKS.names(), *entry_point_tasks()]))}). "
             f"Give it on the command line (--task {name[:MAX_SHOWN]}) or pass {OPT_IN} if you trust the file")
+
+
+def check_task_name(name: Any, source: str) -> None:
+    """Raise a ConfigError unless ``name`` is a registered or installed task, or a ``module:function`` path.
+
+    Used when a user's spec is registered, so that a misspelt task fails there, not when the env is made.
+    """
+    if not isinstance(name, str) or is_import_path(name) or name in TASKS or name in entry_point_tasks():
+        return
+    known = sorted([*TASKS.names(), *entry_point_tasks()])
+    raise ConfigError(f"{source} names the unknown task '{name[:MAX_SHOWN]}'{did_you_mean(name, known)}; "
+                      f"known tasks: {', '.join(known)}, or give 'package.module:function'")
 
 
 def check_spec_sources(data: Any, source: str, allow_import: bool = False, task: bool = True) -> None:

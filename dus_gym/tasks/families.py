@@ -124,6 +124,8 @@ class TaskFamily:
         """The family of a spec: its listed or generated instances and the seeded held-out split."""
         instances = list(family.instances)
         if family.generator is not None:
+            if family.generator not in FAMILIES and ":" not in family.generator:
+                raise FAMILIES.unknown(family.generator, " (family generators), or give 'package.module:function'")
             generate = (FAMILIES.get(family.generator) if family.generator in FAMILIES
                         else load_entry_point(family.generator))
             if not callable(generate) or inspect.isbuiltin(generate) or isinstance(generate, type):

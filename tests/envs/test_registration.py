@@ -54,7 +54,9 @@ def test_user_spec_registers_and_bad_specs_fail(tmp_path):
     sb3_check_env(env.unwrapped)
     for bad, message in [({"env_id": "dus_gym/Bad", "task": "synthetic"}, "version"),
                          ({"env_id": "dus_gym/Bad-v0", "task": "synthetic", "env": {"n_mn": 3}}, "did you mean"),
-                         ({"env_id": "dus_gym/Bad-v0", "task": "synthetic", "env": {"n_min": 300}}, "n_min")]:
+                         ({"env_id": "dus_gym/Bad-v0", "task": "synthetic", "env": {"n_min": 300}}, "n_min"),
+                         ({"env_id": "dus_gym/Bad-v0", "task": "synthetc"}, "unknown task 'synthetc' \\(did you mean "
+                                                                            "'synthetic'\\?\\)")]:
         folder = tmp_path / message.replace(" ", "_")
         folder.mkdir()
         (folder / "bad.yaml").write_text(yaml.safe_dump(bad))
@@ -97,6 +99,17 @@ def test_env_specs_naming_module_function_tasks_are_skipped_unless_trusted(tmp_p
         gym.make("dus_gym/Evil15-v0")
     assert not (tmp_path / "pwned").exists()
     gym.make("dus_gym/Good15-v0").close()
+
+
+def test_a_user_task_replaces_a_shipped_ids_task_with_one_argument():
+    env = gym.make("dus_gym/Synthetic-v0", task="tests.tasks.test_init:_tiny_task", n_iterations=20)
+    assert env.unwrapped.task.name == "tiny" and env.unwrapped.task.modalities == ("a", "b")
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    tiny = gym.make("dus_gym/Synthetic-v0", task="tests.tasks.test_init:_tiny_task", task_kwargs={"n": 30})
+    assert len(tiny.unwrapped.task.splits["train"]) == 30
+    with pytest.raises(ValueError, match="n_samples"):  # without replacement, the spec's task keeps its kwargs
+        gym.make("dus_gym/Synthetic-v0", task_kwargs={"n_samples": -1})
 
 
 def test_make_merges_nested_overrides_into_the_spec_key_by_key(tmp_path):
