@@ -28,8 +28,10 @@ from dus_gym.samplers.action import CountsAction
 from dus_gym.samplers.base import Sampler, SamplerState
 
 POLICY_FORMAT = "dus-gym-policy"
-POLICY_VERSION = 2
-"""Version 2: policy.json holds the SHA-256 digests of policy.zip and vecnormalize.pkl."""
+POLICY_VERSION = 3
+"""Version 2: policy.json holds the SHA-256 digests of policy.zip and vecnormalize.pkl. Version 3: policy.zip
+names the policy class at its module ``dus_gym.agents.policies`` (a version-2 zip names ``dus_gym.rl.policies``,
+which no longer exists, so it cannot be unpickled)."""
 ACTING_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0}
 """What ``PPO.load`` need not unpickle to act (the training schedules), as the RL Zoo's enjoy script does."""
 

@@ -498,7 +498,7 @@ def _policy_folder(tmp_path, **changes):
     from dus_gym.core.files import sha256_of
 
     (folder / "policy.zip").write_bytes(b"PK\x03\x04 not a model")
-    settings = {"format": "dus-gym-policy", "version": 2, "modalities": ["dominant", "weak"], "batch_size": 64,
+    settings = {"format": "dus-gym-policy", "version": 3, "modalities": ["dominant", "weak"], "batch_size": 64,
                 "env": {"n_min": 8, "n_max": 256, "action_type": "box", "count_levels": [8, 256],
                         "iterations_per_step": 10}, "digests": {"policy.zip": sha256_of(folder / "policy.zip")},
                 **changes}
@@ -507,7 +507,7 @@ def _policy_folder(tmp_path, **changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"version": 1}, "format version 1, this dus-gym reads version 2; retrain it"),
+    ({"version": 2}, "format version 2, this dus-gym reads version 3; retrain it"),
     ({"modalities": ["a", "b", "c"]}, "trained for 3 modalities"),
     ({"batch_size": 32}, "trained with B = 32"),
     ({}, "not a loadable SB3 PPO model"),
