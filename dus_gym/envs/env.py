@@ -122,6 +122,8 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         check_render_mode(render_mode)
         self.render_mode = render_mode
         self._spec: EnvSpec | None = None
+        self.effective_kwargs: dict[str, Any] | None = None
+        """The resolved settings this env was made with (set by :func:`make_spec_env`; they go into ``spec.kwargs``)."""
         self.learner_config = learner if isinstance(learner, LearnerConfig) else from_dict(
             LearnerConfig, learner or {}, "learner")
         self.cmd_config = cmd if isinstance(cmd, CMDConfig) else from_dict(CMDConfig, cmd or {}, "cmd")
@@ -176,9 +178,12 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     def spec(self) -> EnvSpec | None:
         """The env's Gymnasium spec; marked nondeterministic whenever the learner may run on a GPU.
 
-        ``gymnasium.make`` sets the registered spec with the caller's overrides merged in; a spec
-        registered for the CPU but overridden to ``learner.device=cuda`` (or ``auto``) is then
-        nondeterministic, as a spec registered for a GPU is (cuDNN and cuBLAS are not bit-reproducible).
+        ``gymnasium.make`` sets the registered spec with the caller's overrides merged in; its
+        ``kwargs`` then hold the effective settings (the spec file's, with the overrides merged in:
+        task, learner, CMD, budget and env settings), so ``gymnasium.make(env.spec)`` makes the same
+        env and a log of ``env.spec.kwargs`` says what ran. A spec registered for the CPU but
+        overridden to ``learner.device=cuda`` (or ``auto``) is nondeterministic, as a spec registered
+        for a GPU is (cuDNN and cuBLAS are not bit-reproducible).
         """
         return self._spec
 
@@ -186,6 +191,8 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     def spec(self, value: EnvSpec | None) -> None:
         if value is not None and self.learner_config.device != "cpu" and not value.nondeterministic:
             value = replace(value, nondeterministic=True)
+        if value is not None and self.effective_kwargs is not None:
+            value = replace(value, kwargs={**value.kwargs, **self.effective_kwargs})
         self._spec = value
 
     @property
@@ -285,4 +292,6 @@ def make_spec_env(spec: str | Path, render_mode: str | None = None, allow_task_i
         **overrides: any ``DUSEnv`` argument, e.g. ``n_iterations=400`` or ``learner={"lr": 0.1}``.
     """
     config = spec_config(spec, overrides, str(spec), allow_task_import=allow_task_import)
-    return DUSEnv(render_mode=render_mode, **env_kwargs_of(config))
+    env = DUSEnv(render_mode=render_mode, **env_kwargs_of(config))
+    env.effective_kwargs = env_kwargs_of(config)
+    return env

@@ -112,6 +112,17 @@ def test_a_user_task_replaces_a_shipped_ids_task_with_one_argument():
         gym.make("dus_gym/Synthetic-v0", task_kwargs={"n_samples": -1})
 
 
+def test_spec_kwargs_hold_the_effective_settings_and_remake_the_same_env():
+    env = gym.make("dus_gym/Synthetic-v0", n_iterations=20, learner={"lr": 0.07})
+    kwargs = env.spec.kwargs
+    assert kwargs["spec"] == "synthetic.yaml" and kwargs["n_iterations"] == 20
+    assert kwargs["learner"]["lr"] == 0.07 and kwargs["learner"]["batch_size"] == 64  # the spec's, merged
+    assert kwargs["task"] == "synthetic" and kwargs["iterations_per_step"] == env.unwrapped.config.iterations_per_step
+    again = gym.make(env.spec)
+    assert again.spec.kwargs == kwargs
+    assert (env.reset(seed=1)[0] == again.reset(seed=1)[0]).all()
+
+
 def test_make_merges_nested_overrides_into_the_spec_key_by_key(tmp_path):
     spec = {"env_id": "dus_gym/Merge-v0", "task": "synthetic", "task_kwargs": {"hidden_dim": 8, "weak_dim": 5},
             "learner": {"lr": 0.2, "batch_size": 32}, "n_iterations": 20, "env": {"iterations_per_step": 10}}
