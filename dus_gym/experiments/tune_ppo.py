@@ -155,6 +155,8 @@ def tune_ppo(config: PPOTuneConfig) -> dict[str, Any]:
 
     def objective(trial: optuna.Trial) -> float:
         entry = {**base.raw, **ppo_space(trial, episode_steps, base.n_envs)}
+        if env_kwargs:  # the entry carries the env settings it was tuned under, so that it is applied to that env
+            entry["env_kwargs"] = env_kwargs
         trial.set_user_attr("entry", entry)
         hp = parse_entry(entry, f"trial {trial.number} of {study.study_name}")
         venv = build_vec_env(config.env_id, hp.n_envs, config.seed, env_kwargs, config.vec_env)

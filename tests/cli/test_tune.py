@@ -70,6 +70,10 @@ def test_tune_ppo_writes_a_zoo_entry(tmp_path, capsys):
     hp = load_hyperparams(study / "ppo.yml", "dus_gym/Synthetic-v0")  # loads as train_policy loads it
     assert hp.n_envs == 1 and hp.model_kwargs["n_steps"] == entry["n_steps"]
     assert entry["n_timesteps"] == TINY_PPO["n_timesteps"]  # tuned on top of the entry it started from
+    # the entry carries the env settings it was tuned under: train_policy.py -conf applies it to that env
+    assert entry["env_kwargs"] == {"n_iterations": 20, "iterations_per_step": 10,
+                                   "task_kwargs": {"n_samples": 300, "dominant_dim": 32, "hidden_dim": 16}}
+    assert hp.env_kwargs == entry["env_kwargs"]
     best = json.loads((study / "best.json").read_text())
     assert 0.0 <= best["best_val_acc"] <= 1.0 and best["trials_finished"] == 1
     assert np.isfinite(best["best_val_acc"])
