@@ -63,8 +63,13 @@ def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int =
 
 
 def format_difference(delta: tuple[float, float, float]) -> str:
-    """A difference and its interval ``(d, lo, hi)`` of accuracies as ``"+d [+lo, +hi]"`` in points."""
+    """A difference and its interval ``(d, lo, hi)`` of accuracies as ``"+d [+lo, +hi]"`` in points.
+
+    An interval that cannot be formed (one pair: no spread) is shown as ``"+d (one pair: no interval)"``.
+    """
     d, lo, hi = delta
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{100 * d:+.1f} (one pair: no interval)"
     return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 

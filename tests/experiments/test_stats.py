@@ -112,3 +112,10 @@ def test_instance_clustered_intervals_take_the_instance_as_the_unit():
     one = two_level_aggregates({"uniform": base[:, :1].repeat(30, 1)}, reps=200)  # no spread between instances
     spread = two_level_aggregates({"uniform": base}, reps=200)
     assert np.diff(one["uniform"].iqm_interval)[0] < np.diff(spread["uniform"].iqm_interval)[0]
+
+
+def test_a_difference_of_one_pair_says_it_has_no_interval():
+    from dus_gym.experiments.stats import format_difference, format_paired
+
+    assert format_paired([0.61], [0.58]) == "+3.0 (one pair: no interval)"
+    assert format_difference((0.03, 0.01, 0.05)) == "+3.0 [+1.0, +5.0]"
