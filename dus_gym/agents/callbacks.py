@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.logger import HParam
 
 from dus_gym.core.files import atomic_path
 from dus_gym.envs.wrappers import is_finite_info
@@ -40,6 +41,30 @@ class DUSMetricsCallback(BaseCallback):
                 if (key == "val_acc" or key == "gap" or key.startswith(("val_acc_", "mean_count_"))) \
                         and is_finite_info(value):
                     self.logger.record_mean(f"episode/{key}", float(value))
+        return True
+
+
+class HParamCallback(BaseCallback):
+    """Records the run's hyper-parameters in TensorBoard's HPARAMS tab (SB3's ``HParam``), when training starts.
+
+    Args:
+        hparams: flat name -> value (numbers, strings, booleans; anything else is shown as its string),
+            e.g. the PPO entry and the env settings.
+        metrics: the scalars the HPARAMS tab shows beside them (tag -> initial value); TensorBoard fills them
+            from the logged scalars of the same tags.
+    """
+
+    def __init__(self, hparams: dict[str, Any], metrics: tuple[str, ...] = ("episode/val_acc", "rollout/ep_rew_mean")
+                 ) -> None:
+        super().__init__()
+        self.hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        self.metrics = metrics
+
+    def _on_training_start(self) -> None:
+        self.logger.record("hparams", HParam(self.hparams, dict.fromkeys(self.metrics, 0.0)),
+                           exclude=("stdout", "log", "json", "csv"))
+
+    def _on_step(self) -> bool:
         return True
 
 

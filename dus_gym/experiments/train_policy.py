@@ -20,7 +20,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList, EvalCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
-from dus_gym.agents.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, save_atomic
+from dus_gym.agents.callbacks import AtomicCheckpointCallback, DUSMetricsCallback, HParamCallback, save_atomic
 from dus_gym.agents.evaluation import make_eval_env
 from dus_gym.agents.hyperparams import FALLBACK_HYPERPARAMS, AgentHyperparams, load_hyperparams
 from dus_gym.core.config import MAX_TIMESTEPS, ConfigError, check_seeds, to_dict
@@ -139,7 +139,10 @@ def train_policy(config: TrainPolicyConfig, argv: list[str] | None = None) -> Pa
         else:
             model = PPO(hp.policy_class, venv, seed=config.seed, device="cpu", tensorboard_log=str(folder / "tb"),
                         verbose=0, **hp.model_kwargs)
-        callbacks = [DUSMetricsCallback(),
+        hparams = {"env_id": config.env_id, "seed": config.seed, "n_timesteps": n_timesteps,
+                   **{f"ppo/{key}": value for key, value in hp.raw.items() if key != "env_kwargs"},
+                   **{f"env/{key}": value for key, value in env_kwargs.items()}}
+        callbacks = [DUSMetricsCallback(), HParamCallback(hparams),
                      AtomicCheckpointCallback(max(1, config.checkpoint_freq // hp.n_envs), str(folder / "checkpoints"),
                                               name_prefix="ppo", save_vecnormalize=bool(hp.normalize))]
         if config.eval_freq > 0:

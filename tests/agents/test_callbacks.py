@@ -57,3 +57,21 @@ def test_tensorboard_server_serves_the_custom_tags(tiny_policy):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_hyperparameters_reach_tensorboards_hparams_tab(tiny_policy):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    config, folder = tiny_policy
+    hparams = {}
+    for events in (folder / "tb").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for content in accumulator.PluginTagToContent("hparams").values():
+            data = HParamsPluginData.FromString(content)
+            if data.HasField("session_start_info"):
+                hparams.update(data.session_start_info.hparams)
+    assert hparams["env_id"].string_value == "dus_gym/Synthetic-v0"
+    assert hparams["ppo/n_steps"].number_value > 0 and hparams["seed"].number_value == config.seed
+    assert hparams["env/n_iterations"].number_value == config.env_kwargs["n_iterations"]
