@@ -8,26 +8,34 @@ follows (GAE, clipped surrogate, value clipping off, Gaussian policy with a stat
 std, actions clipped to the Box before stepping). A truncation ends the return like a termination
 (as CleanRL does); a DUS episode only truncates when the learner diverges.
 
+    pip install tyro        # CleanRL's command-line parser (in the test extra)
     python examples/cleanrl_ppo.py --env-id dus_gym/Synthetic-v0 --num-envs 4 --total-timesteps 2048
+    tensorboard --logdir runs
 
+As in CleanRL's scripts, the settings are a dataclass read by tyro, the run logs to TensorBoard
+under ``runs/<run name>`` (episodic return, final validation accuracy, losses, steps/s) and, with
+``--save-model`` (the default), saves the agent's weights there as ``<exp name>.cleanrl_model``.
 A short run (``--total-timesteps 16 --env-kwargs '{"n_iterations": 20, "iterations_per_step": 10}'``)
 is a test (tests/test_examples.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 from gymnasium.vector import AutoresetMode
 from torch import nn
 from torch.distributions import Normal
+from torch.utils.tensorboard import SummaryWriter
 
 import dus_gym  # noqa: F401 (registers the DUS ids)
 
@@ -36,6 +44,12 @@ import dus_gym  # noqa: F401 (registers the DUS ids)
 class Args:
     """The run's settings (CleanRL's names and defaults, scaled to expensive env steps)."""
 
+    exp_name: str = "cleanrl_ppo"
+    """the name of this experiment (the saved model's file name)"""
+    runs_dir: str = "runs"
+    """the folder of the TensorBoard runs"""
+    save_model: bool = True
+    """save the agent's weights into the run folder at the end"""
     env_id: str = "dus_gym/Synthetic-v0"
     env_kwargs: str = "{}"
     seed: int = 1
@@ -86,15 +100,17 @@ class Agent(nn.Module):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    """The command line as :class:`Args`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in Args.__dataclass_fields__.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default.default), default=default.default)
-    return Args(**vars(parser.parse_args(argv)))
+    """The command line as :class:`Args` (tyro, as CleanRL)."""
+    return tyro.cli(Args, args=argv, description=__doc__.splitlines()[0])
 
 
-def train(args: Args) -> dict[str, list[float]]:
-    """Run PPO; return the finished episodes' returns and final validation accuracies, and the losses."""
+def train(args: Args) -> dict[str, Any]:
+    """Run PPO; return the finished episodes' returns and final validation accuracies, the losses and the run folder."""
+    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.runs_dir) / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
+                    "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items()))
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="vector_entry_point",
@@ -114,7 +130,8 @@ def train(args: Args) -> dict[str, list[float]]:
     rewards = torch.zeros((args.num_steps, args.num_envs))
     dones = torch.zeros((args.num_steps, args.num_envs))
     values = torch.zeros((args.num_steps, args.num_envs))
-    record: dict[str, list[float]] = {"episode_return": [], "final_val_acc": [], "policy_loss": [], "value_loss": []}
+    record: dict[str, Any] = {"episode_return": [], "final_val_acc": [], "policy_loss": [], "value_loss": []}
+    global_step = 0
     returns_so_far = np.zeros(args.num_envs)
 
     start = time.time()
@@ -122,6 +139,7 @@ def train(args: Args) -> dict[str, list[float]]:
     next_obs, next_done = torch.tensor(next_obs_np), torch.zeros(args.num_envs)
     for iteration in range(1, num_iterations + 1):
         for step in range(args.num_steps):
+            global_step += args.num_envs
             obs[step], dones[step] = next_obs, next_done
             with torch.no_grad():
                 action, logprob, _, value = agent.get_action_and_value(next_obs)
@@ -134,6 +152,8 @@ def train(args: Args) -> dict[str, list[float]]:
             for i in np.flatnonzero(done):  # same-step auto-reset: the ended episode's last info is final_info
                 record["episode_return"].append(float(returns_so_far[i]))
                 record["final_val_acc"].append(float(infos["final_info"]["val_acc"][i]))
+                writer.add_scalar("charts/episodic_return", record["episode_return"][-1], global_step)
+                writer.add_scalar("charts/final_val_acc", record["final_val_acc"][-1], global_step)
                 returns_so_far[i] = 0.0
 
         with torch.no_grad():  # generalised advantage estimation
@@ -171,16 +191,27 @@ def train(args: Args) -> dict[str, list[float]]:
                 optimizer.step()
         record["policy_loss"].append(pg_loss.item())
         record["value_loss"].append(v_loss.item())
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy.mean().item(), global_step)
+        writer.add_scalar("charts/SPS", global_step / (time.time() - start), global_step)
         done_returns = record["episode_return"][-args.num_envs:]
         print(f"iteration {iteration}/{num_iterations}: {iteration * batch_size} env steps, "
               f"{(iteration * batch_size) / (time.time() - start):.1f} steps/s, "
               f"mean return of the last episodes {np.mean(done_returns) if done_returns else float('nan'):.3f}, "
               f"policy loss {record['policy_loss'][-1]:.4f}, value loss {record['value_loss'][-1]:.4f}", flush=True)
+    if args.save_model:
+        model_path = run_dir / f"{args.exp_name}.cleanrl_model"
+        torch.save(agent.state_dict(), model_path)
+        print(f"model saved to {model_path}")
+        record["model_path"] = str(model_path)
     envs.close()
+    writer.close()
+    record["run_dir"] = str(run_dir)
     return record
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse the command line and train."""
     return train(parse_args(argv))
 
