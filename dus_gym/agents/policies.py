@@ -185,5 +185,11 @@ class ModalityPolicy(ActorCriticPolicy):
         return wide.to(self.device)
 
 
-POLICIES: Registry[type[ActorCriticPolicy]] = Registry("policy", {"ModalityPolicy": ModalityPolicy})
-"""dus-gym's policy classes by the name agents/ppo.yml gives them (SB3's own names, e.g. MlpPolicy, pass through)."""
+POLICIES: Registry[type[ActorCriticPolicy]] = Registry("policy", {
+    "ModalityPolicy": ModalityPolicy, "dus_gym.agents.policies.ModalityPolicy": ModalityPolicy})
+"""dus-gym's policy classes by the name agents/ppo.yml gives them (SB3's own names, e.g. MlpPolicy, pass through).
+
+agents/ppo.yml names ModalityPolicy by its dotted path, which the RL Zoo imports itself (it resolves a
+policy name holding a dot with ``get_class_by_name``), so ``python -m rl_zoo3.train --env
+dus_gym/SyntheticFamily-v1 --gym-packages dus_gym -conf agents/ppo.yml`` trains it; here the path is
+looked up in this table, nothing is imported by name."""

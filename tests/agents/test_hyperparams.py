@@ -24,7 +24,7 @@ def test_shipped_family_entries_train_their_policies_the_same_way():
     path = specs_dir("agents") / "ppo.yml"
     synthetic, strength, mfeat = (load_hyperparams(path, f"dus_gym/{name}")
                                   for name in ("SyntheticFamily-v0", "SyntheticFamily-v1", "MFeatFamily-v1"))
-    assert synthetic.raw == mfeat.raw == strength.raw and synthetic.policy == "ModalityPolicy"
+    assert synthetic.raw == mfeat.raw == strength.raw and synthetic.policy == "dus_gym.agents.policies.ModalityPolicy"
     assert synthetic.n_envs == 8 and synthetic.n_timesteps == 16_000
 
 
