@@ -91,7 +91,7 @@ class RayVecEnv(VecEnv):
     """N envs, each in a Ray actor; actions go out together and results come back together.
 
     Args:
-        env_fns: one factory per env (pickled to the actors; e.g. ``partial(vec_envs.make_env, ...)``).
+        env_fns: one factory per env (pickled to the actors; e.g. ``partial(kinds.make_env, ...)``).
         config: cluster address and per-env resources.
     """
 
