@@ -54,7 +54,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.readme:
-        write_readme_block(Path(args.readme), BLOCK, table, "python benchmarks/cli_startup.py " + " ".join(sys.argv[1:]))
+        command = "python benchmarks/cli_startup.py " + " ".join(sys.argv[1:])
+        write_readme_block(Path(args.readme), BLOCK, table, command)
 
 
 if __name__ == "__main__":
