@@ -128,42 +128,47 @@ class _Rows:
                             alone=alone, run_dir=str(run_dir) if self.run_folders else None, probe=True))
         return out
 
-    def run(self, cells: list[Cell]) -> None:
-        """Run ``cells`` (rows in the order given) and keep their summaries and histories."""
-        cells_dir = self.folder / "cells"
-        records, _, _ = execute_cells(cells, cells_dir, self.workers, self.progress, "compare runs")
+    def execute(self, cells: list[Cell]) -> dict[str, dict[str, Any]]:
+        """Run ``cells`` (those without a finished record), ``workers`` at a time; their records by key."""
+        return execute_cells(cells, self.folder / "cells", self.workers, self.progress, "compare runs")[0]
+
+    def collect(self, cells: list[Cell], records: dict[str, dict[str, Any]]) -> None:
+        """Keep the summaries and histories of ``cells`` as rows, in this order; a diverged run stops the comparison."""
         for cell in cells:
             record = records[cell.key]
             if record["diverged"]:
                 raise DivergedError(f"{cell.key}: {record['diverged']}")
-            summary = dict(record["summary"], label=cell.sampler)
-            self.runs.setdefault(cell.sampler, []).append(summary)
-            self.histories.setdefault(cell.sampler, []).append(load_histories(cell, cells_dir))
+            self.runs.setdefault(cell.sampler, []).append(dict(record["summary"], label=cell.sampler))
+            self.histories.setdefault(cell.sampler, []).append(load_histories(cell, self.folder / "cells"))
 
     def run_stages(self, samplers: list[SamplerSpec], controls: bool, grid: bool, alone: bool,
                    modalities: tuple[str, ...], B: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-        """Every row: the samplers, grid cells and modalities alone; then the controls, from the policy's counts."""
+        """Every row: the samplers, grid and modalities alone at once; then the controls, from the policy's counts.
+
+        The rows keep their order: the samplers, the controls, the grid (and its best), the modalities alone.
+        """
         M = len(modalities)
-        first = [cell for spec in samplers for cell in self.cells(spec.label, spec.name, spec.kwargs)]
+        sampler_cells = [cell for spec in samplers for cell in self.cells(spec.label, spec.name, spec.kwargs)]
         grid_labels = [f"constant{list(counts)}".replace(" ", "") for counts in DEFAULT_GRID] if grid else []
-        for label, counts in zip(grid_labels, DEFAULT_GRID, strict=False):
-            first += self.cells(label, "constant", {"counts": list(counts)})
-        if alone:
-            for k, m in enumerate(modalities):
-                first += self.cells(f"alone:{m}", "constant", {"counts": [B if j == k else 0 for j in range(M)]},
-                                    alone=m)
-        self.run([cell for cell in first if not cell.sampler.startswith(("constant[", "alone:"))])
+        grid_cells = [cell for label, counts in zip(grid_labels, DEFAULT_GRID, strict=False)
+                      for cell in self.cells(label, "constant", {"counts": list(counts)})]
+        alone_counts = {m: [B if j == k else 0 for j in range(M)] for k, m in enumerate(modalities)} if alone else {}
+        alone_cells = [cell for m, counts in alone_counts.items()
+                       for cell in self.cells(f"alone:{m}", "constant", {"counts": counts}, alone=m)]
+        records = self.execute(sampler_cells + grid_cells + alone_cells)
+        self.collect(sampler_cells, records)
         if controls:
             policy_counts = [h["counts"] for h in self.histories["ppo"]]
             mean_counts = np.rint(np.mean([c.mean(0) for c in policy_counts], axis=0)).astype(int).tolist()
-            self.run(self.cells("ppo-mean", "constant", {"counts": mean_counts})
-                     + self.cells("ppo-replay", "schedule",
-                                  lambda i: {"schedule": policy_counts[(i + 1) % len(self.seeds)].tolist()}))
-        self.run([cell for cell in first if cell.sampler.startswith("constant[")])
+            control_cells = (self.cells("ppo-mean", "constant", {"counts": mean_counts})
+                             + self.cells("ppo-replay", "schedule",
+                                          lambda i: {"schedule": policy_counts[(i + 1) % len(self.seeds)].tolist()}))
+            self.collect(control_cells, self.execute(control_cells))
+        self.collect(grid_cells, records)
         if grid:
             best = max(grid_labels, key=lambda c: np.mean([r["val_curve"][-1]["fused_acc"] for r in self.runs[c]]))
             self.runs["best-constant"] = [dict(r, label="best-constant", best_of_grid=best) for r in self.runs[best]]
-        self.run([cell for cell in first if cell.sampler.startswith("alone:")])
+        self.collect(alone_cells, records)
         return self.runs, self.histories
 
 
