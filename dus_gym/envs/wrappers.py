@@ -90,3 +90,50 @@ def is_finite_info(value: Any) -> bool:
         return bool(np.isfinite(float(value)))
     except (TypeError, ValueError):
         return False
+
+
+class DictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """The "modalities" observation as a ``Dict`` space, for policies that read named parts (SB3's MultiInputPolicy).
+
+    The flat vector of a family env (:mod:`dus_gym.core.observation`, ``observation="modalities"``)
+    becomes three entries:
+
+    - ``"modalities"``: ``Box((slots, F))``, one row of the per-modality features per slot
+      (:data:`~dus_gym.core.observation.MODALITY_FEATURES` without the mask);
+    - ``"mask"``: ``MultiBinary(slots)``, 1 for a slot that holds a modality of this episode's task;
+    - ``"global"``: ``Box((2,))``, the progress t / T and the fused validation accuracy.
+
+    The values are the flat observation's, entry for entry; only the layout changes. On a task
+    with fewer modalities than slots, the last rows are zero and their mask 0, and the env ignores
+    the action entries of those slots (an allocation action; the strength action has one entry).
+
+    Args:
+        env: a DUS env with ``observation="modalities"``.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
+        from dus_gym.core.observation import GLOBAL_FEATURES, MODALITY_FEATURES
+
+        layout = getattr(env.unwrapped, "layout", None)
+        if layout is None or layout.kind != "modalities":
+            raise ValueError("DictObservation needs a DUS env with observation='modalities' (the family envs)")
+        self.slots, self.n_features = layout.slots, len(MODALITY_FEATURES)
+        self.mask_index = MODALITY_FEATURES.index("mask")
+        self.keep = [i for i in range(self.n_features) if i != self.mask_index]
+        low, high = layout.bounds()
+        rows_low = low[:self.slots * self.n_features].reshape(self.slots, self.n_features)[:, self.keep]
+        rows_high = high[:self.slots * self.n_features].reshape(self.slots, self.n_features)[:, self.keep]
+        self.observation_space = gym.spaces.Dict({
+            "modalities": gym.spaces.Box(rows_low, rows_high, dtype=np.float32),
+            "mask": gym.spaces.MultiBinary(self.slots),
+            "global": gym.spaces.Box(low[-len(GLOBAL_FEATURES):], high[-len(GLOBAL_FEATURES):], dtype=np.float32),
+        })
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        """The flat vector split into the three entries."""
+        rows = np.asarray(observation[:self.slots * self.n_features], dtype=np.float32).reshape(self.slots,
+                                                                                                 self.n_features)
+        return {"modalities": rows[:, self.keep].copy(), "mask": rows[:, self.mask_index].round().astype(np.int8),
+                "global": np.asarray(observation[self.slots * self.n_features:], dtype=np.float32)}
