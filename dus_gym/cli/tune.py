@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="held-out seeds of the tuned-vs-default comparison")
     h.add_argument("--study", help="study folder (default RUN_DIR/tune-TASK-heuristic; run again to resume)")
     h.add_argument("--sampler-seed", type=int, default=hc.sampler_seed, help="seed of Optuna's TPE sampler")
+    h.add_argument("--workers", type=int, default=hc.workers,
+                   help="processes of the final comparison's runs (default 1: in this process)")
     h.add_argument("--readme", metavar="FILE",
                    help="also write the comparison table into this file's block, e.g. docs/results/tune.md")
     h.add_argument("--readme-block", help="name of that block (default tune-heuristic-TASK)")
@@ -76,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
     folder = Path(args.study or Path(base.run_dir) / f"tune-{task}-heuristic")
     record = tune_heuristic(HeuristicTuneConfig(
         base=base, folder=str(folder), n_trials=args.trials, timeout=args.timeout, seeds=tuple(args.seeds),
-        eval_seeds=tuple(args.eval_seeds), sampler_seed=args.sampler_seed, progress=not args.no_progress))
+        eval_seeds=tuple(args.eval_seeds), sampler_seed=args.sampler_seed, workers=args.workers,
+        progress=not args.no_progress))
     print(f"{record['task']}: best trial {record['best_trial']} of {record['trials_finished']} (val acc "
           f"{100 * record['best_val_acc']:.1f} % over seeds {record['tuning_seeds']}); test accuracy in % on "
           f"held-out seeds {record['eval_seeds']}:")

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from dus_gym.core.config import MAX_TRIALS, ConfigError, RunConfig, check_seeds, shown, to_dict
+from dus_gym.core.config import MAX_TRIALS, MAX_WORKERS, ConfigError, RunConfig, check_seeds, shown, to_dict
 from dus_gym.core.extras import require
 from dus_gym.core.files import write_text_atomic
+from dus_gym.experiments.cells import Cell, execute_cells
 from dus_gym.experiments.results import table_header, table_row, write_results
 from dus_gym.experiments.run import DivergedError, RunCallback, run_training
 from dus_gym.experiments.stats import (
@@ -255,6 +256,9 @@ class HeuristicTuneConfig:
     """Random trials before TPE, and trials before pruning starts."""
     alpha_range: tuple[float, float] = (0.3, 100.0)
     """Log-uniform range of alpha (the sampler bounds it to [0, 100])."""
+    workers: int | None = 1
+    """Processes of the final comparison's runs (1: in this process; None: the CPU count). A trial's
+    seeds run in turn in this process, so that Optuna's pruner sees each run's curve."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -270,6 +274,8 @@ class HeuristicTuneConfig:
         lo, hi = self.alpha_range
         if not 0 < lo < hi <= 100:
             raise ConfigError(f"alpha_range must satisfy 0 < low < high <= 100, got {self.alpha_range}")
+        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {self.workers}")
         if self.base.sampler != "heuristic":
             raise ConfigError(f"dus-gym tune heuristic tunes the heuristic sampler, the config has "
                               f"'{self.base.sampler}'")
@@ -335,7 +341,8 @@ def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
     run_config = {**to_dict(base), "sampler": "heuristic", "sampler_kwargs": tuned}
     run_config.pop("seed", None)
     write_text_atomic(folder / "best.yaml", yaml.safe_dump(run_config, sort_keys=False))
-    record = evaluate_heuristic(base, task, default, tuned, config.eval_seeds, config.progress)
+    record = evaluate_heuristic(base, task, default, tuned, config.eval_seeds, folder / "cells", config.workers,
+                                config.progress)
     record.update({"study": study.study_name, "best_trial": best.number, "best_val_acc": best.value,
                    "trials_finished": finished_trials(study), "tuning_seeds": list(config.seeds)})
     write_results(folder, "evaluation", record)
@@ -343,14 +350,23 @@ def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
 
 
 def evaluate_heuristic(base: RunConfig, task: Any, default: dict[str, Any], tuned: dict[str, Any],
-                       seeds: Sequence[int], progress: bool = True) -> dict[str, Any]:
-    """Train the default and the tuned settings on ``seeds``; the paired difference of test accuracy and its CI."""
+                       seeds: Sequence[int], cells_dir: Path, workers: int | None = 1, progress: bool = True
+                       ) -> dict[str, Any]:
+    """Train the default and the tuned settings on ``seeds``; the paired difference of test accuracy and its CI.
+
+    The runs are cells (:mod:`dus_gym.experiments.cells`) in ``cells_dir``: ``workers`` processes run
+    them, and a comparison interrupted after the search continues where it stopped.
+    """
+    cells = [Cell(f"{label}/seed{seed}", task.name, base.learner.method, label, seed,
+                  to_dict(replace(base, sampler_kwargs=dict(kwargs), seed=seed)))
+             for label, kwargs in (("default", default), ("tuned", tuned)) for seed in seeds]
+    records = execute_cells(cells, cells_dir, workers, progress, "evaluation runs")[0]
     acc: dict[str, list[float]] = {"default": [], "tuned": []}
-    for label, kwargs in (("default", default), ("tuned", tuned)):
-        for seed in seeds:
-            result = run_training(replace(base, sampler_kwargs=dict(kwargs), seed=seed), task=task,
-                                  progress=progress, probe=False)
-            acc[label].append(result.summary["test"]["fused"]["acc"])
+    for cell in cells:
+        record = records[cell.key]
+        if record["diverged"]:
+            raise DivergedError(f"{cell.key}: {record['diverged']}")
+        acc[cell.sampler].append(record["summary"]["test"]["fused"]["acc"])
     d, lo, hi = paired_interval(acc["tuned"], acc["default"])
     aggregates = aggregate_scores(acc, reference="default")
 

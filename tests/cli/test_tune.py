@@ -33,6 +33,9 @@ def test_tune_heuristic_writes_settings_and_a_paired_comparison(tmp_path, capsys
     acc = record["test_acc"]
     d, lo, hi = paired_interval(acc["tuned"], acc["default"])
     assert record["paired_difference"] == {"mean": d, "low": lo, "high": hi} and len(acc["tuned"]) == 2
+    cells = sorted(p.name for p in (study / "cells").glob("*.json"))  # the comparison's runs are cells
+    assert cells == ["default_seed7.json", "default_seed8.json", "tuned_seed7.json", "tuned_seed8.json"]
+    default_written = (study / "cells" / "default_seed7.json").stat().st_mtime_ns
     # resumable: the same command with more trials adds only the missing ones; a stale running trial is redone
     stale = optuna.load_study(study_name="synthetic-heuristic", storage=f"sqlite:///{study / 'study.db'}")
     left = stale.ask()  # left RUNNING after drawing its alpha, as by a killed process
@@ -43,6 +46,8 @@ def test_tune_heuristic_writes_settings_and_a_paired_comparison(tmp_path, capsys
     assert states.count("FAIL") == 1 and states.count("RUNNING") == 0
     assert len([s for s in states if s in ("COMPLETE", "PRUNED")]) == 3
     assert trials[-1].params["alpha"] == alpha  # the stale trial's parameters, queued again
+    # the default settings' runs are finished cells of the same config: the second comparison reused them
+    assert (study / "cells" / "default_seed7.json").stat().st_mtime_ns == default_written
 
 
 def test_tune_ppo_on_a_family_env_trains_its_modality_policy(tmp_path):
