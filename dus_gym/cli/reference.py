@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-kwargs", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="env kwargs overrides, e.g. n_iterations=400 iterations_per_step=10")
     parser.add_argument("--run-dir", default=RunConfig.run_dir, help="parent of the output folder")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes, one torch thread each (default 1: in this process)")
     parser.add_argument("--readme", metavar="FILE",
                         help="also write the table into this file's block (see --readme-block), "
                              "e.g. docs/results/reference.md")
@@ -41,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     folder = new_run_folder(args.run_dir, f"reference-{args.env.split('/')[-1]}")
     try:
         record = run_reference(args.env, args.seeds, parse_overrides(args.env_kwargs), args.agents, folder,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, workers=args.workers)
     finally:
         remove_if_empty(folder)
     gain, lo, hi = record["best_constant_gain"]

@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -140,17 +141,30 @@ def _warn_rerun(path: Path, err: BaseException) -> None:
                "running the cell again")
 
 
-def execute_cells(cells: list[Cell], cells_dir: Path, workers: int | None = None, progress: bool = True,
-                  desc: str = "cells") -> tuple[dict[str, dict[str, Any]], int, int]:
+def execute_cells(cells: Sequence[Any], cells_dir: Path, workers: int | None = None, progress: bool = True,
+                  desc: str = "cells", run: Callable[[Any, str], dict[str, Any]] = run_cell,
+                  load: Callable[[Any, Path], dict[str, Any] | None] = load_cell
+                  ) -> tuple[dict[str, dict[str, Any]], int, int]:
     """Run the cells without a finished record in ``cells_dir``, in parallel processes (one torch thread each).
 
     Returns the records by key, how many cells ran and how many processes ran them. A failing cell or
     Ctrl-C stops the workers at once; the finished cells stay written, so a rerun continues.
+
+    Args:
+        cells: the cells, each with a unique ``key`` (a :class:`Cell`: one training run; another kind of
+            cell comes with its own ``run`` and ``load``).
+        cells_dir: where the records are written.
+        workers: processes (1: in this process; None: the CPU count, at most one per cell to run).
+        progress: show a progress bar.
+        desc: the bar's label.
+        run: runs one cell and writes its record atomically, returning it (a module-level function:
+            it is pickled to the workers).
+        load: the finished record of a cell, or None when it must run (missing, damaged, other settings).
     """
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for cell in cells:
-        record = load_cell(cell, cells_dir)
+        record = load(cell, cells_dir)
         if record is None:
             todo.append(cell)
         else:
@@ -161,13 +175,13 @@ def execute_cells(cells: list[Cell], cells_dir: Path, workers: int | None = None
     try:
         if workers == 1:  # in this process, with its torch threads
             for cell in todo:
-                records[cell.key] = run_cell(cell, str(cells_dir))
+                records[cell.key] = run(cell, str(cells_dir))
                 bar.update(1)
         elif todo:
             # spawn: a forked child of a process whose torch thread pool already ran can deadlock
             pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
             try:
-                for record in pool.imap_unordered(partial(run_cell, cells_dir=str(cells_dir)), todo):
+                for record in pool.imap_unordered(partial(run, cells_dir=str(cells_dir)), todo):
                     records[record["key"]] = record
                     bar.update(1)
             except BaseException:  # a cell failed or the user interrupted: stop now, finished cells stay written

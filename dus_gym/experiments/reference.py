@@ -28,20 +28,25 @@ interval of its gain above zero), since the scale is then noise.
 
 from __future__ import annotations
 
-import time
+import contextlib
+import json
+import re
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from dus_gym.core.config import ConfigError, check_seeds
+from dus_gym.core.config import MAX_WORKERS, ConfigError, check_seeds
+from dus_gym.core.files import write_text_atomic
 from dus_gym.core.specs import sampler_settings
 from dus_gym.envs.env import DUSEnv
 from dus_gym.envs.registration import registry_spec
+from dus_gym.experiments.cells import execute_cells
 from dus_gym.experiments.compare import DEFAULT_GRID
 from dus_gym.experiments.results import table_header, table_row, write_results
 from dus_gym.experiments.stats import format_mean_std, paired_interval
@@ -179,18 +184,98 @@ def grid_counts(n_modalities: int) -> list[tuple[int, ...]]:
     return [tuple(c) for c in DEFAULT_GRID]
 
 
+@dataclass(frozen=True)
+class EpisodeCell:
+    """One reference agent's episode on one seed: a cell of :func:`dus_gym.experiments.cells.execute_cells`.
+
+    Args:
+        key: ``<agent>/seed<seed>``.
+        env_id: the registered env id.
+        env_kwargs: its overrides.
+        agent: the agent's label (``uniform``, ``heuristic``, ``random``, ``constant[a,b]``, ``heuristic-replay``).
+        seed: the episode's seed.
+        heuristic: the heuristic's settings (agents "heuristic").
+        counts: the constant counts (agents "constant[...]").
+        schedule: the replayed counts, one row per step (agent "heuristic-replay").
+    """
+
+    key: str
+    env_id: str
+    env_kwargs: dict[str, Any]
+    agent: str
+    seed: int
+    heuristic: dict[str, Any] = field(default_factory=dict)
+    counts: tuple[int, ...] | None = None
+    schedule: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def file_stem(self) -> str:
+        """File name of the cell (the key with path-safe characters)."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key)
+
+    def settings(self) -> dict[str, Any]:
+        """What the episode depends on, as JSON reads it back (a record of other settings is run again)."""
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k != "key"}))
+
+
+def make_agent(cell: EpisodeCell, env: DUSEnv) -> ReferenceAgent:
+    """The agent of ``cell`` acting in ``env``."""
+    B, M = env.learner_config.batch_size, env.n_modalities
+    if cell.agent == UNIFORM:
+        return SamplerAgent(env, UniformSampler)
+    if cell.agent == "heuristic":
+        return SamplerAgent(env, lambda b, m: HeuristicSampler(b, m, **cell.heuristic))
+    if cell.agent == "random":
+        return RandomAgent(env)
+    if cell.agent == "heuristic-replay" and cell.schedule is not None:
+        return SamplerAgent(env, ScheduleSampler(B, M, [list(row) for row in cell.schedule]))
+    if cell.counts is not None:
+        return SamplerAgent(env, ConstantSampler(B, M, list(cell.counts)))
+    raise ConfigError(f"unknown reference agent '{cell.agent}'; choose among {list(AGENTS)}")
+
+
+def run_episode_cell(cell: EpisodeCell, cells_dir: str) -> dict[str, Any]:
+    """Run the episode of ``cell`` in a fresh env and write its record (JSON) atomically; returns the record."""
+    env = gym.make(cell.env_id, **cell.env_kwargs)
+    try:
+        episode = run_episode(env, make_agent(cell, env.unwrapped), cell.seed)
+    finally:
+        env.close()
+    record = {"key": cell.key, "settings": cell.settings(), "episode": asdict(episode)}
+    folder = Path(cells_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / f"{cell.file_stem}.json", json.dumps(record))
+    return record
+
+
+def load_episode_cell(cell: EpisodeCell, cells_dir: Path) -> dict[str, Any] | None:
+    """The finished record of ``cell`` (None when it is missing, damaged or of other settings: run it)."""
+    path = Path(cells_dir) / f"{cell.file_stem}.json"
+    try:
+        record = json.loads(path.read_text())
+        Episode(**record["episode"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if record.get("settings") == cell.settings() else None
+
+
 def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] | None = None,
-                  agents: Sequence[str] = AGENTS, out_dir: Path | None = None, progress: bool = True
-                  ) -> dict[str, Any]:
+                  agents: Sequence[str] = AGENTS, out_dir: Path | None = None, progress: bool = True,
+                  workers: int | None = 1) -> dict[str, Any]:
     """Run the reference agents on ``env_id`` over ``seeds``; return (and write) the record and its table.
+
+    Every (agent, seed) episode is a cell (:mod:`dus_gym.experiments.cells`) in ``out_dir/cells``, run in
+    a fresh env: ``workers`` processes run them (1: in this process), and an interrupted run continues
+    where it stopped.
 
     Args:
         env_id: a registered DUS env id.
         seeds: episode seeds (the same for every agent).
         env_kwargs: overrides of the env's spec (``gymnasium.make`` kwargs).
         agents: among :data:`AGENTS` (uniform is always run: it is the score's zero).
-        out_dir: where ``reference.json`` and ``table.md`` go (None: nowhere).
-        progress: print a line per agent.
+        out_dir: where ``reference.json``, ``table.md`` and the cells go (None: a temporary folder).
+        progress: show a progress bar.
+        workers: processes (None: the CPU count).
     """
     registry_spec(env_id)  # a registered DUS id, else a ConfigError naming the registered ones
     check_seeds(list(seeds))
@@ -199,9 +284,11 @@ def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] 
         raise ConfigError(f"unknown reference agents {unknown}; choose among {list(AGENTS)}")
     if "heuristic-replay" in agents and len(seeds) < 2:
         raise ConfigError("heuristic-replay replays another seed's counts: give at least 2 seeds")
-    env = gym.make(env_id, **(env_kwargs or {}))
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {workers}")
+    env_kwargs = dict(env_kwargs or {})
+    env = gym.make(env_id, **env_kwargs)
     core: DUSEnv = env.unwrapped  # type: ignore[assignment]
-    B, M = core.learner_config.batch_size, core.n_modalities
     heuristic = {**sampler_settings("heuristic", core.task.name)}
     heuristic.update(n_min=core.config.n_min, n_max=core.config.n_max,
                      allocation=core.config.action_type in ("allocation", "strength"))
@@ -211,31 +298,40 @@ def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] 
     if core.family is not None or core.actions.reacts:
         skipped = [name for name in ("heuristic-replay", "constant") if name in agents]
         agents = [name for name in agents if name not in skipped]
-    plan: list[tuple[str, Any]] = [(UNIFORM, SamplerAgent(core, UniformSampler))]
+    labels: list[tuple[str, tuple[int, ...] | None]] = [(UNIFORM, None)]
     if "heuristic" in agents or "heuristic-replay" in agents:
-        plan.append(("heuristic", SamplerAgent(core, lambda b, m: HeuristicSampler(b, m, **heuristic))))
+        labels.append(("heuristic", None))
     if "random" in agents:
-        plan.append(("random", RandomAgent(core)))
+        labels.append(("random", None))
     if "constant" in agents:
-        for counts in grid_counts(M):
-            label = f"constant[{','.join(map(str, counts))}]"
-            plan.append((label, SamplerAgent(core, ConstantSampler(B, M, counts))))
-    episodes: dict[str, list[Episode]] = {}
-    for label, agent in plan:
-        start = time.perf_counter()
-        episodes[label] = [run_episode(env, agent, seed) for seed in seeds]
-        if progress:
-            print(f"{env_id} {label}: mean return {np.mean([e.episode_return for e in episodes[label]]):.4f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-    if "heuristic-replay" in agents:
-        chosen = episodes["heuristic"]
-        episodes["heuristic-replay"] = [
-            run_episode(env, SamplerAgent(core, ScheduleSampler(B, M, chosen[(i + 1) % len(seeds)].counts)), seed)
-            for i, seed in enumerate(seeds)]
+        labels += [(f"constant[{','.join(map(str, counts))}]", tuple(counts))
+                   for counts in grid_counts(core.n_modalities)]
+
+    def cells_of(label: str, counts: tuple[int, ...] | None = None,
+                 schedule_of: Callable[[int], tuple[tuple[int, ...], ...]] | None = None) -> list[EpisodeCell]:
+        return [EpisodeCell(f"{label}/seed{seed}", env_id, env_kwargs, label, int(seed), heuristic, counts,
+                            schedule_of(i) if schedule_of is not None else None) for i, seed in enumerate(seeds)]
+
+    with contextlib.ExitStack() as stack:
+        folder = Path(out_dir) if out_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+
+        def run(cells: list[EpisodeCell]) -> dict[str, dict[str, Any]]:
+            return execute_cells(cells, folder / "cells", workers, progress, "reference episodes",
+                                 run=run_episode_cell, load=load_episode_cell)[0]
+
+        plan = {label: cells_of(label, counts) for label, counts in labels}
+        records = run([cell for cells in plan.values() for cell in cells])
+        episodes = {label: [Episode(**records[c.key]["episode"]) for c in cells] for label, cells in plan.items()}
+        if "heuristic-replay" in agents:
+            chosen = episodes["heuristic"]
+            replay = cells_of("heuristic-replay", schedule_of=lambda i: tuple(
+                tuple(row) for row in chosen[(i + 1) % len(seeds)].counts))
+            replayed = run(replay)
+            episodes["heuristic-replay"] = [Episode(**replayed[c.key]["episode"]) for c in replay]
     if "heuristic" not in agents:
         episodes.pop("heuristic", None)
+    record = reference_record(env_id, core, list(seeds), env_kwargs, episodes)
     env.close()
-    record = reference_record(env_id, core, list(seeds), env_kwargs or {}, episodes)
     record["skipped"] = skipped
     if out_dir is not None:
         write_results(Path(out_dir), "reference", record)

@@ -44,6 +44,26 @@ def test_reference_command_writes_scores_that_match_a_hand_computation(tmp_path,
     assert "normalised score" in capsys.readouterr().out
 
 
+def test_reference_episodes_are_cells_run_in_parallel_and_resumed(tmp_path):
+    from dus_gym.experiments.reference import run_reference
+
+    kwargs = dict(zip(["n_iterations", "iterations_per_step"], [20, 10], strict=True))
+    one = run_reference("dus_gym/Synthetic-v0", [0, 1], kwargs, ["uniform", "heuristic"], tmp_path / "one",
+                        progress=False)
+    two = run_reference("dus_gym/Synthetic-v0", [0, 1], kwargs, ["uniform", "heuristic"], tmp_path / "two",
+                        progress=False, workers=2)
+    assert one["table"] == two["table"]  # every episode in its own fresh env: the same, in any process
+    cells = tmp_path / "one" / "cells"
+    assert sorted(p.name for p in cells.glob("*.json")) == ["heuristic_seed0.json", "heuristic_seed1.json",
+                                                            "uniform_seed0.json", "uniform_seed1.json"]
+    written = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    (cells / "heuristic_seed1.json").write_text("{truncated")  # a damaged record runs again, the others are kept
+    again = run_reference("dus_gym/Synthetic-v0", [0, 1], kwargs, ["uniform", "heuristic"], tmp_path / "one",
+                          progress=False)
+    assert again["table"] == one["table"]
+    assert {p.name for p in cells.glob("*.json") if p.stat().st_mtime_ns != written[p.name]} == {"heuristic_seed1.json"}
+
+
 def test_reference_command_bad_input_is_one_line(tmp_path, capsys):
     assert main(["reference", "--env", "dus_gym/Nope-v0", "--run-dir", str(tmp_path), "--env-kwargs", *TINY]) == 2
     assert "dus-gym: error: " in capsys.readouterr().err
