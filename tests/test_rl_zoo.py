@@ -29,7 +29,8 @@ def test_rl_zoo_train_runs_on_the_default_env_with_its_modality_policy(tmp_path)
            "--gym-packages", "dus_gym", "-conf", str(specs_dir("agents") / "ppo.yml"), "-n", "16",
            "--env-kwargs", "n_iterations:40", "iterations_per_step:20", "task_kwargs:dict(n_samples=300)",
            "--hyperparams", "n_envs:1", "n_steps:8", "batch_size:8", "n_epochs:1",
-           "--log-folder", str(tmp_path), "--eval-freq", "-1", "--seed", "0"]
+           "--log-folder", str(tmp_path), "--tensorboard-log", str(tmp_path / "tb"), "--eval-freq", "-1",
+           "--seed", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = list(Path(tmp_path).glob("ppo/dus_gym-SyntheticFamily-v1_*/dus_gym-SyntheticFamily-v1.zip"))
@@ -39,3 +40,12 @@ def test_rl_zoo_train_runs_on_the_default_env_with_its_modality_policy(tmp_path)
     from dus_gym.agents.policies import ModalityPolicy
 
     assert isinstance(PPO.load(saved[0], device="cpu").policy, ModalityPolicy)
+    # the entry's callback (DUSMetricsCallback) puts the DUS tags into the Zoo's TensorBoard logs
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (tmp_path / "tb").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags.update(accumulator.Tags()["scalars"])
+    assert {"episode/val_acc", "reward/delta", "rollout/ep_rew_mean"} <= tags

@@ -28,7 +28,10 @@ from dus_gym.agents.policies import POLICIES
 from dus_gym.core.config import MAX_ENVS, MAX_TIMESTEPS, ConfigError, did_you_mean
 from dus_gym.core.files import read_yaml
 
-RUNNER_KEYS = ("n_envs", "n_timesteps", "normalize", "policy", "env_kwargs")
+RUNNER_KEYS = ("n_envs", "n_timesteps", "normalize", "policy", "env_kwargs", "callback")
+ZOO_CALLBACKS = ("dus_gym.agents.callbacks.DUSMetricsCallback",)
+"""The ``callback`` an entry may name, for the RL Zoo (which imports it by its path); train_policy.py adds it
+itself, so it is checked and not imported here."""
 RUNNER_SET = ("env", "tensorboard_log", "seed", "device", "verbose", "_init_setup_model")
 """PPO arguments that train_policy sets itself (not valid in the file)."""
 
@@ -211,6 +214,11 @@ def parse_entry(entry: dict[str, Any], where: str) -> AgentHyperparams:
         if key not in valid:
             hint = did_you_mean(str(key), valid) or f" (valid keys: {valid})"
             raise ConfigError(f"unknown key '{key}' in {where}{hint}")
+    callbacks = entry.get("callback") or []
+    for name in [callbacks] if isinstance(callbacks, str) else callbacks:
+        if name not in ZOO_CALLBACKS:
+            raise ConfigError(f"{where}.callback: '{name}' is not a callback of dus-gym's; an entry may name "
+                              f"{list(ZOO_CALLBACKS)} (for the RL Zoo, which imports it)")
     model_kwargs = {k: v for k, v in entry.items() if k not in RUNNER_KEYS}
     for key in ("learning_rate", "clip_range", "clip_range_vf"):
         if key in model_kwargs and model_kwargs[key] is not None:

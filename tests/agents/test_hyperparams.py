@@ -73,3 +73,12 @@ def test_shipped_ppo_yml_is_per_env_id_and_the_fallback_is_dus_gyms():
     assert hp.raw == FALLBACK_HYPERPARAMS and hp.n_timesteps == 10_000 and hp.model_kwargs["n_steps"] == 160
     with pytest.raises(ConfigError, match="no entry for 'dus_gym/Unlisted-v0'"):
         load_hyperparams(path, "dus_gym/Unlisted-v0")  # a file without the id and without a fallback
+
+
+def test_an_entry_names_only_dus_gyms_callback_for_the_zoo():
+    from dus_gym.agents.hyperparams import parse_entry
+
+    entry = {"policy": "MlpPolicy", "n_steps": 8, "callback": "dus_gym.agents.callbacks.DUSMetricsCallback"}
+    assert "callback" not in parse_entry(entry, "x").model_kwargs  # the Zoo's key: not a PPO argument
+    with pytest.raises(ConfigError, match="'os.system' is not a callback of dus-gym's"):
+        parse_entry({**entry, "callback": ["os.system"]}, "x")
