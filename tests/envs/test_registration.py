@@ -152,4 +152,4 @@ def test_a_spec_overridden_onto_a_gpu_is_nondeterministic():
     for device in ("cuda", "auto"):  # cuda is not needed: the learner is built at reset
         env = gym.make("dus_gym/Synthetic-v0", learner={"device": device})
         assert env.spec.nondeterministic is True and env.unwrapped.spec.nondeterministic is True
-        assert env.spec.kwargs["learner"] == {"device": device}
+        assert env.spec.kwargs["learner"]["device"] == device  # the effective settings, the override merged in
