@@ -292,6 +292,7 @@ def make_spec_env(spec: str | Path, render_mode: str | None = None, allow_task_i
         **overrides: any ``DUSEnv`` argument, e.g. ``n_iterations=400`` or ``learner={"lr": 0.1}``.
     """
     config = spec_config(spec, overrides, str(spec), allow_task_import=allow_task_import)
-    env = DUSEnv(render_mode=render_mode, **env_kwargs_of(config))
-    env.effective_kwargs = env_kwargs_of(config)
+    kwargs = env_kwargs_of(config)
+    env = DUSEnv(render_mode=render_mode, **kwargs)
+    env.effective_kwargs = kwargs
     return env

@@ -31,6 +31,11 @@ from dus_gym.experiments.run import DivergedError, run_training
 from dus_gym.tasks import cached_task
 
 
+def file_stem(key: str) -> str:
+    """The file name of a cell's record: its key with path-safe characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One training run of an experiment: its key, its resolved run config, and what it is.
@@ -60,7 +65,7 @@ class Cell:
     @property
     def file_stem(self) -> str:
         """File name of the cell (the key with path-safe characters)."""
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key)
+        return file_stem(self.key)
 
 
 def _init_worker() -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ from dus_gym.core.files import write_text_atomic
 from dus_gym.core.specs import sampler_settings
 from dus_gym.envs.env import DUSEnv
 from dus_gym.envs.registration import registry_spec
-from dus_gym.experiments.cells import execute_cells
+from dus_gym.experiments.cells import execute_cells, file_stem
 from dus_gym.experiments.compare import DEFAULT_GRID
 from dus_gym.experiments.results import table_header, table_row, write_results
 from dus_gym.experiments.stats import format_mean_std, paired_interval
@@ -211,7 +210,7 @@ class EpisodeCell:
     @property
     def file_stem(self) -> str:
         """File name of the cell (the key with path-safe characters)."""
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key)
+        return file_stem(self.key)
 
     def settings(self) -> dict[str, Any]:
         """What the episode depends on, as JSON reads it back (a record of other settings is run again)."""
