@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from dus_gym.core.observation import GLOBAL_FEATURES, MODALITY_FEATURES
 from dus_gym.samplers.action import ActionError
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,6 @@ class DictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     def __init__(self, env: gym.Env) -> None:
         gym.utils.RecordConstructorArgs.__init__(self)
         gym.ObservationWrapper.__init__(self, env)
-        from dus_gym.core.observation import GLOBAL_FEATURES, MODALITY_FEATURES
 
         layout = getattr(env.unwrapped, "layout", None)
         if layout is None or layout.kind != "modalities":
