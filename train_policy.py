@@ -2,7 +2,7 @@
 
     python train_policy.py                              # dus_gym/SyntheticFamily-v1, agents/ppo.yml
     python train_policy.py --env dus_gym/MFeat-v0 --seed 1
-    python train_policy.py --resume runs/ppo-SyntheticFamily-v1-seed0-<time>
+    python train_policy.py --resume runs/ppo-SyntheticFamily-v1-seed0_1
 
 Same as ``dus-gym train-policy``; see ``python train_policy.py --help``.
 """

@@ -1,5 +1,7 @@
-"""RL Zoo compatibility: its train script runs on dus_gym envs with agents/ppo.yml (smoke runs)."""
+"""RL Zoo compatibility: its train, enjoy and record_video scripts run on dus_gym envs with agents/ppo.yml (smoke
+runs; the default env gets all three, as docs/policies.md gives them)."""
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ def test_rl_zoo_train_runs_on_mfeat(tmp_path):
     assert saved, proc.stdout[-2000:]
 
 
-def test_rl_zoo_train_runs_on_the_default_env_with_its_modality_policy(tmp_path):
+def test_rl_zoo_train_enjoy_and_record_video_run_on_the_default_env(tmp_path, monkeypatch, capsys):
     # agents/ppo.yml names ModalityPolicy by its dotted path, which the Zoo imports itself
     cmd = [sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env", "dus_gym/SyntheticFamily-v1",
            "--gym-packages", "dus_gym", "-conf", str(specs_dir("agents") / "ppo.yml"), "-n", "16",
@@ -49,3 +51,18 @@ def test_rl_zoo_train_runs_on_the_default_env_with_its_modality_policy(tmp_path)
         accumulator.Reload()
         tags.update(accumulator.Tags()["scalars"])
     assert {"episode/val_acc", "reward/delta", "rollout/ep_rew_mean"} <= tags
+    # enjoy and record_video on the model just trained (its folder's args.yml holds the env kwargs)
+    from rl_zoo3.enjoy import enjoy
+
+    env = "dus_gym/SyntheticFamily-v1"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["enjoy", "--algo", "ppo", "--env", env, "--gym-packages", "dus_gym", "-f", ".",
+                                      "-n", "4", "--seed", "0"])
+    enjoy()  # with rendering: the env's "human" mode prints a line per step
+    assert "step   2 | iteration    40/40 | counts" in capsys.readouterr().out
+    pytest.importorskip("moviepy")
+    monkeypatch.setattr(sys, "argv", ["record_video", "--algo", "ppo", "--env", env, "-f", ".", "-n", "4",
+                                      "-o", "videos", "--seed", "0"])
+    runpy.run_module("rl_zoo3.record_video", run_name="__main__")  # dus_gym is imported: its ids are registered
+    videos = list((tmp_path / "videos").glob("*.mp4"))
+    assert videos and videos[0].stat().st_size > 1000

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
 from dus_gym.agents.policies import POLICIES
@@ -116,7 +117,7 @@ def _literal(node: ast.AST, where: str, text: str) -> Any:
 
 
 def schedule(value: Any, where: str) -> float | Callable[[float], float]:
-    """``"lin_3e-4"`` -> a linear schedule from 3e-4 to 0 (SB3's progress_remaining); numbers pass."""
+    """``"lin_3e-4"`` -> SB3's ``LinearSchedule`` from 3e-4 to 0, as the RL Zoo reads it; numbers pass."""
     if isinstance(value, str):
         if not value.startswith("lin_"):
             raise ConfigError(f"{where}: schedule {value!r} must be a number or 'lin_<number>'")
@@ -124,21 +125,10 @@ def schedule(value: Any, where: str) -> float | Callable[[float], float]:
             start = float(value[4:])
         except ValueError as err:
             raise ConfigError(f"{where}: schedule {value!r} must be a number or 'lin_<number>'") from err
-        return LinearSchedule(start)
+        return LinearSchedule(start, 0.0, 1.0)  # SB3's: picklable, unlike a lambda
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}: expected a number or 'lin_<number>', got {value!r}")
     return float(value)
-
-
-@dataclass(frozen=True)
-class LinearSchedule:
-    """Linear decay from ``start`` (progress_remaining 1) to 0 (picklable, unlike a lambda)."""
-
-    start: float
-
-    def __call__(self, progress_remaining: float) -> float:
-        """The value at SB3's progress_remaining (1 at the start of training, 0 at the end)."""
-        return progress_remaining * self.start
 
 
 INF = float("inf")

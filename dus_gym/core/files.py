@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,22 +99,23 @@ def sha256_of(path: str | Path) -> str:
 
 
 def new_run_folder(parent: str | Path, name: str) -> Path:
-    """Create and return a new, empty folder ``parent/name-<time>`` (``-1``, ``-2``, ... when taken).
+    """Create and return a new, empty folder ``parent/name_<N>``, N one above the highest taken.
 
-    The folder is created atomically (``mkdir`` fails on an existing one), so runs started in the
-    same second, by one process or several, never share a folder.
+    The numbering is SB3's (``get_latest_run_id``, which names SB3's TensorBoard folders and the RL
+    Zoo's run folders ``<name>_1``, ``<name>_2``, ...). ``mkdir`` fails on an existing folder and the
+    next number is tried, so runs started at once, by one process or several, never share a folder.
     """
+    from stable_baselines3.common.utils import get_latest_run_id  # imports torch: only when a run starts
+
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for suffix in itertools.count():
-        folder = parent / (f"{name}-{stamp}-{suffix}" if suffix else f"{name}-{stamp}")
+    while True:
+        folder = parent / f"{name}_{get_latest_run_id(str(parent), name) + 1}"
         try:
             folder.mkdir()
         except FileExistsError:
             continue
         return folder
-    raise AssertionError("unreachable")  # itertools.count() never ends
 
 
 def remove_if_empty(folder: Path) -> None:

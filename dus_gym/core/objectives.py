@@ -37,9 +37,10 @@ def head_terms(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | 
         raise ValueError("learning status needs at least one sample")
     logits = logits.float()
     target = labels.unsqueeze(-1)
-    ce = masked_mean(-logits.log_softmax(-1).gather(-1, target).squeeze(-1), mask)
+    log_p = logits.log_softmax(-1).gather(-1, target).squeeze(-1)  # log p(true class) per row
+    ce = masked_mean(-log_p, mask)
     with torch.no_grad():
-        status = masked_mean(logits.detach().softmax(-1).gather(-1, target).squeeze(-1), mask)
+        status = masked_mean(log_p.detach().exp(), mask)  # p(true class): one softmax serves both
     return ce, status
 
 

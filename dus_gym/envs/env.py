@@ -47,7 +47,8 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     | strength | ``Box(-1, 1, (1,))`` | M x B split by softmax(-alpha d_t) at every iteration, |
     |  |  | alpha = max_alpha (a + 1) / 2 (the DUS heuristic at the chosen sharpness) |
 
-    With ``observation="modalities"``, ``slots`` is ``max_modalities`` and entries past M are ignored.
+    With ``observation="modalities"``, ``slots`` is ``max_modalities`` and entries past M are ignored
+    (``info["n_modalities"]`` is M on a family env, at reset and at every step).
 
     ## Observation Space
 
@@ -213,11 +214,16 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
                 "family": self.family is not None, "cmd": asdict(self.cmd_config), "env": asdict(self.config)}
 
     def instance_info(self) -> dict[str, Any]:
-        """The current instance of a family (index, held out or not, its task-kwargs overrides); {} without."""
+        """The current instance of a family; {} without.
+
+        Its index, held out or not, its task-kwargs overrides, and its number of modalities M (action
+        entries past M are ignored).
+        """
         if self.family is None or self.instance is None:
             return {}
         return {"instance": self.instance, "held_out": self.instance in self.family.held_out,
-                "instance_params": dict(self.family.instances[self.instance])}
+                "instance_params": dict(self.family.instances[self.instance]),
+                "n_modalities": len(self.task.modalities)}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start a new training run; ``seed`` reseeds model initialisation and data order.
@@ -257,7 +263,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
             obs, rewards, terminated, truncated, infos = self.episodes.step(counts[None])
         info = infos[0]
         if self.instance is not None:
-            info["instance"] = self.instance
+            info["instance"], info["n_modalities"] = self.instance, len(self.task.modalities)
         self.trace.add(self.episodes, 0)
         if self.render_mode == "human":
             self.render()

@@ -19,29 +19,41 @@ def allocate(weights: np.ndarray | Sequence[float], total: int, n_min: int) -> n
     are integers >= n_min that sum to ``total`` exactly.
 
     Args:
-        weights: non-negative weights, one per modality (normalised here).
+        weights: non-negative weights, one per modality (normalised here); or (N, M), one row per
+            episode, each split on its own (the counts are then (N, M)).
         total: the samples of the iteration (M x B for a compute-fair budget).
         n_min: the smallest count of a modality.
     """
     w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 1 or len(w) == 0 or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+    rows = np.atleast_2d(w)
+    if w.ndim not in (1, 2) or rows.shape[1] == 0 or not np.isfinite(w).all() or (w < 0).any() \
+            or (rows.sum(1) <= 0).any():
         raise ValueError(f"allocation weights must be finite, non-negative and not all zero, got {w.tolist()}")
-    rest = total - n_min * len(w)
+    M = rows.shape[1]
+    rest = total - n_min * M
     if rest < 0:
-        raise ValueError(f"cannot give {len(w)} modalities n_min = {n_min} samples each out of {total}")
-    share = rest * w / w.sum()
+        raise ValueError(f"cannot give {M} modalities n_min = {n_min} samples each out of {total}")
+    share = rest * rows / rows.sum(1, keepdims=True)
     counts = np.floor(share).astype(np.int64)
-    left = rest - int(counts.sum())
-    order = np.argsort(-(share - counts), kind="stable")
-    counts[order[:left]] += 1
-    return counts + n_min
+    left = rest - counts.sum(1, keepdims=True)
+    order = np.argsort(-(share - counts), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(M)[None, :].repeat(len(rows), 0), axis=1)
+    counts += rank < left  # the `left` largest remainders get one more sample each
+    counts += n_min
+    return counts if w.ndim == 2 else counts[0]
 
 
-def heuristic_weights(discrepancy: np.ndarray | Sequence[float], alpha: float) -> np.ndarray:
-    """The DUS heuristic's shares softmax_m(-alpha d(m)): the modality ahead (d > 0) gets less."""
-    logits = -float(alpha) * np.asarray(discrepancy, dtype=np.float64)
-    weights = np.exp(logits - logits.max())
-    return weights / weights.sum()
+def heuristic_weights(discrepancy: np.ndarray | Sequence[float], alpha: float | np.ndarray) -> np.ndarray:
+    """The DUS heuristic's shares softmax_m(-alpha d(m)): the modality ahead (d > 0) gets less.
+
+    ``discrepancy`` may be (N, M) with ``alpha`` a scalar or (N,): one row of shares per episode.
+    """
+    d = np.asarray(discrepancy, dtype=np.float64)
+    a = np.asarray(alpha, dtype=np.float64)
+    logits = -(a[:, None] if a.ndim == 1 else a) * d
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -151,20 +163,19 @@ class CountsAction:
             ActionError: wrong shape, NaN/inf, non-integer or out-of-range entries; the message names
                 the expected space.
         """
-        expected = f"expected an action in {self.space} (per-modality counts, {self.action_type})"
         try:
             a = np.asarray(action)
         except (ValueError, TypeError) as err:  # ragged sequences
-            raise ActionError(f"action {action!r} is not an array ({err}); {expected}") from err
+            raise ActionError(f"action {action!r} is not an array ({err}); {self._expected()}") from err
         if a.shape != (self.slots,):
-            raise ActionError(f"action has shape {a.shape}; {expected}")
+            raise ActionError(f"action has shape {a.shape}; {self._expected()}")
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):  # no complex, no text
-            raise ActionError(f"action has dtype {a.dtype}; {expected}")
+            raise ActionError(f"action has dtype {a.dtype}; {self._expected()}")
         a = a.astype(np.float64)
         if not np.isfinite(a).all():
-            raise ActionError(f"action {a.tolist()} has NaN/inf; {expected}")
+            raise ActionError(f"action {a.tolist()} has NaN/inf; {self._expected()}")
         if self.action_type != "multidiscrete" and (np.abs(a) > 1.0 + 1e-6).any():
-            raise ActionError(f"action {a.tolist()} is outside [-1, 1]; {expected}")
+            raise ActionError(f"action {a.tolist()} is outside [-1, 1]; {self._expected()}")
         if self.action_type == "strength":
             d = np.zeros(self.n_modalities) if discrepancy is None else np.asarray(discrepancy, dtype=np.float64)
             if d.shape != (self.n_modalities,) or not np.isfinite(d).all():
@@ -180,8 +191,23 @@ class CountsAction:
             return np.rint(self.n_min + fraction * (self.n_max - self.n_min)).astype(np.int64)
         if (a != np.rint(a)).any() or a.min() < 0 or a.max() >= len(self.count_levels):
             raise ActionError(f"action {a.tolist()} is not a level index in [0, {len(self.count_levels) - 1}]; "
-                             f"{expected}")
+                             f"{self._expected()}")
         return np.asarray(self.count_levels, dtype=np.int64)[a.astype(np.int64)]
+
+    def _expected(self) -> str:
+        """What an action must be, for an error message (built only then: a Box's repr is slow)."""
+        return f"expected an action in {self.space} (per-modality counts, {self.action_type})"
+
+    def strength_counts(self, alphas: np.ndarray, discrepancy: np.ndarray) -> np.ndarray:
+        """The strength action's counts of N episodes at once (already validated actions).
+
+        Row i is what :meth:`to_counts` gives for alpha ``alphas[i]`` (:meth:`alpha` of its action)
+        and discrepancy ``discrepancy[i]``.
+        """
+        d = np.asarray(discrepancy, dtype=np.float64)
+        if d.ndim != 2 or d.shape[1] != self.n_modalities or not np.isfinite(d).all():
+            raise ValueError(f"the strength action needs (N, {self.n_modalities}) finite discrepancies, got {d}")
+        return allocate(heuristic_weights(d, np.asarray(alphas, dtype=np.float64)), self.total, self.n_min)
 
     def to_action(self, counts: np.ndarray | Sequence[float]) -> np.ndarray:
         """The action whose counts are ``counts`` (length M), or the nearest one: the inverse of :meth:`to_counts`.
@@ -218,3 +244,4 @@ class CountsAction:
             logits = np.log(extra / extra.max())
         action[: self.n_modalities] = np.clip(1.0 + logits / self.temperature, -1.0, 1.0)
         return action
+

@@ -1,8 +1,9 @@
 import pytest
 import yaml
+from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
-from dus_gym.agents.hyperparams import LinearSchedule, load_hyperparams, parse_literal_call
+from dus_gym.agents.hyperparams import load_hyperparams, parse_literal_call
 from dus_gym.core.config import ConfigError
 from dus_gym.core.specs import specs_dir
 
@@ -14,6 +15,7 @@ def test_shipped_ppo_yml_resolves_for_every_env():
         assert hp.normalize == {"norm_obs": True, "norm_reward": False}
         assert isinstance(hp.model_kwargs["learning_rate"], LinearSchedule)
         assert hp.model_kwargs["learning_rate"](0.5) == pytest.approx(5e-4)
+        assert hp.model_kwargs["learning_rate"](0.0) == 0.0  # lin_<start> decays to 0, as in the RL Zoo
         assert hp.model_kwargs["policy_kwargs"]["net_arch"] == {"pi": [64, 64], "vf": [64, 64]}
         assert "n_envs" not in hp.model_kwargs and "normalize" not in hp.model_kwargs
 

@@ -15,7 +15,7 @@ def test_compare_table_with_paired_difference(tmp_path, capsys):
     code = main(["compare", "--task", "synthetic", "--seeds", "0", "1", "--run-dir", str(tmp_path), *FAST])
     assert code == 0
     out = capsys.readouterr().out
-    record = json.loads(only(tmp_path, "compare-synthetic-*/compare.json").read_text())
+    record = json.loads(only(tmp_path, "compare-synthetic_*/compare.json").read_text())
     assert set(record["runs"]) == {"uniform", "heuristic", "alone:dominant", "alone:weak"}
     assert [r["seed"] for r in record["runs"]["heuristic"]] == [0, 1]
     assert len(record["late_fusion_acc"]) == 2
@@ -40,13 +40,13 @@ def test_compare_in_parallel_runs_the_same_rows_as_in_this_process(tmp_path):
         argv = ["compare", "--task", "synthetic", "--seeds", "0", "1", "--run-dir", str(tmp_path / workers),
                 "--workers", workers, "--no-alone", *FAST]
         assert main(argv) == 0
-    one, two = (json.loads(only(tmp_path / w, "compare-synthetic-*/compare.json").read_text()) for w in ("1", "2"))
+    one, two = (json.loads(only(tmp_path / w, "compare-synthetic_*/compare.json").read_text()) for w in ("1", "2"))
     assert list(one["runs"]) == list(two["runs"])  # the rows, in the same order
     for label in one["runs"]:  # one torch thread per worker: the same runs to float tolerance
         for a, b in zip(one["runs"][label], two["runs"][label], strict=True):
             assert a["seed"] == b["seed"] and a["test"]["fused"]["acc"] == pytest.approx(b["test"]["fused"]["acc"],
                                                                                          abs=0.02)
-    folder = only(tmp_path / "2", "compare-synthetic-*")
+    folder = only(tmp_path / "2", "compare-synthetic_*")
     assert (folder / "uniform" / "seed1" / "results.json").is_file()  # every run keeps its own folder
     assert len(list((folder / "cells").glob("*.json"))) == 4  # and its record: 2 rows x 2 seeds
 
@@ -57,7 +57,7 @@ def test_compare_writes_its_table_into_a_readme_block(tmp_path, capsys):
     argv = ["compare", "--task", "synthetic", "--seeds", "0", "--no-alone", "--samplers", "uniform", "--run-dir",
             str(tmp_path), "--readme", str(readme), *FAST]
     assert main(argv) == 0
-    record = json.loads(only(tmp_path, "compare-synthetic-*/compare.json").read_text())
+    record = json.loads(only(tmp_path, "compare-synthetic_*/compare.json").read_text())
     text = readme.read_text()
     assert "old table" not in text and record["table"] in text and text.endswith("\nafter\n")
     assert "<!-- written by `dus-gym compare --task synthetic" in text
@@ -73,12 +73,12 @@ def test_compare_with_policy_and_controls(tiny_policy, tmp_path, capsys):
                  "--controls", "--seeds", "0", "1", "--no-alone", "--iterations", "30", "--run-dir", str(tmp_path),
                  "--no-progress", "--set", "eval_every=30"])
     assert code == 0
-    record = json.loads(next(tmp_path.glob("compare-synthetic-*/compare.json")).read_text())
+    record = json.loads(next(tmp_path.glob("compare-synthetic_*/compare.json")).read_text())
     assert set(record["runs"]) == {"uniform", "ppo", "ppo-mean", "ppo-replay"}
-    ppo_counts = [np.load(p) for p in sorted(tmp_path.glob("compare-synthetic-*/ppo/seed*/counts.npy"))]
-    replay = np.load(next(tmp_path.glob("compare-synthetic-*/ppo-replay/seed0/counts.npy")))
+    ppo_counts = [np.load(p) for p in sorted(tmp_path.glob("compare-synthetic_*/ppo/seed*/counts.npy"))]
+    replay = np.load(next(tmp_path.glob("compare-synthetic_*/ppo-replay/seed0/counts.npy")))
     assert np.array_equal(replay, ppo_counts[1])  # seed 0 replays the schedule chosen on seed 1
-    mean = np.load(next(tmp_path.glob("compare-synthetic-*/ppo-mean/seed1/counts.npy")))
+    mean = np.load(next(tmp_path.glob("compare-synthetic_*/ppo-mean/seed1/counts.npy")))
     assert (mean == np.rint(np.mean([c.mean(0) for c in ppo_counts], axis=0))).all()
     assert "ppo-replay" in capsys.readouterr().out
 
@@ -89,7 +89,7 @@ def test_compare_rows_for_labelled_policies_and_a_compute_fair_heuristic(tiny_po
                  "--policy", str(folder), "--policy", f"second={folder}", "--seeds", "0", "1", "--no-alone",
                  "--iterations", "20", "--run-dir", str(tmp_path), "--no-progress", "--set", "eval_every=20"])
     assert code == 0
-    record = json.loads(next(tmp_path.glob("compare-synthetic-*/compare.json")).read_text())
+    record = json.loads(next(tmp_path.glob("compare-synthetic_*/compare.json")).read_text())
     assert list(record["runs"]) == ["uniform", "heuristic", "ppo", "second"]
     assert record["runs"]["ppo"][0]["test"] == record["runs"]["second"][0]["test"]  # one policy, two labels
     # the paired difference of ppo to every other row (e.g. a specialist): zero for the same policy
@@ -100,7 +100,7 @@ def test_compare_rows_for_labelled_policies_and_a_compute_fair_heuristic(tiny_po
     gain = np.mean([a["test"]["fused"]["acc"] - b["test"]["fused"]["acc"]
                     for a, b in zip(record["runs"]["ppo"], record["runs"]["uniform"], strict=True)])
     assert cells["uniform"].startswith(f"{100 * gain:+.1f} [")
-    heuristic = np.load(next(tmp_path.glob("compare-synthetic-*/heuristic/seed0/counts.npy")))
+    heuristic = np.load(next(tmp_path.glob("compare-synthetic_*/heuristic/seed0/counts.npy")))
     assert (heuristic.sum(1) == 2 * 64).all() and heuristic[:, 0].min() < 64  # M x B per iteration, reallocated
 
 

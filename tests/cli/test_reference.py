@@ -19,7 +19,7 @@ def test_reference_command_writes_scores_that_match_a_hand_computation(tmp_path,
     code = main(["reference", "--env", "dus_gym/Synthetic-v0", "--seeds", "0", "1", "--run-dir", str(tmp_path),
                  "--readme", str(readme), "--no-progress", "--env-kwargs", *TINY])
     assert code == 0
-    record = json.loads(next(tmp_path.glob("reference-Synthetic-v0-*/reference.json")).read_text())
+    record = json.loads(next(tmp_path.glob("reference-Synthetic-v0_*/reference.json")).read_text())
     agents = record["agents"]
     assert set(agents) == {"uniform", "heuristic", "heuristic-replay", "random", "constant[16,128]",
                            "constant[32,128]", "constant[64,128]", "constant[32,96]", "constant[128,64]",

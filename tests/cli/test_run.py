@@ -34,7 +34,7 @@ TINY = ["--iterations", "4", "--no-progress", "--set", "eval_every=4", "--set", 
 def test_run_with_a_method_records_it(tmp_path, capsys):
     assert main(["run", "--task", "synthetic", "--method", "ogm-ge", "--sampler", "heuristic", "--run-dir",
                  str(tmp_path), *FAST]) == 0
-    folder = only(tmp_path, "synthetic-ogm-ge-heuristic-seed0-*")
+    folder = only(tmp_path, "synthetic-ogm-ge-heuristic-seed0_*")
     assert json.loads((folder / "results.json").read_text())["method"] == "ogm-ge"
     assert yaml.safe_load((folder / "config.yaml").read_text())["learner"]["method"] == "ogm-ge"
     assert "/ ogm-ge / heuristic /" in capsys.readouterr().out
@@ -46,7 +46,7 @@ def test_run_end_to_end_writes_config_results_and_tensorboard(tmp_path, capsys):
     code = main(["run", "--task", "synthetic", "--sampler", "heuristic", "--seed", "3", "--run-dir", str(tmp_path),
                  "--set", "sampler_kwargs.alpha=20", *FAST])
     assert code == 0
-    folder = only(tmp_path, "synthetic-heuristic-seed3-*")
+    folder = only(tmp_path, "synthetic-heuristic-seed3_*")
     results = json.loads((folder / "results.json").read_text())
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert results["iterations"] == 40 and results["seed"] == 3 and results["sampler"] == "heuristic"
@@ -70,7 +70,7 @@ def test_epochs_convert_at_base_batch_size(tmp_path):
     code = main(["run", "--task", "mfeat", "--epochs", "2", "--run-dir", str(tmp_path), "--no-progress",
                  "--set", "learner.batch_size=100", "--set", "task_kwargs.pix_encoder=mlp"])
     assert code == 0
-    results = json.loads(only(tmp_path, "mfeat-uniform-seed0-*/results.json").read_text())
+    results = json.loads(only(tmp_path, "mfeat-uniform-seed0_*/results.json").read_text())
     assert results["iterations"] == 24  # ceil(2 * 1200 / 100)
 
 
@@ -81,7 +81,7 @@ def test_config_file_and_python_dash_m(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dus_gym", "run", "--config", str(config), "--run-dir",
                            str(tmp_path), "--no-progress"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    written = yaml.safe_load(only(tmp_path, "synthetic-uniform-seed0-*/config.yaml").read_text())
+    written = yaml.safe_load(only(tmp_path, "synthetic-uniform-seed0_*/config.yaml").read_text())
     assert written["learner"]["lr"] == 0.01 and written["n_iterations"] == 10
 
 
@@ -121,7 +121,7 @@ def test_diverged_run_stops_with_one_line_and_writes_no_results(tmp_path, capsys
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert "loss became" in err and "lower learner.lr" in err and len(err.splitlines()) == 1
-    folder = only(tmp_path, "synthetic-uniform-seed0-*")
+    folder = only(tmp_path, "synthetic-uniform-seed0_*")
     assert (folder / "config.yaml").is_file() and not (folder / "results.json").exists()
 
 
@@ -205,7 +205,7 @@ def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "loss became nan at iteration 26" in err
     assert "last good checkpoint (iteration 20)" in err
-    folder = next(tmp_path.glob("synthetic-uniform-seed0-*"))
+    folder = next(tmp_path.glob("synthetic-uniform-seed0_*"))
     assert not (folder / "results.json").exists()
     config = yaml.safe_load((folder / "config.yaml").read_text())
     state = load_run_checkpoint(folder / "checkpoint.pt", config)
@@ -268,7 +268,7 @@ def test_policy_drives_a_run_exactly_as_in_the_env(tiny_policy, tmp_path):
     code = main(["run", "--task", "synthetic", "--sampler", "ppo", "--policy", str(folder), "--iterations", "45",
                  "--run-dir", str(tmp_path), "--no-progress", "--set", "eval_every=45"])
     assert code == 0
-    run = next(tmp_path.glob("synthetic-ppo-seed0-*"))
+    run = next(tmp_path.glob("synthetic-ppo-seed0_*"))
     counts = np.load(run / "counts.npy")
     assert counts.shape == (45, 2)
     # the env with the run's budget and K, its episode restarted on the run's learner seed (0)

@@ -11,6 +11,10 @@ def test_run_folders_made_at_once_by_many_threads_are_distinct(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         folders = list(pool.map(lambda _: new_run_folder(tmp_path, "same-name"), range(16)))
     assert len(set(folders)) == 16 and all(f.is_dir() for f in folders)
+    # numbered as SB3 numbers its runs: the next one after the highest
+    assert sorted(int(f.name.split("_")[-1]) for f in folders) == list(range(1, 17))
+    assert new_run_folder(tmp_path, "same-name").name == "same-name_17"
+    assert new_run_folder(tmp_path, "same").name == "same_1"  # a name that prefixes another is its own series
 
 
 def test_a_full_disk_is_one_clear_error_and_leaves_the_old_file(tmp_path):

@@ -221,10 +221,12 @@ def test_family_env_draws_training_instances_and_reset_options_choose_any():
     obs, info = env.reset(seed=0, options={"instance": held})
     assert info["instance"] == held and info["held_out"]
     M = env.family.instances[held]["n_weak"] + 1
+    assert info["n_modalities"] == M  # action entries past M are ignored, and info says how many count
     mask = obs[: 3 * len(MODALITY_FEATURES)].reshape(3, -1)[:, MODALITY_FEATURES.index("mask")]
     assert mask.tolist() == [1.0] * M + [0.0] * (3 - M)
     _, _, _, _, step_info = env.step(np.zeros(3, np.float32))
     assert step_info["instance"] == held and step_info["counts"].sum() == M * env.learner_config.batch_size
+    assert step_info["n_modalities"] == len(step_info["counts"]) == M
 
 
 def test_strength_env_held_constant_equals_the_heuristic_run():

@@ -1,13 +1,11 @@
 """Render modes of the DUS env: one text line per step ("ansi"), a plot of CMD and counts ("rgb_array")."""
 
-import runpy
 import sys
 import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-import yaml
 from gymnasium.utils.env_checker import check_env
 
 import dus_gym  # noqa: F401 (registers the ids)
@@ -70,28 +68,3 @@ def test_rgb_array_without_matplotlib_names_its_extra_when_the_env_is_made(monke
     with pytest.raises(ImportError, match=r"pip install 'dus-gym\[bench\]'"):
         gym.make(ENV_ID, render_mode="rgb_array", **TINY)
     gym.make(ENV_ID, render_mode="ansi", **TINY).close()  # the text modes need nothing more
-
-
-def test_rl_zoo_record_video_writes_a_video_and_enjoy_renders(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("rl_zoo3")
-    pytest.importorskip("moviepy")
-    from stable_baselines3 import PPO
-
-    log = tmp_path / "ppo" / "dus_gym-Synthetic-v0_1"
-    model = PPO("MlpPolicy", gym.make(ENV_ID, **TINY), n_steps=8, batch_size=8, seed=0)
-    model.save(log / "dus_gym-Synthetic-v0.zip")
-    (log / "dus_gym-Synthetic-v0").mkdir()
-    (log / "dus_gym-Synthetic-v0" / "args.yml").write_text(yaml.safe_dump({"env_kwargs": TINY}))
-    out = tmp_path / "videos"
-    argv = ["record_video", "--algo", "ppo", "--env", ENV_ID, "-f", str(tmp_path), "--exp-id", "1", "-n", "3",
-            "-o", str(out), "--seed", "0"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_module("rl_zoo3.record_video", run_name="__main__")  # dus_gym is imported: its ids are registered
-    videos = list(out.glob("*.mp4"))
-    assert videos and videos[0].stat().st_size > 1000
-    from rl_zoo3.enjoy import enjoy
-
-    monkeypatch.setattr(sys, "argv", ["enjoy", "--algo", "ppo", "--env", ENV_ID, "-f", str(tmp_path), "--exp-id", "1",
-                                      "-n", "3", "--gym-packages", "dus_gym", "--seed", "0"])
-    enjoy()  # with rendering: create_test_env asks for render_mode="human"
-    assert "step   2 | iteration    20/20 | counts" in capsys.readouterr().out

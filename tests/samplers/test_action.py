@@ -58,6 +58,23 @@ def test_strength_action_is_the_heuristic_at_its_alpha():
         action.to_action([32, 32, 32])
 
 
+def test_strength_counts_of_many_episodes_are_each_episodes_own():
+    # the vectorised env's path (one call for N episodes) gives what to_counts gives episode by episode,
+    # ties of the largest-remainder rounding included (equal d: equal remainders)
+    action = CountsAction(3, n_min=4, action_type="strength", batch_size=32, max_alpha=60.0, n_slots=3)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(64, 1))
+    d = np.concatenate([rng.uniform(-0.3, 0.3, size=(60, 3)), np.zeros((4, 3))])
+    d[:8] = np.round(d[:8], 1)
+    alphas = np.array([action.alpha(a) for a in actions])
+    many = action.strength_counts(alphas, d)
+    assert many.tolist() == [action.to_counts(a, row).tolist() for a, row in zip(actions, d, strict=True)]
+    assert (many.sum(1) == 96).all() and many.min() >= 4
+    assert allocate(np.ones((2, 3)), 10, 1).tolist() == [[4, 3, 3], [4, 3, 3]]  # ties to the first modality
+    with pytest.raises(ValueError, match="finite discrepancies"):
+        action.strength_counts(alphas[:1], np.array([[np.nan, 0.0, 0.0]]))
+
+
 def test_to_action_inverts_to_counts():
     box = CountsAction(2)
     for n in range(8, 257):

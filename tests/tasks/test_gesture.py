@@ -175,7 +175,7 @@ def test_dus_gym_run_and_compare_with_three_modalities_alone(prepared, tmp_path,
                                       "eval_every": 2, "checkpoint_every": None, "tensorboard": False}))
     assert main(["run", "--task", "nvgesture", "--config", str(config), "--sampler", "heuristic", "--method", "mla",
                  "--iterations", "3", "--run-dir", str(tmp_path / "runs"), "--no-progress"]) == 0
-    results = json.loads(next((tmp_path / "runs").glob("nvgesture-mla-heuristic-seed0-*/results.json")).read_text())
+    results = json.loads(next((tmp_path / "runs").glob("nvgesture-mla-heuristic-seed0_*/results.json")).read_text())
     assert results["modalities"] == ["rgb", "depth", "flow"] and results["iterations"] == 3
     assert len(results["mean_counts"]) == 3 and np.isfinite(results["final_gap"])
     assert main(["compare", "--task", "nvgesture", "--config", str(config), "--samplers", "uniform", "heuristic",

@@ -201,7 +201,7 @@ def test_dus_gym_run_and_compare(prepared, tmp_path, capsys):
         assert main(["run", "--task", task, "--config", str(config), "--set", f"task_kwargs.root={root / folder}",
                      "--sampler", "heuristic", "--method", "mla", "--iterations", "3",
                      "--run-dir", str(tmp_path / "runs"), "--no-progress"]) == 0
-        results = json.loads(next((tmp_path / "runs").glob(f"{task}-mla-heuristic-seed0-*/results.json")).read_text())
+        results = json.loads(next((tmp_path / "runs").glob(f"{task}-mla-heuristic-seed0_*/results.json")).read_text())
         assert results["modalities"] == ["text", "image"] and results["iterations"] == 3
         assert 0.0 <= results["test"]["fused"]["acc"] <= 1.0 and len(results["mean_counts"]) == 2
     assert main(["compare", "--task", "sarcasm", "--config", str(config),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -104,12 +104,13 @@ class BatchedEnvs:
         return array
 
     def instance_info(self, i: int) -> dict[str, Any]:
-        """Env i's instance of a family (index, held out or not, its task-kwargs overrides); {} without."""
+        """Env i's instance of a family (as ``DUSEnv.instance_info``); {} without."""
         family, instance = self.template.family, self.instances[i]
         if family is None or instance is None:
             return {}
         return {"instance": instance, "held_out": instance in family.held_out,
-                "instance_params": dict(family.instances[instance])}
+                "instance_params": dict(family.instances[instance]),
+                "n_modalities": len(self.template.task.modalities)}  # one batch: instances of equal shapes
 
     def draw_instance(self, instance: int | Sequence[int | None] | None = None) -> None:
         """With a family: the instances of every env's next episode.
@@ -235,17 +236,15 @@ class BatchedEnvs:
         active = np.ones(self.n_envs, dtype=bool) if active is None else np.asarray(active, dtype=bool)
         t = self.template
         ones = np.ones(self.episodes.counts.shape[1], dtype=np.int64)
-
-        def counts_of(d: np.ndarray | None) -> np.ndarray:
-            return np.stack([t.actions.to_counts(a, None if d is None else d[i]) if on else ones
-                             for i, (a, on) in enumerate(zip(actions, active, strict=True))])
-
-        # the strength action: counts from each episode's d_t at every iteration; the others: once per step
-        rule = counts_of if t.actions.reacts else counts_of(None)
+        if t.actions.reacts:  # the strength action: every episode's counts from its d_t, at every iteration
+            alphas = np.array([t.actions.alpha(a) for a in actions])
+            rule: np.ndarray | Callable[[np.ndarray], np.ndarray] = functools.partial(t.actions.strength_counts, alphas)
+        else:  # the others: once per step (an inactive env's counts are not used)
+            rule = np.stack([t.actions.to_counts(a) if on else ones for a, on in zip(actions, active, strict=True)])
         obs, rewards, terminated, truncated, infos = self.episodes.step(rule, active)
         if t.family is not None:
             for i in np.flatnonzero(active):
-                infos[i]["instance"] = self.instances[i]
+                infos[i]["instance"], infos[i]["n_modalities"] = self.instances[i], len(t.task.modalities)
         return obs.astype(np.float32), rewards.astype(np.float32), terminated, truncated, infos
 
 

@@ -20,18 +20,25 @@ are merged into the spec key by key (:func:`dus_gym.envs.registration.spec_kwarg
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
+from dus_gym.core.batched_learner import BatchedLearner
 from dus_gym.core.config import ConfigError, from_dict
+from dus_gym.core.learner import Learner
 from dus_gym.core.registry import Registry
 from dus_gym.core.specs import deep_merge
 from dus_gym.envs.registration import spec_kwargs
@@ -40,6 +47,7 @@ from dus_gym.envs.vector.ray_vec_env import RayVecEnv, RayVecEnvConfig
 from dus_gym.envs.wrappers import ErrorRecoveryWrapper
 
 VecEnvBuilder = Callable[..., VecEnv]
+logger = logging.getLogger(__name__)
 
 
 def visible_gpus() -> list[str]:
@@ -147,14 +155,81 @@ def stop_vec_env(venv: VecEnv) -> None:
         inner.closed = True
 
 
+def learner_iteration_times(venv: VecDUSEnv, iterations: int = 5, seed: int = 0) -> tuple[float, float]:
+    """Seconds per iteration of ``venv``'s N learners batched, and of one of them alone on one torch thread.
+
+    Fresh learners on the env's task and settings (the env's own are untouched, and so is torch's random
+    state) take the counts that uniform random actions give, after one warm-up iteration.
+    """
+    template = venv.template
+    task, config, n = template.task, template.learner_config, venv.num_envs
+    space = gym.spaces.Box(-1, 1, template.action_space.shape) if isinstance(template.action_space, gym.spaces.Box) \
+        else template.action_space
+    space.seed(seed)
+    counts = np.stack([template.actions.to_counts(space.sample()) for _ in range(n)])
+    sync = (lambda: torch.cuda.synchronize()) if torch.device(venv.learners.device).type == "cuda" else (lambda: None)
+
+    def seconds_per_step(step: Callable[[], object]) -> float:
+        step()
+        sync()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            step()
+        sync()
+        return (time.perf_counter() - start) / iterations
+
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        batched = BatchedLearner(task, config, n)
+        for i in range(n):
+            batched.reset_learner(i, seed + i)
+        batched_time = seconds_per_step(lambda: batched.step(counts))
+        single = Learner(task, config, seed=seed)
+        torch.set_num_threads(1)  # as a subprocess env runs
+        try:
+            single_time = seconds_per_step(lambda: single.step(counts[0]))
+        finally:
+            torch.set_num_threads(threads)
+    return batched_time, single_time
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def batched_is_faster(batched_time: float, single_time: float, n_envs: int, cores: int) -> bool:
+    """Whether N learners batched in one process beat N subprocess envs, one torch thread each, on ``cores``.
+
+    The subprocess envs' iteration is taken as ``single_time`` x ceil(N / cores) (perfect parallelism, no
+    transfer cost: the estimate favours them, so the batched kind is kept only where it is surely faster).
+    """
+    return batched_time <= single_time * math.ceil(n_envs / max(1, min(cores, n_envs)))
+
+
 def build_auto(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
                devices: Sequence[str] | None = None, ray: dict[str, Any] | None = None) -> VecEnv:
-    """``vectorized`` when the env's learners can be batched on one device, else ``subproc``."""
+    """``vectorized`` where it is measured faster, else ``subproc``.
+
+    Faster: the env's learners can be batched on one device, and their batched iteration beats the
+    subprocess envs' on this machine's cores (:func:`batched_is_faster`), or they are on a GPU.
+    """
     if devices is None or len(set(devices)) <= 1:
         try:
-            return build_vectorized(env_id, n_envs, seed, env_kwargs, devices, ray)
+            venv = build_vectorized(env_id, n_envs, seed, env_kwargs, devices, ray)
         except ConfigError:  # not batchable (method, optimiser, on-disk data...): one process per env
-            pass
+            venv = None
+        if venv is not None:
+            inner = venv.unwrapped
+            on_gpu = torch.device(inner.learners.device).type == "cuda"
+            batched_time, single_time = learner_iteration_times(inner)
+            faster = on_gpu or batched_is_faster(batched_time, single_time, n_envs, usable_cores())
+            logger.info("vec_env auto: %d learners batched %.2f ms per iteration, one alone %.2f ms (%d cores): %s",
+                        n_envs, 1e3 * batched_time, 1e3 * single_time, usable_cores(),
+                        "vectorized" if faster else "subproc")
+            if faster:
+                return venv
+            venv.close()
     return build_subproc(env_id, n_envs, seed, env_kwargs, devices, ray)
 
 

@@ -8,8 +8,10 @@ from stable_baselines3.common.monitor import Monitor
 
 from dus_gym.core.config import ConfigError
 from dus_gym.envs.vector import kinds as parallel
+from dus_gym.envs.vector.batched import VecDUSEnv
 from dus_gym.envs.vector.kinds import build_vec_env
 from dus_gym.experiments.train_policy import TrainPolicyConfig, train_policy
+from tests.helpers import only
 
 TINY_TASK = {"n_samples": 300, "dominant_dim": 32, "weak_dim": 4, "hidden_dim": 16}
 TINY_ENV = {"n_iterations": 4, "iterations_per_step": 2, "n_max": 64, "task_kwargs": TINY_TASK,
@@ -46,6 +48,37 @@ def test_subproc_envs_are_pinned_to_the_device_list(monkeypatch):
         build_vec_env("dus_gym/Synthetic-v0", 2, 0, TINY_ENV, "vectorized", devices=("cpu", "cuda:0"))
 
 
+def test_batched_is_faster_weighs_the_batched_iteration_against_subprocesses_on_the_cores():
+    # 8 learners: 10 ms batched; one alone 5 ms, so 8 subprocess envs take 5 ms x ceil(8 / cores)
+    assert parallel.batched_is_faster(0.010, 0.005, 8, cores=2)  # 20 ms on 2 cores
+    assert not parallel.batched_is_faster(0.010, 0.005, 8, cores=8)  # 5 ms on 8 cores
+    assert not parallel.batched_is_faster(0.010, 0.005, 1, cores=2)  # one env: 5 ms alone
+    assert parallel.batched_is_faster(0.005, 0.005, 1, cores=2)  # a tie keeps the batched kind
+
+
+def test_auto_builds_the_kind_measured_faster_and_leaves_the_env_untouched(monkeypatch, one_torch_thread):
+    import torch
+
+    venv = build_vec_env("dus_gym/Synthetic-v0", 2, 0, TINY_ENV, "vectorized").unwrapped
+    before = {k: v.detach().clone() for k, v in venv.learners.params.items()}
+    rng = torch.get_rng_state()
+    batched, single = parallel.learner_iteration_times(venv, iterations=2)
+    assert batched > 0 and single > 0
+    assert all(torch.equal(before[k], v) for k, v in venv.learners.params.items())  # fresh learners were timed
+    assert torch.equal(rng, torch.get_rng_state())
+    built = []
+    monkeypatch.setattr(parallel, "build_subproc", lambda *args: built.append("subproc") or "subproc env")
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    monkeypatch.setattr(parallel, "learner_iteration_times", lambda venv: (0.030, 0.010))  # 2 envs: 10 ms apart
+    assert parallel.build_auto("dus_gym/Synthetic-v0", 2, 0, TINY_ENV) == "subproc env"
+    monkeypatch.setattr(parallel, "learner_iteration_times", lambda venv: (0.008, 0.010))
+    assert isinstance(parallel.build_auto("dus_gym/Synthetic-v0", 2, 0, TINY_ENV).unwrapped, VecDUSEnv)
+    # not batchable (Adam): subprocess envs without a measurement
+    monkeypatch.setattr(parallel, "learner_iteration_times", lambda venv: pytest.fail("measured"))
+    adam = {**TINY_ENV, "learner": {"batch_size": 16, "optimizer": "adam"}}
+    assert parallel.build_auto("dus_gym/Synthetic-v0", 2, 0, adam) == "subproc env" and built == ["subproc"] * 2
+
+
 def _train(tmp_path, vec_env, **extra):
     hp = tmp_path / "ppo.yml"
     hp.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": TINY_PPO}))
@@ -63,15 +96,25 @@ def test_train_policy_with_the_vectorised_env(tmp_path, one_torch_thread):
     assert any((folder / "tb").rglob("events.*"))
 
 
-def test_train_policy_through_ray_actors_on_a_local_runtime(tmp_path, monkeypatch):
+def test_the_documented_ray_command_trains_through_actors_on_an_in_process_runtime(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
+    from dus_gym.cli import main
+
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # offline CI: no usage report
-    init = {"num_cpus": 2, "include_dashboard": False, "_node_ip_address": "127.0.0.1", "log_to_driver": False,
-            "configure_logging": False}
+    hp = tmp_path / "ppo.yml"
+    hp.write_text(yaml.safe_dump({"dus_gym/Synthetic-v0": TINY_PPO}))
+    env_kwargs = ["n_iterations=4", "iterations_per_step=2", "n_max=64", "learner.batch_size=16",
+                  *(f"task_kwargs.{k}={v}" for k, v in TINY_TASK.items())]
+    # the local runtime in this process (what a bare `ray.init()` starts), bound to loopback for an offline CI
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             configure_logging=False)
     try:
-        folder = _train(tmp_path, "ray", ray={"num_cpus_per_env": 1, "init_kwargs": init})
-        assert ray.is_initialized()
+        # docs/policies.md: python train_policy.py --vec-env ray --ray-cpus-per-env 1
+        assert main(["train-policy", "--env", "dus_gym/Synthetic-v0", "--vec-env", "ray", "--ray-cpus-per-env", "1",
+                     "-conf", str(hp), "--env-kwargs", *env_kwargs, "--run-dir", str(tmp_path / "runs"),
+                     "--eval-freq", "0", "--checkpoint-freq", "256", "--no-evaluate", "--no-progress"]) == 0
         assert ray.cluster_resources()["CPU"] == 2
+        folder = only(tmp_path / "runs", "ppo-Synthetic-v0-seed0_*")
         # the actors step as DummyVecEnv steps the same envs: same seeds, same actions, same results
         actors = build_vec_env("dus_gym/Synthetic-v0", 2, 3, TINY_ENV, "ray")
         local = build_vec_env("dus_gym/Synthetic-v0", 2, 3, TINY_ENV, "dummy")
