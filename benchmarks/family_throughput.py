@@ -4,6 +4,7 @@
     python benchmarks/family_throughput.py --kinds ray subproc --n-envs 2 --ray   # Ray actors against subprocesses
     python benchmarks/family_throughput.py --profile           # + where train_policy's wall time goes
     python benchmarks/family_throughput.py --device cuda       # the same on a GPU
+    python benchmarks/family_throughput.py --readme docs/results/throughput.md   # also into its block
 
 Rows, each (kind, N) in a fresh process, with the same env settings, seeds and random actions:
 
@@ -14,8 +15,9 @@ Rows, each (kind, N) in a fresh process, with the same env settings, seeds and r
 - ``learner``: ``BatchedLearner.step`` with the same counts (the raw loop plus the data order,
   padding and per-learner bookkeeping).
 - ``vectorized`` (batched), ``dummy`` (sequential), ``subproc`` (one process per env, one torch
-  thread each) and ``ray`` (one actor per env): ``dus_gym.envs.vector.kinds.build_vec_env``, stepped
-  with uniform random actions across episode ends (resets included).
+  thread each), ``ray`` (one actor per env) and ``auto`` (the kind train_policy's default picks, named
+  in the table): ``dus_gym.envs.vector.kinds.build_vec_env``, stepped with uniform random actions
+  across episode ends (resets included).
 
 env steps/s counts every env's steps (N per vector step); learner iterations/s = K x that. The
 ratios are to the raw loop and to the sequential kind at the same N, measured in the same run.
@@ -34,14 +36,20 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dus_gym.envs.vector.kinds import usable_cores
+from dus_gym.experiments.results import check_readme_block, table_header, table_row, write_readme_block
+
 ENV_ID = "dus_gym/SyntheticFamily-v1"
-KINDS = ("raw", "learner", "vectorized", "dummy", "subproc", "ray")
+KINDS = ("raw", "learner", "vectorized", "dummy", "subproc", "ray", "auto")
 LABELS = {"raw": "raw batched loop", "learner": "BatchedLearner.step", "vectorized": "batched env (vectorized)",
-          "dummy": "sequential env (dummy)", "subproc": "subprocess env (subproc)", "ray": "Ray actors (ray)"}
+          "dummy": "sequential env (dummy)", "subproc": "subprocess env (subproc)", "ray": "Ray actors (ray)",
+          "auto": "auto (the kind it picks)"}
+BLOCK = "throughput"
 
 
 def env_kwargs(device: str) -> dict[str, Any]:
@@ -107,6 +115,8 @@ def measure(kind: str, n_envs: int, device: str, steps: int, warmup: int, thread
     ray = {"num_cpus_per_env": ray_cpus, "init_kwargs": {"include_dashboard": False, "log_to_driver": False,
                                                          "configure_logging": False}} if kind == "ray" else None
     venv = build_vec_env(env_id, n_envs, 0, env_kwargs(device), build, ray=ray)
+    picked = {"VecDUSEnv": "vectorized", "SubprocVecEnv": "subproc", "DummyVecEnv": "dummy"}.get(
+        type(venv.unwrapped).__name__, type(venv.unwrapped).__name__)
     rng = np.random.default_rng(0)
     shape = (warmup + steps, n_envs, *venv.action_space.shape)
     actions = rng.uniform(-1, 1, size=shape).astype(np.float32)
@@ -135,7 +145,7 @@ def measure(kind: str, n_envs: int, device: str, steps: int, warmup: int, thread
     sync()
     elapsed = time.perf_counter() - start
     venv.close()
-    return {"steps_per_s": n_envs * steps / elapsed, "K": K}
+    return {"steps_per_s": n_envs * steps / elapsed, "K": K, "picked": picked}
 
 
 class Timers:
@@ -228,6 +238,8 @@ def main() -> None:
     parser.add_argument("--ray-cpus-per-env", type=float, default=1.0)
     parser.add_argument("--profile", action="store_true", help="also split train_policy's wall time")
     parser.add_argument("--profile-rollouts", type=int, default=3, help="rollouts of the shipped PPO entry")
+    parser.add_argument("--readme", metavar="FILE", help="also write the tables into this markdown file's block")
+    parser.add_argument("--readme-block", default=BLOCK, help=f"the block's name (default {BLOCK})")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--one-profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -239,15 +251,17 @@ def main() -> None:
         print(json.dumps(profile(args.env, args.profile_rollouts, args.threads)))
         return
 
+    if args.readme:
+        check_readme_block(Path(args.readme), args.readme_block)
     import torch
 
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (
-        f"CPU, {args.threads} torch thread(s) in the measuring process")
-    print(f"{args.env} (spec settings), {name}; torch {torch.__version__}; uniform random actions; best of "
-          f"{args.rounds} rounds of {args.steps} vector steps after {args.warmup} warm-up")
+        f"CPU ({usable_cores()} cores), {args.threads} torch thread(s) in the measuring process")
+    lines = [f"{args.env} (spec settings), {name}; torch {torch.__version__}; uniform random actions; best of "
+             f"{args.rounds} interleaved rounds of {args.steps} vector steps after {args.warmup} warm-up.", ""]
     common = ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
               "--threads", str(args.threads), "--env", args.env, "--ray-cpus-per-env", str(args.ray_cpus_per_env)]
-    best: dict[tuple[str, int], dict[str, float]] = {}
+    best: dict[tuple[str, int], dict[str, Any]] = {}
     for _ in range(args.rounds):  # interleaved: a slow phase of a shared machine hits every kind alike
         for n in args.n_envs:
             for kind in args.kinds:
@@ -258,31 +272,37 @@ def main() -> None:
                     best[kind, n] = result
                 print(f"  {kind} N = {n}: {result['steps_per_s']:.1f} env steps/s", file=sys.stderr)
     K = next(iter(best.values()))["K"]
-    print(f"\nenv steps/s (learner iterations/s = {K} x that); in brackets: / raw loop, / sequential at that N\n")
-    print("| kind | " + " | ".join(f"N = {n}" for n in args.n_envs) + " |")
-    print("|---|" + "---|" * len(args.n_envs))
+    lines += [f"env steps/s of all N envs (learner iterations/s = {K} x that); in brackets, the ratio to the raw "
+              "loop and to the sequential env at the same N", ""]
+    lines += table_header(["kind", *(f"N = {n}" for n in args.n_envs)])
     for kind in args.kinds:
         cells = []
         for n in args.n_envs:
             rate = best[kind, n]["steps_per_s"]
             ratios = [f"{rate / best[ref, n]['steps_per_s']:.2f}x {label}" for ref, label in
                       (("raw", "raw"), ("dummy", "seq")) if ref in args.kinds and ref != kind]
+            ratios += [best[kind, n]["picked"]] if kind == "auto" else []
             cells.append(f"{rate:.1f}" + (f" ({', '.join(ratios)})" if ratios else ""))
-        print(f"| {LABELS[kind]} | " + " | ".join(cells) + " |")
+        lines.append(table_row([LABELS[kind], *cells]))
     if "ray" in args.kinds and "subproc" in args.kinds:
-        for n in args.n_envs:
-            print(f"Ray actors / subprocesses, N = {n}: "
-                  f"{best['ray', n]['steps_per_s'] / best['subproc', n]['steps_per_s']:.2f}")
+        lines += ["", *(f"Ray actors / subprocesses, N = {n}: "
+                        f"{best['ray', n]['steps_per_s'] / best['subproc', n]['steps_per_s']:.2f}"
+                        for n in args.n_envs)]
     if args.profile:
         command = [sys.executable, __file__, "--one-profile", "--profile-rollouts", str(args.profile_rollouts), *common]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         shares = json.loads(out.strip().splitlines()[-1])
-        print(f"\ntrain_policy on {args.env}: vectorized, N = {shares.pop('n_envs')}, "
-              f"{shares.pop('n_timesteps')} env steps; PPO.learn {shares.pop('learn_s'):.1f} s of "
-              f"{shares.pop('wall_s'):.1f} s:\n")
-        print("| part of PPO.learn | share of its wall time |\n|---|---|")
-        for part, share in shares.items():
-            print(f"| {part} | {100 * share:.1f} % |")
+        lines += ["", f"train_policy on {args.env}: vectorized, N = {shares.pop('n_envs')}, "
+                      f"{shares.pop('n_timesteps')} env steps; PPO.learn {shares.pop('learn_s'):.1f} s of "
+                      f"{shares.pop('wall_s'):.1f} s:", ""]
+        lines += table_header(["part of PPO.learn", "share of its wall time"])
+        lines += [table_row([part, f"{100 * share:.1f} %"]) for part, share in shares.items()]
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.readme:
+        write_readme_block(Path(args.readme), args.readme_block, table,
+                           "python benchmarks/family_throughput.py " + " ".join(sys.argv[1:]))
+        print(f"written into {args.readme} (block {args.readme_block})")
 
 
 if __name__ == "__main__":
