@@ -20,6 +20,7 @@ are merged into the spec key by key (:func:`dus_gym.envs.registration.spec_kwarg
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -156,15 +157,14 @@ def stop_vec_env(venv: VecEnv) -> None:
 
 
 def learner_iteration_times(venv: VecDUSEnv, iterations: int = 5, seed: int = 0) -> tuple[float, float]:
-    """Seconds per iteration of ``venv``'s N learners batched, and of one of them alone on one torch thread.
+    """Seconds per iteration of ``venv``'s N learners batched, and of one of them alone on one torch thread (CPU).
 
     Fresh learners on the env's task and settings (the env's own are untouched, and so is torch's random
     state) take the counts that uniform random actions give, after one warm-up iteration.
     """
     template = venv.template
     task, config, n = template.task, template.learner_config, venv.num_envs
-    space = gym.spaces.Box(-1, 1, template.action_space.shape) if isinstance(template.action_space, gym.spaces.Box) \
-        else template.action_space
+    space = copy.deepcopy(template.action_space)  # seeded here: the env's own space keeps its random state
     space.seed(seed)
     counts = np.stack([template.actions.to_counts(space.sample()) for _ in range(n)])
     sync = (lambda: torch.cuda.synchronize()) if torch.device(venv.learners.device).type == "cuda" else (lambda: None)
@@ -221,9 +221,10 @@ def build_auto(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any],
             venv = None
         if venv is not None:
             inner = venv.unwrapped
-            on_gpu = torch.device(inner.learners.device).type == "cuda"
+            if torch.device(inner.learners.device).type == "cuda":
+                return venv  # on a GPU one batched computation beats N processes sharing it
             batched_time, single_time = learner_iteration_times(inner)
-            faster = on_gpu or batched_is_faster(batched_time, single_time, n_envs, usable_cores())
+            faster = batched_is_faster(batched_time, single_time, n_envs, usable_cores())
             logger.info("vec_env auto: %d learners batched %.2f ms per iteration, one alone %.2f ms (%d cores): %s",
                         n_envs, 1e3 * batched_time, 1e3 * single_time, usable_cores(),
                         "vectorized" if faster else "subproc")
