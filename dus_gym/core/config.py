@@ -362,6 +362,12 @@ def check_seeds(seeds: Iterable[int], where: str = "seeds") -> None:
                          "same run and would narrow the interval without new evidence")
 
 
+def check_workers(workers: int | None) -> None:
+    """Raise a :class:`ConfigError` unless ``workers`` is None (the CPU count) or from 1 to :data:`MAX_WORKERS`."""
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {workers}")
+
+
 def check_distinct(values: Iterable[Any], where: str) -> None:
     """Raise a :class:`ConfigError` when a name is given twice (a repeated task, method or sampler reruns cells)."""
     values = list(values)

@@ -219,11 +219,7 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
         Its index, held out or not, its task-kwargs overrides, and its number of modalities M (action
         entries past M are ignored).
         """
-        if self.family is None or self.instance is None:
-            return {}
-        return {"instance": self.instance, "held_out": self.instance in self.family.held_out,
-                "instance_params": dict(self.family.instances[self.instance]),
-                "n_modalities": len(self.task.modalities)}
+        return family_instance_info(self.family, self.instance, len(self.task.modalities))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start a new training run; ``seed`` reseeds model initialisation and data order.
@@ -285,6 +281,14 @@ class DUSEnv(gym.Env[np.ndarray, np.ndarray]):
     def info_keywords(self) -> tuple[str, ...]:
         """The info keys a Monitor should record at the end of an episode."""
         return self.episodes.info_keywords()
+
+
+def family_instance_info(family: TaskFamily | None, instance: int | None, n_modalities: int) -> dict[str, Any]:
+    """The info keys of a family's ``instance`` (index, held out or not, its task-kwargs overrides, M); {} without."""
+    if family is None or instance is None:
+        return {}
+    return {"instance": instance, "held_out": instance in family.held_out,
+            "instance_params": dict(family.instances[instance]), "n_modalities": n_modalities}
 
 
 def make_spec_env(spec: str | Path, render_mode: str | None = None, allow_task_import: bool = False,

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from dus_gym.core.config import (
-    MAX_WORKERS,
     ConfigError,
     RunConfig,
     check_distinct,
     check_seeds,
+    check_workers,
     from_dict,
     to_dict,
 )
@@ -111,8 +111,7 @@ class BenchConfig:
             check_distinct(getattr(self, where), where)
         if self.n_iterations is not None and self.n_iterations < 1:
             raise ConfigError(f"n_iterations must be >= 1, got {self.n_iterations}")
-        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
-            raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {self.workers}")
+        check_workers(self.workers)
         if self.plot_seed is not None and self.plot_seed not in self.seeds:
             raise ConfigError(f"plot_seed {self.plot_seed} is not one of the seeds {list(self.seeds)}")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dus_gym.core.config import MAX_WORKERS, ConfigError, RunConfig, check_seeds, to_dict
+from dus_gym.core.config import ConfigError, RunConfig, check_seeds, check_workers, to_dict
 from dus_gym.error import DivergedError
 from dus_gym.experiments.cells import Cell, execute_cells, load_histories
 from dus_gym.experiments.results import table_header, table_row, write_results
@@ -82,8 +82,7 @@ def run_comparison(
     """
     check_seeds(seeds)
     check_controls([spec.label for spec in samplers], list(seeds), controls)
-    if workers is not None and not 1 <= workers <= MAX_WORKERS:
-        raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {workers}")
+    check_workers(workers)
     task = make_task(base.task, **base.task_kwargs)
     M, B = len(task.modalities), base.learner.batch_size
     if grid and M != 2:  # before any run

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dus_gym.core.config import MAX_WORKERS, ConfigError, RunConfig, from_dict, to_dict
+from dus_gym.core.config import ConfigError, RunConfig, check_workers, from_dict, to_dict
 from dus_gym.core.files import read_yaml
 from dus_gym.core.specs import deep_merge
 from dus_gym.envs.registration import spec_path
@@ -134,8 +134,7 @@ class FamilyEvaluationConfig:
                                              or self.n_instances < 1):
             raise ConfigError(f"n_instances must be a whole number >= 1 (the first N instances of the pool), got "
                               f"{self.n_instances!r}")
-        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
-            raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {self.workers}")
+        check_workers(self.workers)
         if self.blind_policy is not None:
             check_blind_policy(self.blind_policy)
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:

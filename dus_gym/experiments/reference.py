@@ -40,7 +40,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from dus_gym.core.config import MAX_WORKERS, ConfigError, check_seeds
+from dus_gym.core.config import ConfigError, check_seeds, check_workers
 from dus_gym.core.files import write_text_atomic
 from dus_gym.core.specs import sampler_settings
 from dus_gym.envs.env import DUSEnv
@@ -283,8 +283,7 @@ def run_reference(env_id: str, seeds: Sequence[int], env_kwargs: dict[str, Any] 
         raise ConfigError(f"unknown reference agents {unknown}; choose among {list(AGENTS)}")
     if "heuristic-replay" in agents and len(seeds) < 2:
         raise ConfigError("heuristic-replay replays another seed's counts: give at least 2 seeds")
-    if workers is not None and not 1 <= workers <= MAX_WORKERS:
-        raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {workers}")
+    check_workers(workers)
     env_kwargs = dict(env_kwargs or {})
     env = gym.make(env_id, **env_kwargs)
     core: DUSEnv = env.unwrapped  # type: ignore[assignment]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from dus_gym.core.config import MAX_TRIALS, MAX_WORKERS, ConfigError, RunConfig, check_seeds, shown, to_dict
+from dus_gym.core.config import MAX_TRIALS, ConfigError, RunConfig, check_seeds, check_workers, shown, to_dict
 from dus_gym.core.extras import require
 from dus_gym.core.files import write_text_atomic
 from dus_gym.experiments.cells import Cell, execute_cells
@@ -274,8 +274,7 @@ class HeuristicTuneConfig:
         lo, hi = self.alpha_range
         if not 0 < lo < hi <= 100:
             raise ConfigError(f"alpha_range must satisfy 0 < low < high <= 100, got {self.alpha_range}")
-        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
-            raise ConfigError(f"workers must be from 1 to {MAX_WORKERS}, got {self.workers}")
+        check_workers(self.workers)
         if self.base.sampler != "heuristic":
             raise ConfigError(f"dus-gym tune heuristic tunes the heuristic sampler, the config has "
                               f"'{self.base.sampler}'")

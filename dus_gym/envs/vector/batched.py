@@ -38,7 +38,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from dus_gym.core.batched_learner import BatchedLearner, task_shape_key
 from dus_gym.core.config import check_n_envs, shown
 from dus_gym.core.episode import Episodes
-from dus_gym.envs.env import DUSEnv
+from dus_gym.envs.env import DUSEnv, family_instance_info
 from dus_gym.samplers.action import ActionError
 from dus_gym.tasks import Task, cached_task
 from dus_gym.tasks.families import TaskFamily
@@ -105,12 +105,8 @@ class BatchedEnvs:
 
     def instance_info(self, i: int) -> dict[str, Any]:
         """Env i's instance of a family (as ``DUSEnv.instance_info``); {} without."""
-        family, instance = self.template.family, self.instances[i]
-        if family is None or instance is None:
-            return {}
-        return {"instance": instance, "held_out": instance in family.held_out,
-                "instance_params": dict(family.instances[instance]),
-                "n_modalities": len(self.template.task.modalities)}  # one batch: instances of equal shapes
+        # the instances of one batch have equal shapes: env 0's M is every env's
+        return family_instance_info(self.template.family, self.instances[i], len(self.template.task.modalities))
 
     def draw_instance(self, instance: int | Sequence[int | None] | None = None) -> None:
         """With a family: the instances of every env's next episode.
