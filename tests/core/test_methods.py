@@ -19,6 +19,7 @@ from dus_gym.core.learner import Learner
 from dus_gym.core.methods import METHODS, IterationBatch, check_method_fusion, make_method
 from dus_gym.core.methods.agm import agm_coefficients, agm_responses
 from dus_gym.core.methods.gblending import blending_weights
+from dus_gym.core.methods.greedy import caring_modality
 from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
 from dus_gym.core.methods.mmpareto import mmpareto_weights
 from dus_gym.core.methods.ogm_ge import modulated_parameters, noise_scale, ogm_ge_coefficients
@@ -430,6 +431,71 @@ def test_g_blending_fixed_weights_need_one_per_head(tiny):
         learner_of(tiny, "g-blending", weights=[0.5, 0.5])
 
 
+# --- greedy -----------------------------------------------------------------------------------------------------
+
+def test_greedy_cares_for_the_modality_with_the_higher_bdr():
+    assert caring_modality([0.5, 0.2], 0.01) == 0  # d = BDR_0 - BDR_1 > epsilon
+    assert caring_modality([0.2, 0.5], 0.01) == 1
+    assert caring_modality([0.2, 0.205], 0.01) is None  # |d| <= epsilon
+    assert caring_modality([0.1, 0.9, 0.3], 0.01) == 1
+
+
+def greedy_hand_loss(ref, batch, running_a=None):
+    """Fusion CE through the gates written out (gate of a replaced by ``running_a`` when given)."""
+    feats = encode(ref, batch)
+    n = batch.n_paired
+    gates = ref.greedy_gates
+    z = torch.relu(torch.cat([feats["a"][:n], feats["b"][:n]], 1) @ gates.squeeze.weight.T + gates.squeeze.bias)
+    g = {m: torch.sigmoid(z @ gates.excite[m].weight.T + gates.excite[m].bias) for m in ("a", "b")}
+    if running_a is not None:
+        g["a"] = running_a.expand(n, -1)
+    gated = {m: feats[m][:n] * g[m] for m in ("a", "b")}
+    return F.cross_entropy(concat_logits(ref, gated, n), batch.paired_target), g
+
+
+def test_greedy_gates_the_fused_features_and_accumulates_the_speeds(tiny):
+    learner, batch, ref = one_step(tiny, "greedy")
+    method = learner.method
+    loss, g = greedy_hand_loss(ref, batch)
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-6)
+    gate_params = list(ref.greedy_gates.parameters())
+    assert_grads(learner.model, grads(loss, gate_params), lambda model: model.greedy_gates.parameters())
+    # speeds: sum |g|^2 / sum |w|^2, main over the encoder, bypass over the squeeze and own excitation layers
+    for k, m in enumerate(tiny.modalities):
+        enc = list(ref.encoders[m].parameters())
+        main = sum((x**2).sum() for x in grads(loss, enc)) / sum((w**2).sum() for w in enc)
+        bypass_params = [*ref.greedy_gates.squeeze.parameters(), *ref.greedy_gates.excite[m].parameters()]
+        bypass = (sum((x**2).sum() for x in grads(loss, bypass_params))
+                  / sum((w**2).sum() for w in bypass_params))
+        assert method.main_speed[k] == pytest.approx(float(main.detach()), rel=1e-4)
+        assert method.bypass_speed[k] == pytest.approx(float(bypass.detach()), rel=1e-4)
+        assert torch.allclose(method.running_gate[k], g[m].mean(0).detach(), atol=1e-6)
+    assert method.caring is None  # epoch 0 < start_epoch: speeds only
+
+
+def test_greedy_re_balancing_replaces_the_cared_for_gate_by_its_running_average(tiny):
+    learner = learner_of(tiny, "greedy", window=2)
+    method = learner.method
+    running = torch.full((5,), 0.3)
+    method.running_gate[0], method.gate_updates, method.caring = running.clone(), 1, 0
+    batch = hand_batch(tiny)
+    ref = copy.deepcopy(learner.model)
+    method.step(learner._context, batch)
+    _, g = greedy_hand_loss(ref, batch)
+    new_running = (g["a"].mean(0).detach() + running) / 2  # updated before it replaces the gate
+    loss, _ = greedy_hand_loss(ref, batch, running_a=new_running)
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-6)
+    assert learner.model.greedy_gates.excite["a"].weight.grad is None  # a's gate is a constant
+    assert method.caring == 0 and method.curation_step == 1 and method.main_speed == [0.0, 0.0]
+    learner.optimizer.zero_grad()
+    method.step(learner._context, batch)
+    assert method.caring is None  # the window of 2 steps is over
+
+
 # --- shared -----------------------------------------------------------------------------------------------------
 
 def test_methods_validate_their_names_and_arguments():
@@ -441,8 +507,8 @@ def test_methods_validate_their_names_and_arguments():
         make_method("ogm-ge", ge="false")  # a string is not a bool (it would have turned the noise on)
     with pytest.raises(ConfigError, match="alpha must be > 0"):
         make_method("ogm-ge", alpha=0.0)
-    assert sorted(METHODS) == ["agm", "g-blending", "joint", "mla", "mmcosine", "mmpareto", "ogm-ge", "pmr",
-                               "unimodal-aux"]
+    assert sorted(METHODS) == ["agm", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto", "ogm-ge",
+                               "pmr", "unimodal-aux"]
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -460,7 +526,7 @@ def test_every_method_learns_with_dus_counts(task, method):
     assert learner.optimizer_steps == (300 if method == "mla" else 150)
 
 
-@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge"])
+@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge", "greedy"])
 def test_a_checkpoint_keeps_the_methods_state(task, tmp_path, method):
     learner = learner_of(task, method)
     for t in range(3):
