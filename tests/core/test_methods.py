@@ -24,6 +24,7 @@ from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
 from dus_gym.core.methods.mmpareto import mmpareto_weights
 from dus_gym.core.methods.ogm_ge import modulated_parameters, noise_scale, ogm_ge_coefficients
 from dus_gym.core.methods.pmr import pmr_coefficients
+from dus_gym.core.methods.reconboost import boosting_loss, reconboost_phase
 from dus_gym.core.task import MLPEncoder, SmallCNNEncoder
 from dus_gym.tasks import make_task
 
@@ -496,6 +497,52 @@ def test_greedy_re_balancing_replaces_the_cared_for_gate_by_its_running_average(
     assert method.caring is None  # the window of 2 steps is over
 
 
+# --- reconboost -------------------------------------------------------------------------------------------------
+
+def test_reconboost_stages_alternate_the_modalities():
+    # stages of 4 + 4 epochs: boost a, rectify {a}; boost b against {a}, rectify {a, b}; boost a against {b}...
+    assert reconboost_phase(0.0, 4, 4, 2) == (0, 0, True, ())
+    assert reconboost_phase(5.5, 4, 4, 2)[1:] == (0, False, (0,))
+    assert reconboost_phase(8.0, 4, 4, 2)[1:] == (1, True, (0,))
+    assert reconboost_phase(12.0, 4, 4, 2)[1:] == (1, False, (0, 1))
+    assert reconboost_phase(17.0, 4, 4, 2)[1:] == (0, True, (0, 1))
+    assert reconboost_phase(8.5, 1, 1, 3)[1:] == (1, True, (0, 1, 2))  # stage 4 of 3 modalities
+
+
+def test_reconboost_boosting_loss_by_hand():
+    logits, ens = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]])
+    y = torch.tensor([0])
+    log_p, q = logits.log_softmax(1)[0, 0], ens.softmax(1)[0, 0]
+    # -w1 mean_c(y_c log p_c) + w2 mean_c(y_c q_c log p_c), one-hot y, C = 3 classes
+    assert float(boosting_loss(logits, ens, y, 5.0, 1.0)) == pytest.approx(float(-(5.0 - q) * log_p / 3), rel=1e-6)
+    assert float(boosting_loss(logits, None, y, 5.0, 1.0)) == pytest.approx(float(-4.0 * log_p / 3), rel=1e-6)
+
+
+def test_reconboost_boosts_one_modality_against_the_others_then_rectifies_the_ensemble(tiny):
+    learner = learner_of(tiny, "reconboost")
+    model, method = learner.model, learner.method
+    batch = hand_batch(tiny)
+    n, y = batch.n_paired, batch.paired_target
+    batch.epoch = 8  # stage 1: boost b against the ensemble {a}
+    ref = copy.deepcopy(model)
+    method.step(learner._context, batch)
+    feats = encode(ref, batch)
+    out = {m: feats[m][:n] @ ref.heads[m].weight.T + ref.heads[m].bias for m in tiny.modalities}
+    q = F.softmax(ref.reconboost_rate * out["a"], 1)[torch.arange(n), y].detach()
+    loss = (-(5.0 - q) * F.log_softmax(out["b"], 1)[torch.arange(n), y]).mean() / 3
+    params = [*ref.encoders["b"].parameters(), *ref.heads["b"].parameters()]
+    assert_grads(model, grads(loss, params), lambda mod: [*mod.encoders["b"].parameters(), *mod.heads["b"].parameters()])
+    assert model.encoders["a"].lin.weight.grad is None and model.reconboost_rate.grad is None
+    learner.optimizer.zero_grad(set_to_none=True)
+    batch.epoch = 13  # stage 1's rectification: CE of rate * (out_a + out_b), every parameter
+    out_step = method.step(learner._context, batch)
+    loss = F.cross_entropy(ref.reconboost_rate * (out["a"] + out["b"]), y)
+    assert float(out_step.fusion_loss) == pytest.approx(float(loss.detach()), rel=1e-5)
+    params = [*ref.encoders["a"].parameters(), ref.reconboost_rate]
+    assert_grads(model, grads(loss, params), lambda mod: [*mod.encoders["a"].parameters(), mod.reconboost_rate])
+    assert method.ensemble == (0, 1)
+
+
 # --- shared -----------------------------------------------------------------------------------------------------
 
 def test_methods_validate_their_names_and_arguments():
@@ -508,7 +555,7 @@ def test_methods_validate_their_names_and_arguments():
     with pytest.raises(ConfigError, match="alpha must be > 0"):
         make_method("ogm-ge", alpha=0.0)
     assert sorted(METHODS) == ["agm", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto", "ogm-ge",
-                               "pmr", "unimodal-aux"]
+                               "pmr", "reconboost", "unimodal-aux"]
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -526,7 +573,7 @@ def test_every_method_learns_with_dus_counts(task, method):
     assert learner.optimizer_steps == (300 if method == "mla" else 150)
 
 
-@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge", "greedy"])
+@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge", "greedy", "reconboost"])
 def test_a_checkpoint_keeps_the_methods_state(task, tmp_path, method):
     learner = learner_of(task, method)
     for t in range(3):

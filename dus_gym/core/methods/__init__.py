@@ -15,6 +15,7 @@
   Hard?", CVPR 2020.
 - ``greedy``: Wu, Jastrzebski, Cho and Geras, "Characterizing and Overcoming the Greedy Nature of Learning
   in Multi-modal Deep Neural Networks", ICML 2022.
+- ``reconboost``: Hua et al., "ReconBoost: Boosting Can Achieve Modality Reconcilement", ICML 2024.
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
@@ -41,6 +42,7 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "mmcosine": "dus_gym.core.methods.mmcosine:MMCosine",
     "g-blending": "dus_gym.core.methods.gblending:GBlending",
     "greedy": "dus_gym.core.methods.greedy:Greedy",
+    "reconboost": "dus_gym.core.methods.reconboost:ReconBoost",
 })
 """Method name -> class (or "module:Class", imported on first use)."""
 
