@@ -543,6 +543,48 @@ def test_reconboost_boosts_one_modality_against_the_others_then_rectifies_the_en
     assert method.ensemble == (0, 1)
 
 
+# --- umt --------------------------------------------------------------------------------------------------------
+
+def test_umt_trains_unimodal_teachers_then_distils_a_restarted_student(tiny):
+    learner = learner_of(tiny, "umt")
+    model, method = learner.model, learner.method
+    initial = copy.deepcopy(model)
+    batch = hand_batch(tiny, progress=0.1)
+    learner.method.step(learner._context, batch)  # phase 1: each encoder and head as a unimodal model
+    feats = encode(initial, batch)
+    for m in tiny.modalities:
+        head = initial.heads[m]
+        loss = batch.weights[m] * F.cross_entropy(feats[m] @ head.weight.T + head.bias, batch.targets[m])
+        params = [*initial.encoders[m].parameters(), *head.parameters()]
+        assert_grads(model, grads(loss, params), lambda mod, m=m: [*mod.encoders[m].parameters(),
+                                                                    *mod.heads[m].parameters()])
+    assert model.fusion.weight.grad is None
+    learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    trained = copy.deepcopy(model)
+    batch.progress = 0.5  # the switch: teachers = the trained encoders, the student restarts
+    method.step(learner._context, batch)
+    for m in tiny.modalities:
+        assert torch.equal(method.teachers[m].lin.weight, trained.encoders[m].lin.weight)
+        assert torch.equal(model.encoders[m].lin.weight, initial.encoders[m].lin.weight)
+    student = copy.deepcopy(trained)
+    student.encoders.load_state_dict(initial.encoders.state_dict())
+    feats = encode(student, batch)
+    loss = F.cross_entropy(concat_logits(student, feats, batch.n_paired), batch.paired_target)
+    for m in tiny.modalities:
+        teacher = trained.encoders[m](batch.inputs[m]).detach()
+        loss = loss + 10.0 * batch.weights[m] * ((feats[m] - teacher) ** 2).mean()
+    for m in tiny.modalities:
+        assert_grads(model, grads(loss, list(student.encoders[m].parameters())),
+                     lambda mod, m=m: mod.encoders[m].parameters(), atol=1e-6)
+
+
+def test_umt_needs_the_runs_progress(tiny):
+    learner = learner_of(tiny, "umt")
+    with pytest.raises(ValueError, match="umt needs the run's progress"):
+        learner.step([8, 8])
+
+
 # --- shared -----------------------------------------------------------------------------------------------------
 
 def test_methods_validate_their_names_and_arguments():
@@ -555,7 +597,7 @@ def test_methods_validate_their_names_and_arguments():
     with pytest.raises(ConfigError, match="alpha must be > 0"):
         make_method("ogm-ge", alpha=0.0)
     assert sorted(METHODS) == ["agm", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto", "ogm-ge",
-                               "pmr", "reconboost", "unimodal-aux"]
+                               "pmr", "reconboost", "umt", "unimodal-aux"]
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -573,7 +615,7 @@ def test_every_method_learns_with_dus_counts(task, method):
     assert learner.optimizer_steps == (300 if method == "mla" else 150)
 
 
-@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge", "greedy", "reconboost"])
+@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge", "greedy", "reconboost", "umt"])
 def test_a_checkpoint_keeps_the_methods_state(task, tmp_path, method):
     learner = learner_of(task, method)
     for t in range(3):
@@ -582,6 +624,18 @@ def test_a_checkpoint_keeps_the_methods_state(task, tmp_path, method):
     other = learner_of(task, method)
     other.load(tmp_path / "learner.pt")
     assert other.optimizer_steps == learner.optimizer_steps
+    assert [other.step([8, 16], progress=0.3).loss for _ in range(2)] == \
+        [learner.step([8, 16], progress=0.3).loss for _ in range(2)]
+
+
+def test_a_umt_checkpoint_after_the_switch_keeps_the_teachers(task, tmp_path):
+    learner = learner_of(task, "umt", teacher_fraction=0.15)
+    for t in range(3):
+        learner.step([16, 8], progress=t / 10)
+    assert learner.method.teachers is not None
+    learner.save(tmp_path / "learner.pt")
+    other = learner_of(task, "umt", teacher_fraction=0.15)
+    other.load(tmp_path / "learner.pt")
     assert [other.step([8, 16], progress=0.3).loss for _ in range(2)] == \
         [learner.step([8, 16], progress=0.3).loss for _ in range(2)]
 
