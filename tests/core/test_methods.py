@@ -25,8 +25,9 @@ from dus_gym.core.methods.mmpareto import mmpareto_weights
 from dus_gym.core.methods.ogm_ge import modulated_parameters, noise_scale, ogm_ge_coefficients
 from dus_gym.core.methods.pmr import pmr_coefficients
 from dus_gym.core.methods.reconboost import boosting_loss, reconboost_phase
-from dus_gym.core.task import MLPEncoder, SmallCNNEncoder
+from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 from dus_gym.tasks import make_task
+from tests.core.conftest import TanhEncoder
 
 B = 16
 
@@ -531,13 +532,14 @@ def test_reconboost_boosts_one_modality_against_the_others_then_rectifies_the_en
     q = F.softmax(ref.reconboost_rate * out["a"], 1)[torch.arange(n), y].detach()
     loss = (-(5.0 - q) * F.log_softmax(out["b"], 1)[torch.arange(n), y]).mean() / 3
     params = [*ref.encoders["b"].parameters(), *ref.heads["b"].parameters()]
-    assert_grads(model, grads(loss, params), lambda mod: [*mod.encoders["b"].parameters(), *mod.heads["b"].parameters()])
+    assert_grads(model, grads(loss, params),
+                 lambda mod: [*mod.encoders["b"].parameters(), *mod.heads["b"].parameters()])
     assert model.encoders["a"].lin.weight.grad is None and model.reconboost_rate.grad is None
     learner.optimizer.zero_grad(set_to_none=True)
     batch.epoch = 13  # stage 1's rectification: CE of rate * (out_a + out_b), every parameter
     out_step = method.step(learner._context, batch)
     loss = F.cross_entropy(ref.reconboost_rate * (out["a"] + out["b"]), y)
-    assert float(out_step.fusion_loss) == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert float(out_step.fusion_loss.detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
     params = [*ref.encoders["a"].parameters(), ref.reconboost_rate]
     assert_grads(model, grads(loss, params), lambda mod: [*mod.encoders["a"].parameters(), mod.reconboost_rate])
     assert method.ensemble == (0, 1)
@@ -598,6 +600,27 @@ def test_methods_validate_their_names_and_arguments():
         make_method("ogm-ge", alpha=0.0)
     assert sorted(METHODS) == ["agm", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto", "ogm-ge",
                                "pmr", "reconboost", "umt", "unimodal-aux"]
+
+
+@pytest.mark.parametrize("method", ["greedy", "reconboost", "umt"])
+def test_alternating_methods_take_three_modalities_and_zero_counts(method):
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(90) % 3
+    x = {"a": torch.randn(90, 4, generator=g) + labels[:, None], "b": torch.randn(90, 3, generator=g),
+         "c": torch.randn(90, 2, generator=g) - labels[:, None]}
+
+    def split(rows):
+        return MultimodalSplit({m: v[rows] for m, v in x.items()}, labels[rows])
+
+    task3 = Task("tiny3", ("a", "b", "c"), 3, {"train": split(slice(0, 60)), "val": split(slice(60, 75)),
+                                               "test": split(slice(75, 90))},
+                 {"a": lambda: TanhEncoder(4, 5), "b": lambda: TanhEncoder(3, 5), "c": lambda: TanhEncoder(2, 6)})
+    kwargs = {"greedy": {"start_epoch": 0}, "reconboost": {"boost_epochs": 0.5, "correct_epochs": 0.5}}
+    learner = learner_of(task3, method, **kwargs.get(method, {}))
+    for t, counts in enumerate([[8, 16, 4], [0, 8, 8], [16, 0, 0], [4, 4, 12]] * 10):
+        assert np.isfinite(learner.step(counts, progress=t / 40).loss)
+    fused, unimodal = learner.accuracies("val")
+    assert 0.0 <= fused <= 1.0 and set(unimodal) == {"a", "b", "c"}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -91,7 +91,8 @@ class Greedy(Method):
             raise ConfigError(f"greedy start_epoch must be >= 0, got {start_epoch}")
         if ratio < 1:
             raise ConfigError(f"greedy ratio must be >= 1, got {ratio}")
-        self.epsilon, self.window, self.start_epoch, self.ratio = float(epsilon), int(window), int(start_epoch), int(ratio)
+        self.epsilon, self.window = float(epsilon), int(window)
+        self.start_epoch, self.ratio = int(start_epoch), int(ratio)
 
     def setup(self, model: nn.Module, modalities: tuple[str, ...], device: torch.device, seed: int) -> None:
         """Add the gates to the model (before the learner builds its optimiser); speeds start at 0."""

@@ -1,4 +1,5 @@
-"""``umt``: Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023 (Uni-Modal Teacher)."""
+"""``umt``: Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023 (Uni-Modal
+Teacher)."""
 
 from __future__ import annotations
 
