@@ -19,12 +19,15 @@ from dus_gym.core.learner import Learner
 from dus_gym.core.methods import METHODS, IterationBatch, check_method_fusion, make_method
 from dus_gym.core.methods.agm import agm_coefficients, agm_responses
 from dus_gym.core.methods.gblending import blending_weights
+from dus_gym.core.methods.greedy import caring_modality
 from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
 from dus_gym.core.methods.mmpareto import mmpareto_weights
 from dus_gym.core.methods.ogm_ge import modulated_parameters, noise_scale, ogm_ge_coefficients
 from dus_gym.core.methods.pmr import pmr_coefficients
-from dus_gym.core.task import MLPEncoder, SmallCNNEncoder
+from dus_gym.core.methods.reconboost import boosting_loss, reconboost_phase
+from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 from dus_gym.tasks import make_task
+from tests.core.conftest import TanhEncoder
 
 B = 16
 
@@ -430,6 +433,160 @@ def test_g_blending_fixed_weights_need_one_per_head(tiny):
         learner_of(tiny, "g-blending", weights=[0.5, 0.5])
 
 
+# --- greedy -----------------------------------------------------------------------------------------------------
+
+def test_greedy_cares_for_the_modality_with_the_higher_bdr():
+    assert caring_modality([0.5, 0.2], 0.01) == 0  # d = BDR_0 - BDR_1 > epsilon
+    assert caring_modality([0.2, 0.5], 0.01) == 1
+    assert caring_modality([0.2, 0.205], 0.01) is None  # |d| <= epsilon
+    assert caring_modality([0.1, 0.9, 0.3], 0.01) == 1
+
+
+def greedy_hand_loss(ref, batch, running_a=None):
+    """Fusion CE through the gates written out (gate of a replaced by ``running_a`` when given)."""
+    feats = encode(ref, batch)
+    n = batch.n_paired
+    gates = ref.greedy_gates
+    z = torch.relu(torch.cat([feats["a"][:n], feats["b"][:n]], 1) @ gates.squeeze.weight.T + gates.squeeze.bias)
+    g = {m: torch.sigmoid(z @ gates.excite[m].weight.T + gates.excite[m].bias) for m in ("a", "b")}
+    if running_a is not None:
+        g["a"] = running_a.expand(n, -1)
+    gated = {m: feats[m][:n] * g[m] for m in ("a", "b")}
+    return F.cross_entropy(concat_logits(ref, gated, n), batch.paired_target), g
+
+
+def test_greedy_gates_the_fused_features_and_accumulates_the_speeds(tiny):
+    learner, batch, ref = one_step(tiny, "greedy")
+    method = learner.method
+    loss, g = greedy_hand_loss(ref, batch)
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-6)
+    gate_params = list(ref.greedy_gates.parameters())
+    assert_grads(learner.model, grads(loss, gate_params), lambda model: model.greedy_gates.parameters())
+    # speeds: sum |g|^2 / sum |w|^2, main over the encoder, bypass over the squeeze and own excitation layers
+    for k, m in enumerate(tiny.modalities):
+        enc = list(ref.encoders[m].parameters())
+        main = sum((x**2).sum() for x in grads(loss, enc)) / sum((w**2).sum() for w in enc)
+        bypass_params = [*ref.greedy_gates.squeeze.parameters(), *ref.greedy_gates.excite[m].parameters()]
+        bypass = (sum((x**2).sum() for x in grads(loss, bypass_params))
+                  / sum((w**2).sum() for w in bypass_params))
+        assert method.main_speed[k] == pytest.approx(float(main.detach()), rel=1e-4)
+        assert method.bypass_speed[k] == pytest.approx(float(bypass.detach()), rel=1e-4)
+        assert torch.allclose(method.running_gate[k], g[m].mean(0).detach(), atol=1e-6)
+    assert method.caring is None  # epoch 0 < start_epoch: speeds only
+
+
+def test_greedy_re_balancing_replaces_the_cared_for_gate_by_its_running_average(tiny):
+    learner = learner_of(tiny, "greedy", window=2)
+    method = learner.method
+    running = torch.full((5,), 0.3)
+    method.running_gate[0], method.gate_updates, method.caring = running.clone(), 1, 0
+    batch = hand_batch(tiny)
+    ref = copy.deepcopy(learner.model)
+    method.step(learner._context, batch)
+    _, g = greedy_hand_loss(ref, batch)
+    new_running = (g["a"].mean(0).detach() + running) / 2  # updated before it replaces the gate
+    loss, _ = greedy_hand_loss(ref, batch, running_a=new_running)
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-6)
+    assert learner.model.greedy_gates.excite["a"].weight.grad is None  # a's gate is a constant
+    assert method.caring == 0 and method.curation_step == 1 and method.main_speed == [0.0, 0.0]
+    learner.optimizer.zero_grad()
+    method.step(learner._context, batch)
+    assert method.caring is None  # the window of 2 steps is over
+
+
+# --- reconboost -------------------------------------------------------------------------------------------------
+
+def test_reconboost_stages_alternate_the_modalities():
+    # stages of 4 + 4 epochs: boost a, rectify {a}; boost b against {a}, rectify {a, b}; boost a against {b}...
+    assert reconboost_phase(0.0, 4, 4, 2) == (0, 0, True, ())
+    assert reconboost_phase(5.5, 4, 4, 2)[1:] == (0, False, (0,))
+    assert reconboost_phase(8.0, 4, 4, 2)[1:] == (1, True, (0,))
+    assert reconboost_phase(12.0, 4, 4, 2)[1:] == (1, False, (0, 1))
+    assert reconboost_phase(17.0, 4, 4, 2)[1:] == (0, True, (0, 1))
+    assert reconboost_phase(8.5, 1, 1, 3)[1:] == (1, True, (0, 1, 2))  # stage 4 of 3 modalities
+
+
+def test_reconboost_boosting_loss_by_hand():
+    logits, ens = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]])
+    y = torch.tensor([0])
+    log_p, q = logits.log_softmax(1)[0, 0], ens.softmax(1)[0, 0]
+    # -w1 mean_c(y_c log p_c) + w2 mean_c(y_c q_c log p_c), one-hot y, C = 3 classes
+    assert float(boosting_loss(logits, ens, y, 5.0, 1.0)) == pytest.approx(float(-(5.0 - q) * log_p / 3), rel=1e-6)
+    assert float(boosting_loss(logits, None, y, 5.0, 1.0)) == pytest.approx(float(-4.0 * log_p / 3), rel=1e-6)
+
+
+def test_reconboost_boosts_one_modality_against_the_others_then_rectifies_the_ensemble(tiny):
+    learner = learner_of(tiny, "reconboost")
+    model, method = learner.model, learner.method
+    batch = hand_batch(tiny)
+    n, y = batch.n_paired, batch.paired_target
+    batch.epoch = 8  # stage 1: boost b against the ensemble {a}
+    ref = copy.deepcopy(model)
+    method.step(learner._context, batch)
+    feats = encode(ref, batch)
+    out = {m: feats[m][:n] @ ref.heads[m].weight.T + ref.heads[m].bias for m in tiny.modalities}
+    q = F.softmax(ref.reconboost_rate * out["a"], 1)[torch.arange(n), y].detach()
+    loss = (-(5.0 - q) * F.log_softmax(out["b"], 1)[torch.arange(n), y]).mean() / 3
+    params = [*ref.encoders["b"].parameters(), *ref.heads["b"].parameters()]
+    assert_grads(model, grads(loss, params),
+                 lambda mod: [*mod.encoders["b"].parameters(), *mod.heads["b"].parameters()])
+    assert model.encoders["a"].lin.weight.grad is None and model.reconboost_rate.grad is None
+    learner.optimizer.zero_grad(set_to_none=True)
+    batch.epoch = 13  # stage 1's rectification: CE of rate * (out_a + out_b), every parameter
+    out_step = method.step(learner._context, batch)
+    loss = F.cross_entropy(ref.reconboost_rate * (out["a"] + out["b"]), y)
+    assert float(out_step.fusion_loss.detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
+    params = [*ref.encoders["a"].parameters(), ref.reconboost_rate]
+    assert_grads(model, grads(loss, params), lambda mod: [*mod.encoders["a"].parameters(), mod.reconboost_rate])
+    assert method.ensemble == (0, 1)
+
+
+# --- umt --------------------------------------------------------------------------------------------------------
+
+def test_umt_trains_unimodal_teachers_then_distils_a_restarted_student(tiny):
+    learner = learner_of(tiny, "umt")
+    model, method = learner.model, learner.method
+    initial = copy.deepcopy(model)
+    batch = hand_batch(tiny, progress=0.1)
+    learner.method.step(learner._context, batch)  # phase 1: each encoder and head as a unimodal model
+    feats = encode(initial, batch)
+    for m in tiny.modalities:
+        head = initial.heads[m]
+        loss = batch.weights[m] * F.cross_entropy(feats[m] @ head.weight.T + head.bias, batch.targets[m])
+        params = [*initial.encoders[m].parameters(), *head.parameters()]
+        assert_grads(model, grads(loss, params), lambda mod, m=m: [*mod.encoders[m].parameters(),
+                                                                    *mod.heads[m].parameters()])
+    assert model.fusion.weight.grad is None
+    learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    trained = copy.deepcopy(model)
+    batch.progress = 0.5  # the switch: teachers = the trained encoders, the student restarts
+    method.step(learner._context, batch)
+    for m in tiny.modalities:
+        assert torch.equal(method.teachers[m].lin.weight, trained.encoders[m].lin.weight)
+        assert torch.equal(model.encoders[m].lin.weight, initial.encoders[m].lin.weight)
+    student = copy.deepcopy(trained)
+    student.encoders.load_state_dict(initial.encoders.state_dict())
+    feats = encode(student, batch)
+    loss = F.cross_entropy(concat_logits(student, feats, batch.n_paired), batch.paired_target)
+    for m in tiny.modalities:
+        teacher = trained.encoders[m](batch.inputs[m]).detach()
+        loss = loss + 10.0 * batch.weights[m] * ((feats[m] - teacher) ** 2).mean()
+    for m in tiny.modalities:
+        assert_grads(model, grads(loss, list(student.encoders[m].parameters())),
+                     lambda mod, m=m: mod.encoders[m].parameters(), atol=1e-6)
+
+
+def test_umt_needs_the_runs_progress(tiny):
+    learner = learner_of(tiny, "umt")
+    with pytest.raises(ValueError, match="umt needs the run's progress"):
+        learner.step([8, 8])
+
+
 # --- shared -----------------------------------------------------------------------------------------------------
 
 def test_methods_validate_their_names_and_arguments():
@@ -441,8 +598,29 @@ def test_methods_validate_their_names_and_arguments():
         make_method("ogm-ge", ge="false")  # a string is not a bool (it would have turned the noise on)
     with pytest.raises(ConfigError, match="alpha must be > 0"):
         make_method("ogm-ge", alpha=0.0)
-    assert sorted(METHODS) == ["agm", "g-blending", "joint", "mla", "mmcosine", "mmpareto", "ogm-ge", "pmr",
-                               "unimodal-aux"]
+    assert sorted(METHODS) == ["agm", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto", "ogm-ge",
+                               "pmr", "reconboost", "umt", "unimodal-aux"]
+
+
+@pytest.mark.parametrize("method", ["greedy", "reconboost", "umt"])
+def test_alternating_methods_take_three_modalities_and_zero_counts(method):
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(90) % 3
+    x = {"a": torch.randn(90, 4, generator=g) + labels[:, None], "b": torch.randn(90, 3, generator=g),
+         "c": torch.randn(90, 2, generator=g) - labels[:, None]}
+
+    def split(rows):
+        return MultimodalSplit({m: v[rows] for m, v in x.items()}, labels[rows])
+
+    task3 = Task("tiny3", ("a", "b", "c"), 3, {"train": split(slice(0, 60)), "val": split(slice(60, 75)),
+                                               "test": split(slice(75, 90))},
+                 {"a": lambda: TanhEncoder(4, 5), "b": lambda: TanhEncoder(3, 5), "c": lambda: TanhEncoder(2, 6)})
+    kwargs = {"greedy": {"start_epoch": 0}, "reconboost": {"boost_epochs": 0.5, "correct_epochs": 0.5}}
+    learner = learner_of(task3, method, **kwargs.get(method, {}))
+    for t, counts in enumerate([[8, 16, 4], [0, 8, 8], [16, 0, 0], [4, 4, 12]] * 10):
+        assert np.isfinite(learner.step(counts, progress=t / 40).loss)
+    fused, unimodal = learner.accuracies("val")
+    assert 0.0 <= fused <= 1.0 and set(unimodal) == {"a", "b", "c"}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -460,7 +638,7 @@ def test_every_method_learns_with_dus_counts(task, method):
     assert learner.optimizer_steps == (300 if method == "mla" else 150)
 
 
-@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge"])
+@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge", "greedy", "reconboost", "umt"])
 def test_a_checkpoint_keeps_the_methods_state(task, tmp_path, method):
     learner = learner_of(task, method)
     for t in range(3):
@@ -469,6 +647,18 @@ def test_a_checkpoint_keeps_the_methods_state(task, tmp_path, method):
     other = learner_of(task, method)
     other.load(tmp_path / "learner.pt")
     assert other.optimizer_steps == learner.optimizer_steps
+    assert [other.step([8, 16], progress=0.3).loss for _ in range(2)] == \
+        [learner.step([8, 16], progress=0.3).loss for _ in range(2)]
+
+
+def test_a_umt_checkpoint_after_the_switch_keeps_the_teachers(task, tmp_path):
+    learner = learner_of(task, "umt", teacher_fraction=0.15)
+    for t in range(3):
+        learner.step([16, 8], progress=t / 10)
+    assert learner.method.teachers is not None
+    learner.save(tmp_path / "learner.pt")
+    other = learner_of(task, "umt", teacher_fraction=0.15)
+    other.load(tmp_path / "learner.pt")
     assert [other.step([8, 16], progress=0.3).loss for _ in range(2)] == \
         [learner.step([8, 16], progress=0.3).loss for _ in range(2)]
 

@@ -13,6 +13,11 @@
   Fine-Grained Learning", ICASSP 2023.
 - ``g-blending``: Wang, Tran and Feiszli, "What Makes Training Multi-Modal Classification Networks
   Hard?", CVPR 2020.
+- ``greedy``: Wu, Jastrzebski, Cho and Geras, "Characterizing and Overcoming the Greedy Nature of Learning
+  in Multi-modal Deep Neural Networks", ICML 2022.
+- ``reconboost``: Hua et al., "ReconBoost: Boosting Can Achieve Modality Reconcilement", ICML 2024.
+- ``umt``: Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023
+  (Uni-Modal Teacher; the teachers are trained in the first part of the same run).
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
@@ -38,6 +43,9 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "agm": "dus_gym.core.methods.agm:AGM",
     "mmcosine": "dus_gym.core.methods.mmcosine:MMCosine",
     "g-blending": "dus_gym.core.methods.gblending:GBlending",
+    "greedy": "dus_gym.core.methods.greedy:Greedy",
+    "reconboost": "dus_gym.core.methods.reconboost:ReconBoost",
+    "umt": "dus_gym.core.methods.umt:UMT",
 })
 """Method name -> class (or "module:Class", imported on first use)."""
 
