@@ -13,6 +13,11 @@
   Fine-Grained Learning", ICASSP 2023.
 - ``g-blending``: Wang, Tran and Feiszli, "What Makes Training Multi-Modal Classification Networks
   Hard?", CVPR 2020.
+- ``opm``: Wei, Hu, Du and Wen, "On-the-fly Modulation for Balanced Multimodal Learning", TPAMI 2024
+  (On-the-fly Prediction Modulation; the journal extension of OGM-GE).
+- ``amco``: Zhou et al., "Adaptive Mask Co-Optimization for Modal Dependence in Multimodal Learning",
+  ICASSP 2023.
+- ``cml``: Ma et al., "Calibrating Multimodal Learning", ICML 2023.
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
@@ -38,6 +43,9 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "agm": "dus_gym.core.methods.agm:AGM",
     "mmcosine": "dus_gym.core.methods.mmcosine:MMCosine",
     "g-blending": "dus_gym.core.methods.gblending:GBlending",
+    "opm": "dus_gym.core.methods.opm:OPM",
+    "amco": "dus_gym.core.methods.amco:AMCo",
+    "cml": "dus_gym.core.methods.cml:CML",
 })
 """Method name -> class (or "module:Class", imported on first use)."""
 
