@@ -18,11 +18,14 @@ from dus_gym.core.config import ConfigError, LearnerConfig
 from dus_gym.core.learner import Learner
 from dus_gym.core.methods import METHODS, IterationBatch, check_method_fusion, make_method
 from dus_gym.core.methods.agm import agm_coefficients, agm_responses
+from dus_gym.core.methods.amco import class_mask, dependence_shares, mask_ratio
+from dus_gym.core.methods.cml import confidence_penalty, removal_order
 from dus_gym.core.methods.gblending import blending_weights
 from dus_gym.core.methods.greedy import caring_modality
 from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
 from dus_gym.core.methods.mmpareto import mmpareto_weights
 from dus_gym.core.methods.ogm_ge import modulated_parameters, noise_scale, ogm_ge_coefficients
+from dus_gym.core.methods.opm import opm_drop_probabilities
 from dus_gym.core.methods.pmr import pmr_coefficients
 from dus_gym.core.methods.reconboost import boosting_loss, reconboost_phase
 from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
@@ -585,6 +588,151 @@ def test_umt_needs_the_runs_progress(tiny):
     learner = learner_of(tiny, "umt")
     with pytest.raises(ValueError, match="umt needs the run's progress"):
         learner.step([8, 8])
+# --- opm --------------------------------------------------------------------------------------------------------
+
+def test_opm_drop_probabilities_for_known_scores():
+    q = opm_drop_probabilities(torch.tensor([30.0, 10.0]), q_base=0.5, lam=0.5)
+    # rho(a) = 3: q(a) = 0.5 (1 + 0.5 tanh(3 - 1)); the modality behind is never dropped
+    assert q.tolist() == pytest.approx([0.5 * (1 + 0.5 * math.tanh(2.0)), 0.0], abs=1e-6)
+    assert opm_drop_probabilities(torch.tensor([5.0, 5.0]), 0.5, 0.5).tolist() == [0.0, 0.0]
+    # three modalities: rho(m) = s(m) / mean of the others; the lowest score is never dropped
+    q3 = opm_drop_probabilities(torch.tensor([6.0, 4.0, 1.0]), 0.4, 1.0)
+    assert q3.tolist() == pytest.approx([0.4 * (1 + math.tanh(6 / 2.5 - 1)), 0.4 * (1 + math.tanh(4 / 3.5 - 1)), 0.0])
+    assert opm_drop_probabilities(torch.tensor([100.0, 1.0]), 0.9, 1.0).tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_opm_drops_the_leading_modalitys_features_and_rescales(tiny):
+    learner, batch, ref = one_step(tiny, "opm", p_exe=1.0, start=0.0)
+    n, y = batch.n_paired, batch.paired_target
+    feats = encode(ref, batch)
+    w, b = ref.fusion.weight.detach(), ref.fusion.bias.detach()
+    # OGM-GE's scores: the fusion head split by modality, bias / 2 each
+    s = torch.stack([F.softmax(feats[m][:n].detach() @ w[:, c].T + b / 2, 1)[torch.arange(n), y].sum()
+                     for m, c in (("a", slice(0, 5)), ("b", slice(5, 10)))])
+    lead = int(s.argmax())
+    q = torch.zeros(2)
+    q[lead] = 0.5 * (1 + 0.5 * math.tanh(float(s[lead] / s[1 - lead]) - 1))
+    theta = (5 * q[0] + 5 * q[1]) / 10
+    g = torch.Generator().manual_seed(3 + 6143)  # the method's generator: the execute draw, then the masks
+    torch.rand((), generator=g)
+    keep = (torch.rand(n, 2, generator=g) >= q).float()
+    assert keep[:, lead].min() == 0 and keep[:, 1 - lead].min() == 1  # some leading features dropped, none behind
+    dropped = {m: feats[m][:n] * keep[:, k : k + 1] / (1 - theta) for k, m in enumerate(("a", "b"))}
+    loss = F.cross_entropy(concat_logits(ref, dropped, n), y)
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-5)
+    # never executed (or outside the window: its warm-up): the plain fusion CE, as joint
+    for kwargs in ({"p_exe": 0.0, "start": 0.0}, {"p_exe": 1.0, "start": 0.5}):
+        plain, batch, ref = one_step(tiny, "opm", progress=0.2, **kwargs)
+        fusion = F.cross_entropy(concat_logits(ref, encode(ref, batch), n), y)
+        assert_grads(plain.model, grads(fusion, list(ref.encoders["a"].parameters())),
+                     lambda model: model.encoders["a"].parameters())
+
+
+# --- amco -------------------------------------------------------------------------------------------------------
+
+def test_amco_mask_schedule_mask_and_shares():
+    # l_t = iteration in the epoch * epoch / 10; p_t = sin(pi/2 min(0.3, l_t) / 0.3)
+    assert mask_ratio(7, 0, 0.3, 0.1) == 0.0  # nothing masked in the first epoch
+    assert mask_ratio(1, 1, 0.3, 0.1) == pytest.approx(math.sin(math.pi / 6))
+    assert mask_ratio(3, 1, 0.3, 0.1) == pytest.approx(1.0) and mask_ratio(1, 5, 0.3, 0.1) == pytest.approx(1.0)
+    mask = class_mask(10, 0.55, torch.Generator().manual_seed(0))
+    assert sorted(mask.tolist()) == [0.0] * 5 + [1.0] * 5
+    a, b = torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    e = math.exp
+    want_a = ((e(2) + 1) / (e(2) + 3) + 2 / (2 + 2 * e(1))) / 2  # softmax over the 4 entries of each row
+    assert dependence_shares([a, b]).tolist() == pytest.approx([want_a, 1 - want_a])
+
+
+def test_amco_masks_the_dependent_modalitys_logits_and_co_optimises(tiny):
+    learner = learner_of(tiny, "amco")
+    method = learner.method
+    method.dependent = torch.tensor([True, False])
+    method.epoch, method.iteration_in_epoch = 1, 1  # p_t = sin(pi/6) = 0.5: one of 3 classes masked
+    batch = hand_batch(tiny)
+    batch.epoch = 1
+    ref = copy.deepcopy(learner.model)
+    method.step(learner._context, batch)
+    mask = torch.ones(3)
+    mask[torch.randperm(3, generator=torch.Generator().manual_seed(3 + 3571))[:1]] = 0.0
+    feats = encode(ref, batch)
+    w, b, star = ref.fusion.weight, ref.fusion.bias, ref.amco_head
+    out = {"a": (feats["a"] @ w[:, :5].T + b / 2) * mask, "b": feats["b"] @ w[:, 5:].T + b / 2}
+    n, y = batch.n_paired, batch.paired_target
+    fused = star(out["a"][:n] + out["b"][:n])
+    loss = (F.cross_entropy(fused, y) + batch.weights["a"] * F.cross_entropy(out["a"], batch.targets["a"])
+            + batch.weights["b"] * F.cross_entropy(out["b"], batch.targets["b"]))
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-5)
+    assert_grads(learner.model, grads(loss, [w, star.weight]),
+                 lambda model: [model.fusion.weight, model.amco_head.weight], atol=1e-5)
+    # the dependence for the next iteration: share of a softmax over [out_a, out_b] on the paired samples
+    probs = torch.cat([out["a"][:n], out["b"][:n]], 1).softmax(1)
+    share_a = float(probs[:, :3].sum(1).mean().detach())
+    assert method.dependent.tolist() == [share_a > 0.5, 1 - share_a > 0.5]
+    # evaluation: the fusion head's logits through the C x C layer
+    x = tiny.splits["test"].features
+    model = learner.model
+    h = torch.cat([model.encoders["a"](x["a"]), model.encoders["b"](x["b"])], 1)
+    _, probs_test = learner.predict(tiny.splits["test"])
+    assert np.allclose(probs_test, model.amco_head(model.fusion(h)).softmax(1).detach().numpy(), atol=1e-5)
+
+
+# --- cml --------------------------------------------------------------------------------------------------------
+
+def test_cml_confidence_penalty_by_hand():
+    y = torch.tensor([0, 0, 0])
+    # sample 0: both right, confidence rises when a modality is removed (counted);
+    # sample 1: removing it fixed a wrong prediction (left out); sample 2: both wrong (counted, "more" detached)
+    more = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.5]], requires_grad=True)
+    fewer = torch.tensor([[2.0, 0.0], [3.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    conf = lambda x: x.softmax(1).max(1).values  # noqa: E731
+    c_more, c_fewer = conf(more.detach()), conf(fewer.detach())
+    want = float((c_fewer[0] - c_more[0]) + (c_fewer[2] - c_more[2]))
+    penalty = confidence_penalty(more, fewer, y)
+    assert float(penalty) == pytest.approx(want)
+    penalty.backward()
+    assert more.grad[1:].abs().sum() == 0 and more.grad[0].abs().sum() > 0  # sample 2 pushes "fewer" only
+    assert fewer.grad[1].abs().sum() == 0 and fewer.grad[2].abs().sum() > 0
+    assert float(confidence_penalty(more, fewer, y, margin=1.0)) == 0.0
+    assert sorted(removal_order(3, 0, 4)) == [0, 1, 2] and removal_order(3, 0, 4) == removal_order(3, 0, 4)
+
+
+def test_cml_removes_modalities_and_penalises_rising_confidence(tiny):
+    learner, batch, ref = one_step(tiny, "cml")
+    n, y = batch.n_paired, batch.paired_target
+    feats = encode(ref, batch)
+    full = concat_logits(ref, feats, n)
+    first = removal_order(2, 3, 0)[0]
+    cols = slice(0, 5) if first == 0 else slice(5, 10)
+    m = tiny.modalities[first]
+    w, b = ref.fusion.weight, ref.fusion.bias
+    removed = full - (feats[m][:n] @ w[:, cols].T + b / 2) + b / 2  # BalanceBenchmark: out - out_m + bias / M
+    p_full, p_removed = full.softmax(1), removed.softmax(1)
+    c_full, pred_full = p_full.max(1)
+    c_removed, pred_removed = p_removed.max(1)
+    counted = ~((pred_removed == y) & (pred_full != y))
+    both_wrong = (pred_removed != y) & (pred_full != y)
+    anchor = torch.where(both_wrong, c_full.detach(), c_full)
+    penalty = (F.relu(c_removed - anchor) * counted.float()).sum()
+    loss = (F.cross_entropy(full, y) + F.cross_entropy(removed, y)) / 2 + 0.1 * penalty
+    assert float(penalty) > 0  # the regulariser is active on this batch
+    for x in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[x].parameters())),
+                     lambda model, x=x: model.encoders[x].parameters(), atol=1e-5)
+    assert_grads(learner.model, grads(loss, [w, b]), lambda model: [model.fusion.weight, model.fusion.bias],
+                 atol=1e-5)
+
+
+def test_opm_amco_cml_with_three_modalities_and_a_count_of_zero():
+    task = make_task("synthetic", n_samples=300, dominant_dim=16, weak_dim=8, hidden_dim=8, n_weak=2)
+    for method in ("opm", "amco", "cml"):
+        for fusion in ("concat", "sum"):
+            learner = Learner(task, LearnerConfig(batch_size=16, method=method, fusion=fusion), seed=0)
+            for counts in ([8, 24, 16], [0, 16, 16], [16, 16, 16], [16, 0, 8]):
+                assert learner.step(counts, progress=0.5).finite, (method, fusion, counts)
 
 
 # --- shared -----------------------------------------------------------------------------------------------------
@@ -598,8 +746,13 @@ def test_methods_validate_their_names_and_arguments():
         make_method("ogm-ge", ge="false")  # a string is not a bool (it would have turned the noise on)
     with pytest.raises(ConfigError, match="alpha must be > 0"):
         make_method("ogm-ge", alpha=0.0)
-    assert sorted(METHODS) == ["agm", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto", "ogm-ge",
-                               "pmr", "reconboost", "umt", "unimodal-aux"]
+    for name, kwargs, message in (("opm", {"q_base": 1.5}, "q_base must be in"), ("opm", {"p_exe": -0.1}, "p_exe"),
+                                  ("amco", {"sigma": 1.0}, "sigma must be in"), ("amco", {"eps": 0.0}, "eps must be"),
+                                  ("cml", {"lam": -1.0}, "lam must be"), ("cml", {"start": 0.9, "end": 0.1}, "start")):
+        with pytest.raises(ConfigError, match=message):
+            make_method(name, **kwargs)
+    assert sorted(METHODS) == ["agm", "amco", "cml", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto",
+                               "ogm-ge", "opm", "pmr", "reconboost", "umt", "unimodal-aux"]
 
 
 @pytest.mark.parametrize("method", ["greedy", "reconboost", "umt"])
@@ -638,7 +791,8 @@ def test_every_method_learns_with_dus_counts(task, method):
     assert learner.optimizer_steps == (300 if method == "mla" else 150)
 
 
-@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge", "greedy", "reconboost", "umt"])
+@pytest.mark.parametrize("method", ["mla", "pmr", "agm", "g-blending", "ogm-ge", "greedy", "reconboost", "umt", "opm",
+                                    "amco", "cml"])
 def test_a_checkpoint_keeps_the_methods_state(task, tmp_path, method):
     learner = learner_of(task, method)
     for t in range(3):

@@ -143,7 +143,8 @@ def test_i3d_weights_of_the_published_layout_load(tmp_path):
         I3DEncoder(3, width=0.5, weights=state)
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+# reconboost trains one modality per boosting stage, by design (tests/core/test_methods.py checks which one)
+@pytest.mark.parametrize("method", [m for m in METHODS.names() if m != "reconboost"])
 def test_every_method_trains_all_three_encoders_with_the_heuristic(prepared, method):
     root, _ = prepared
     task = make_task("nvgesture", root=str(root / "nv"), **TINY)
@@ -157,7 +158,7 @@ def test_every_method_trains_all_three_encoders_with_the_heuristic(prepared, met
         state = SamplerState(t, 3, 2, monitor.cumulative.copy(), monitor.discrepancy, np.zeros(3), counts,
                              np.zeros(13, dtype=np.float32))
         counts = sampler.counts(state)
-        stats = learner.step(counts)
+        stats = learner.step(counts, progress=t / 3)  # umt ends its teacher phase at half the budget
         assert stats.finite and stats.status.shape == (3,)
         monitor.update(stats.status)
     assert abs(monitor.discrepancy.sum()) < 1e-9 and monitor.gap > 0  # three modalities, d sums to zero

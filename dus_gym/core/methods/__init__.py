@@ -18,6 +18,11 @@
 - ``reconboost``: Hua et al., "ReconBoost: Boosting Can Achieve Modality Reconcilement", ICML 2024.
 - ``umt``: Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023
   (Uni-Modal Teacher; the teachers are trained in the first part of the same run).
+- ``opm``: Wei, Hu, Du and Wen, "On-the-fly Modulation for Balanced Multimodal Learning", TPAMI 2024
+  (On-the-fly Prediction Modulation; the journal extension of OGM-GE).
+- ``amco``: Zhou et al., "Adaptive Mask Co-Optimization for Modal Dependence in Multimodal Learning",
+  ICASSP 2023.
+- ``cml``: Ma et al., "Calibrating Multimodal Learning", ICML 2023.
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
@@ -46,6 +51,9 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "greedy": "dus_gym.core.methods.greedy:Greedy",
     "reconboost": "dus_gym.core.methods.reconboost:ReconBoost",
     "umt": "dus_gym.core.methods.umt:UMT",
+    "opm": "dus_gym.core.methods.opm:OPM",
+    "amco": "dus_gym.core.methods.amco:AMCo",
+    "cml": "dus_gym.core.methods.cml:CML",
 })
 """Method name -> class (or "module:Class", imported on first use)."""
 
