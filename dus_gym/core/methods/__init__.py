@@ -13,6 +13,9 @@
   Fine-Grained Learning", ICASSP 2023.
 - ``g-blending``: Wang, Tran and Feiszli, "What Makes Training Multi-Modal Classification Networks
   Hard?", CVPR 2020.
+- ``sample``: Wei et al., "Enhancing Multimodal Cooperation via Sample-level Modality Valuation",
+  CVPR 2024.
+- ``relearning``: Wei et al., "Diagnosing and Re-learning for Balanced Multimodal Learning", ECCV 2024.
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
@@ -38,6 +41,8 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "agm": "dus_gym.core.methods.agm:AGM",
     "mmcosine": "dus_gym.core.methods.mmcosine:MMCosine",
     "g-blending": "dus_gym.core.methods.gblending:GBlending",
+    "sample": "dus_gym.core.methods.sample_level:SampleLevel",
+    "relearning": "dus_gym.core.methods.relearning:Relearning",
 })
 """Method name -> class (or "module:Class", imported on first use)."""
 
