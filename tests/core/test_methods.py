@@ -7,6 +7,7 @@ encoders are one tanh layer.
 
 import copy
 import math
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -29,6 +30,9 @@ from dus_gym.core.methods.opm import opm_drop_probabilities
 from dus_gym.core.methods.pmr import pmr_coefficients
 from dus_gym.core.methods.reconboost import boosting_loss, reconboost_phase
 from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
+from dus_gym.core.methods.relearning import kmeans, minmax_scale, purity, relearning_strength
+from dus_gym.core.methods.sample_level import resample_copies, sample_contributions
+from dus_gym.core.task import MLPEncoder, SmallCNNEncoder
 from dus_gym.tasks import make_task
 from tests.core.conftest import TanhEncoder
 
@@ -751,8 +755,14 @@ def test_methods_validate_their_names_and_arguments():
                                   ("cml", {"lam": -1.0}, "lam must be"), ("cml", {"start": 0.9, "end": 0.1}, "start")):
         with pytest.raises(ConfigError, match=message):
             make_method(name, **kwargs)
+    with pytest.raises(ConfigError, match="relearning init must be one of"):
+        make_method("relearning", init="random")
+    with pytest.raises(ConfigError, match="relearning period must be >= 1"):
+        make_method("relearning", period=0)
+    with pytest.raises(ConfigError, match="sample warmup must be >= 0"):
+        make_method("sample", warmup=-1)
     assert sorted(METHODS) == ["agm", "amco", "cml", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto",
-                               "ogm-ge", "opm", "pmr", "reconboost", "umt", "unimodal-aux"]
+                               "ogm-ge", "opm", "pmr", "reconboost", "relearning", "sample", "umt", "unimodal-aux"]
 
 
 @pytest.mark.parametrize("method", ["greedy", "reconboost", "umt"])
@@ -815,6 +825,20 @@ def test_a_umt_checkpoint_after_the_switch_keeps_the_teachers(task, tmp_path):
     other.load(tmp_path / "learner.pt")
     assert [other.step([8, 16], progress=0.3).loss for _ in range(2)] == \
         [learner.step([8, 16], progress=0.3).loss for _ in range(2)]
+@pytest.mark.parametrize(("method", "kwargs"), [("sample", {"warmup": 1}), ("relearning", {"period": 1, "count": 2}),
+                                              ("relearning", {"period": 1, "count": 2, "init": "fresh"})])
+def test_a_checkpoint_resumes_the_data_level_methods_exactly(task, tmp_path, method, kwargs):
+    learner = learner_of(task, method, **kwargs)
+    for _ in range(12):  # 240 training samples, 48 a window: into epoch 2 (sample: copies part used; one re-init)
+        learner.step([48, 24])
+    assert (learner.method.cursor > 0) if method == "sample" else (learner.method.done == 1)
+    learner.save(tmp_path / "learner.pt")
+    other = learner_of(task, method, **kwargs)
+    other.load(tmp_path / "learner.pt")
+    # on through the next valuation / re-initialisation
+    assert [other.step([48, 24]).loss for _ in range(6)] == [learner.step([48, 24]).loss for _ in range(6)]
+    if method == "relearning":
+        assert learner.method.done == other.method.done == 2
 
 
 def test_a_checkpoint_of_another_head_layout_is_refused(task, tmp_path):
@@ -822,3 +846,187 @@ def test_a_checkpoint_of_another_head_layout_is_refused(task, tmp_path):
     with pytest.raises(ValueError, match="saved by method 'unimodal-aux'.*shares a single head"):
         learner_of(task, "mla").load(tmp_path / "learner.pt")
     learner_of(task, "ogm-ge").load(tmp_path / "learner.pt")  # same layout: a warm start is allowed
+
+
+# --- sample -----------------------------------------------------------------------------------------------------
+
+def authors_copies(contribution: float) -> int:
+    """The authors' re-sampling bins (AV_KS_Dataset_sample_level), written out."""
+    if 0.4 < contribution < 1:
+        return 1
+    if -0.1 < contribution < 0.4:
+        return 2
+    if contribution < -0.1:
+        return 3
+    return 0
+
+
+def test_sample_contributions_and_copies_by_hand():
+    # every (audio right, both right, visual right) case of the authors' two-modality formula
+    cases = [(a, av, v) for a in (0, 1) for av in (0, 1) for v in (0, 1)]
+    correct = {frozenset({0}): torch.tensor([bool(a) for a, _, _ in cases]),
+               frozenset({1}): torch.tensor([bool(v) for _, _, v in cases]),
+               frozenset({0, 1}): torch.tensor([bool(av) for _, av, _ in cases])}
+    phi = sample_contributions(correct, 2)
+    want_a = [(a + 2.0 * av - v) / 2 for a, av, v in cases]  # value_all = 2.0 when the pair is right
+    want_v = [(v + 2.0 * av - a) / 2 for a, av, v in cases]
+    assert phi[:, 0].tolist() == want_a and phi[:, 1].tolist() == want_v
+    pairs = zip(want_a, want_v, strict=True)
+    assert resample_copies(phi).flatten().tolist() == [authors_copies(c) for row in pairs for c in row]
+    # three modalities: only the full set right -> 1 each; {a} and the full set right -> 4/3, 5/6, 5/6
+    subsets = [s for size in (1, 2, 3) for s in combinations(range(3), size)]
+    only_all = {frozenset(s): torch.tensor([len(s) == 3]) for s in subsets}
+    assert sample_contributions(only_all, 3)[0].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    a_and_all = {frozenset(s): torch.tensor([s in ((0,), (0, 1, 2))]) for s in subsets}
+    phi3 = sample_contributions(a_and_all, 3)[0]
+    # phi(b) = 1/6 (v(ab) - v(a)) + 1/3 (v(abc) - v(ac)) = -1/6 + 1
+    assert phi3.tolist() == pytest.approx([1 / 3 + 1, 5 / 6, 5 / 6]) and float(phi3.sum()) == pytest.approx(3.0)
+    assert resample_copies(torch.tensor([5 / 6, 1 / 6, -1 / 3, 4 / 3])).tolist() == [1, 2, 3, 0]
+
+
+def test_sample_resamples_the_low_contributing_modality_by_hand(tiny):
+    learner = learner_of(tiny, "sample", warmup=0)
+    batch = hand_batch(tiny, (12, 20))
+    ref = copy.deepcopy(learner.model)
+    learner.method.step(learner._context, batch)
+    method = learner.method
+    train = tiny.splits["train"]
+    x, y = train.features, train.labels
+    with torch.no_grad():  # the valuation on the training split, as the authors' execute_modulation
+        h = {m: ref.encoders[m](x[m]) for m in ("a", "b")}
+        right = {key: concat_logits(ref, feats, len(y)).argmax(1) == y
+                 for key, feats in (("av", h), ("a", {"a": h["a"], "b": torch.zeros_like(h["b"])}),
+                                    ("v", {"a": torch.zeros_like(h["a"]), "b": h["b"]}))}
+    planned = []
+    for i in range(len(y)):
+        value_all, value_a, value_v = 2.0 * right["av"][i], float(right["a"][i]), float(right["v"][i])
+        planned += [(i, 0)] * authors_copies((value_a + value_all - value_v) / 2)
+        planned += [(i, 1)] * authors_copies((value_v + value_all - value_a) / 2)
+    got = list(zip(method.copy_index.tolist(), method.copy_modality.tolist(), strict=True))
+    assert sorted(got) == sorted(planned) and len(planned) > 0
+    taken = int(20 * len(planned) / len(y))  # a window of max(12, 20) samples takes its share of the copies
+    assert method.cursor == taken
+    feats = encode(ref, batch)
+    loss = F.cross_entropy(concat_logits(ref, feats, batch.n_paired), batch.paired_target)
+    for i, k in got[:taken]:  # each copy passes its modality's features alone (the other zeroed), weight 1/B
+        h_k = ref.encoders["ab"[k]](x["ab"[k]][i : i + 1])
+        pair = {"a": h_k, "b": torch.zeros(1, 5)} if k == 0 else {"a": torch.zeros(1, 5), "b": h_k}
+        loss = loss + F.cross_entropy(concat_logits(ref, pair, 1), y[i : i + 1]) / B
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-6)
+    assert_grads(learner.model, grads(loss, [ref.fusion.weight]), lambda model: [model.fusion.weight], atol=1e-6)
+
+
+def test_sample_trains_jointly_during_the_warmup_and_values_once_per_epoch(tiny):
+    learner, batch, ref = one_step(tiny, "sample", warmup=1)
+    assert learner.method.valued_epoch == -1 and len(learner.method.copy_index) == 0
+    feats = encode(ref, batch)
+    fusion = F.cross_entropy(concat_logits(ref, feats, batch.n_paired), batch.paired_target)
+    for m in tiny.modalities:  # joint training: the encoders see the fusion CE only
+        assert_grads(learner.model, grads(fusion, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters())
+    later = IterationBatch(**{**batch.__dict__, "epoch": 1})
+    learner.method.step(learner._context, later)
+    order = learner.method.copy_index.clone()
+    learner.method.step(learner._context, later)  # the same epoch: no new valuation, the copies go on
+    assert learner.method.valued_epoch == 1 and torch.equal(learner.method.copy_index, order)
+
+
+# --- relearning -------------------------------------------------------------------------------------------------
+
+def test_relearning_scaling_kmeans_purity_and_strength():
+    x = torch.tensor([[0.0, 5.0, 1.0], [2.0, 5.0, 3.0], [1.0, 5.0, 2.0]])
+    # each column onto [-1, 1]; the constant column goes to -1 (scikit-learn's MinMaxScaler)
+    assert minmax_scale(x).tolist() == [[-1.0, -1.0, -1.0], [1.0, -1.0, 1.0], [0.0, -1.0, 0.0]]
+    assert purity(torch.tensor([0, 0, 1, 1, 0]), torch.tensor([0, 0, 1, 1, 1])) == pytest.approx(4 / 5)
+    assert purity(torch.tensor([2, 2, 0]), torch.tensor([1, 1, 1])) == pytest.approx(2 / 3)
+    assert relearning_strength(0.9, 0.7, 3.0) == pytest.approx(math.tanh(3.0 * 0.2))
+    assert relearning_strength(0.7, 0.9, 3.0) == pytest.approx(math.tanh(3.0 * 0.2))  # |gap|
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    blobs = torch.cat([c + 0.5 * torch.randn(30, 2, generator=g) for c in centres])
+    truth = torch.arange(3).repeat_interleave(30)
+    clusters = kmeans(blobs, 3, torch.Generator().manual_seed(1))
+    assert purity(truth, clusters) == 1.0 and len(set(clusters.tolist())) == 3
+    # the fixed point of Lloyd's iterations: every row is nearest to the mean of its own cluster
+    means = torch.stack([blobs[clusters == c].mean(0) for c in range(3)])
+    assert torch.equal(torch.cdist(blobs.double(), means.double()).argmin(1), clusters)
+
+
+def test_relearning_kmeans_purity_is_close_to_scikit_learns():
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    g = torch.Generator().manual_seed(4)
+    labels = torch.arange(6).repeat_interleave(40)
+    features = minmax_scale(torch.randn(6, 16, generator=g)[labels] + 1.2 * torch.randn(240, 16, generator=g))
+    ours = purity(labels, kmeans(features, 6, torch.Generator().manual_seed(0)))
+    theirs = purity(labels, torch.as_tensor(
+        sklearn_cluster.KMeans(n_clusters=6, random_state=0, n_init=1).fit_predict(features.numpy())))
+    assert abs(ours - theirs) <= 0.05, (ours, theirs)
+
+
+def test_relearning_reinitialises_each_encoder_by_its_diagnosed_strength(tiny):
+    learner = learner_of(tiny, "relearning", period=1, count=1, move_lambda=3.0)
+    method = learner.method
+    initial = copy.deepcopy(learner.model)
+    batch = hand_batch(tiny)
+    for _ in range(3):  # training before the re-initialisation (epoch 1 < period + 1)
+        learner.step([12, 20], progress=None)
+    assert method.done == 0
+    before = copy.deepcopy(learner.model)
+    generator = torch.Generator()
+    generator.set_state(method.generator.get_state())
+    learner.optimizer.zero_grad()
+    method.step(learner._context, IterationBatch(**{**batch.__dict__, "epoch": 2}))  # period + 1 epochs done
+    assert method.done == 1
+    purities = {}
+    for s in ("train", "val"):  # the clusterings in the method's order (they draw from one generator)
+        split = tiny.splits[s]
+        for m in tiny.modalities:
+            h = before.encoders[m](split.features[m]).detach().double()
+            low, high = h.min(0).values, h.max(0).values
+            scaled = (h - low) / (high - low) * 2 - 1
+            clusters = kmeans(scaled, 3, generator)  # the clustering itself is tested above
+            table = torch.zeros(3, 3)
+            for c, y in zip(clusters.tolist(), split.labels.tolist(), strict=True):
+                table[c, y] += 1
+            purities[s, m] = float(table.max(1).values.sum()) / len(clusters)
+    alpha = {}
+    for m in tiny.modalities:
+        alpha[m] = math.tanh(3.0 * abs(purities["train", m] - purities["val", m]))
+        assert method.strengths[m] == pytest.approx(alpha[m])
+        for p, p0, p1 in zip(learner.model.encoders[m].parameters(), initial.encoders[m].parameters(),
+                             before.encoders[m].parameters(), strict=True):
+            assert torch.allclose(p, alpha[m] * p0 + (1 - alpha[m]) * p1, atol=1e-6)
+    assert any(a > 0 for a in alpha.values())
+    # the heads and the fusion head are not re-initialised
+    assert torch.equal(learner.model.fusion.weight, before.fusion.weight)
+    # then joint training from the re-initialised encoders
+    reinit = copy.deepcopy(learner.model)
+    feats = encode(reinit, batch)
+    fusion = F.cross_entropy(concat_logits(reinit, feats, batch.n_paired), batch.paired_target)
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(fusion, list(reinit.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters())
+    method.step(learner._context, IterationBatch(**{**batch.__dict__, "epoch": 3}))
+    assert method.done == 1 and method.initial is None  # count = 1: done
+
+
+def test_relearning_follows_the_authors_epochs_and_fresh_initialisations_are_seeded(tiny):
+    learner = learner_of(tiny, "relearning")  # period 20: after epochs 20, 40 and 60 counted from 0
+    batch = hand_batch(tiny)
+    done = []
+    for epoch in (20, 21, 22, 41, 61, 81):
+        learner.method.step(learner._context, IterationBatch(**{**batch.__dict__, "epoch": epoch}))
+        learner.optimizer.zero_grad()
+        done.append(learner.method.done)
+    assert done == [0, 1, 1, 2, 3, 3]
+    rng = torch.get_rng_state()
+    models = []
+    for _ in range(2):
+        other = learner_of(tiny, "relearning", period=1, init="fresh", move_lambda=50.0)
+        other.method.step(other._context, IterationBatch(**{**batch.__dict__, "epoch": 2}))
+        models.append(other.model)
+    assert torch.equal(torch.get_rng_state(), rng)  # the fresh draw leaves the global generator alone
+    for p, q in zip(models[0].encoders.parameters(), models[1].encoders.parameters(), strict=True):
+        assert torch.equal(p, q)  # the same seed, the same fresh initialisation

@@ -23,6 +23,9 @@
 - ``amco``: Zhou et al., "Adaptive Mask Co-Optimization for Modal Dependence in Multimodal Learning",
   ICASSP 2023.
 - ``cml``: Ma et al., "Calibrating Multimodal Learning", ICML 2023.
+- ``sample``: Wei et al., "Enhancing Multimodal Cooperation via Sample-level Modality Valuation",
+  CVPR 2024.
+- ``relearning``: Wei et al., "Diagnosing and Re-learning for Balanced Multimodal Learning", ECCV 2024.
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
@@ -54,6 +57,8 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "opm": "dus_gym.core.methods.opm:OPM",
     "amco": "dus_gym.core.methods.amco:AMCo",
     "cml": "dus_gym.core.methods.cml:CML",
+    "sample": "dus_gym.core.methods.sample_level:SampleLevel",
+    "relearning": "dus_gym.core.methods.relearning:Relearning",
 })
 """Method name -> class (or "module:Class", imported on first use)."""
 

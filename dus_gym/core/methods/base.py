@@ -3,9 +3,10 @@
 A method receives the iteration's per-modality batches (the sampler's counts, see docs/method.md)
 and leaves gradients for the optimiser, or steps the optimiser itself (``mla``). Every method
 works with every sampler. Those that train the encoders on the paired part (``joint``,
-``ogm-ge`` without ``aux``, ``pmr``, ``agm``, ``mmcosine``) see the counts through the paired batch
-size min_m n(m) (PMR's prototype loss also through n(m)); the extra samples of a modality train
-its unimodal head on detached features, which keeps the CMD measurable.
+``ogm-ge`` without ``aux``, ``pmr``, ``agm``, ``mmcosine``, ``sample``, ``relearning``) see the counts
+through the paired batch size min_m n(m) (PMR's prototype loss also through n(m), ``sample``'s copies
+through max_m n(m)); the extra samples of a modality train its unimodal head on detached
+features, which keeps the CMD measurable.
 """
 
 from __future__ import annotations
