@@ -13,6 +13,10 @@
   Fine-Grained Learning", ICASSP 2023.
 - ``g-blending``: Wang, Tran and Feiszli, "What Makes Training Multi-Modal Classification Networks
   Hard?", CVPR 2020.
+- ``lfm``: Yang et al., "Facilitating Multimodal Classification via Dynamically Learning Modality
+  Gap", NeurIPS 2024.
+- ``mbsd``: the MBSD objective of BalanceBenchmark's toolkit (cited there as Liu et al., 2023; Xu et
+  al., "BalanceBenchmark: A Survey for Multimodal Imbalance Learning", arXiv 2502.10816).
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
@@ -38,6 +42,8 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "agm": "dus_gym.core.methods.agm:AGM",
     "mmcosine": "dus_gym.core.methods.mmcosine:MMCosine",
     "g-blending": "dus_gym.core.methods.gblending:GBlending",
+    "lfm": "dus_gym.core.methods.lfm:LFM",
+    "mbsd": "dus_gym.core.methods.mbsd:MBSD",
 })
 """Method name -> class (or "module:Class", imported on first use)."""
 
