@@ -761,8 +761,9 @@ def test_methods_validate_their_names_and_arguments():
         make_method("relearning", period=0)
     with pytest.raises(ConfigError, match="sample warmup must be >= 0"):
         make_method("sample", warmup=-1)
-    assert sorted(METHODS) == ["agm", "amco", "cml", "g-blending", "greedy", "joint", "mla", "mmcosine", "mmpareto",
-                               "ogm-ge", "opm", "pmr", "reconboost", "relearning", "sample", "umt", "unimodal-aux"]
+    assert sorted(METHODS) == ["agm", "amco", "cml", "g-blending", "greedy", "joint", "lfm", "mbsd", "mla", "mmcosine",
+                               "mmpareto", "ogm-ge", "opm", "pmr", "reconboost", "relearning", "sample", "umt",
+                               "unimodal-aux"]
 
 
 @pytest.mark.parametrize("method", ["greedy", "reconboost", "umt"])
@@ -1030,3 +1031,189 @@ def test_relearning_follows_the_authors_epochs_and_fresh_initialisations_are_see
     assert torch.equal(torch.get_rng_state(), rng)  # the fresh draw leaves the global generator alone
     for p, q in zip(models[0].encoders.parameters(), models[1].encoders.parameters(), strict=True):
         assert torch.equal(p, q)  # the same seed, the same fresh initialisation
+# --- lfm --------------------------------------------------------------------------------------------------------
+
+def authors_alignment(p_logits, q_logits):
+    """The LFM authors' ``Alignment`` as written in their code: F.kl_div(log softmax, mixture), batchmean."""
+    p, q = F.softmax(p_logits, -1), F.softmax(q_logits, -1)
+    r = 0.5 * p + 0.5 * q
+    return 0.5 * (F.kl_div(p.log(), r, reduction="batchmean") + F.kl_div(q.log(), r, reduction="batchmean"))
+
+
+def tiny_parts(model, h_a, h_b):
+    """The concatenation head split by modality: z_m = h_m W_m^T + b / 2."""
+    w, b = model.fusion.weight, model.fusion.bias
+    return h_a @ w[:, :5].T + b / 2, h_b @ w[:, 5:].T + b / 2
+
+
+def test_lfm_alignment_is_the_authors_reversed_js():
+    from dus_gym.core.methods.lfm import alignment_loss, mixture_divergence
+
+    g = torch.Generator().manual_seed(1)
+    p, q, r = (torch.randn(6, 4, generator=g) for _ in range(3))
+    assert float(mixture_divergence(p, q)) == pytest.approx(float(authors_alignment(p, q)), rel=1e-5)
+    P, Q = p.softmax(1), q.softmax(1)
+    mix = (P + Q) / 2
+    js = 0.5 * ((P * (P / mix).log()).sum(1).mean() + (Q * (Q / mix).log()).sum(1).mean())
+    reverse = 0.5 * ((mix * (mix / P).log()).sum(1).mean() + (mix * (mix / Q).log()).sum(1).mean())
+    assert float(mixture_divergence(p, q)) == pytest.approx(float(reverse), rel=1e-5)
+    assert abs(float(mixture_divergence(p, q)) - float(js)) > 1e-3  # KL(r || p), not the JS divergence's KL(p || r)
+    assert float(mixture_divergence(p, p)) == pytest.approx(0.0, abs=1e-6)
+    pairs = [authors_alignment(p, q), authors_alignment(p, r), authors_alignment(q, r)]
+    assert float(alignment_loss([p, q, r])) == pytest.approx(float(sum(pairs) / 3), rel=1e-5)
+
+
+def lfm_hand_signal(model, x, y, alpha, eps=1e-5):
+    """mean over the first encoder weight of H_total g_cls, by central differences of the gradient (float64)."""
+    model = copy.deepcopy(model).double().eval()
+    params = [*model.encoders["a"].parameters(), *model.encoders["b"].parameters(), *model.fusion.parameters()]
+
+    def losses():
+        za, zb = tiny_parts(model, model.encoders["a"](x["a"].double()), model.encoders["b"](x["b"].double()))
+        ce = F.cross_entropy((za + zb) / 2, y)  # the authors' CE(0.5 o_a + 0.5 o_v)
+        return ce, (1 - alpha) * ce + alpha * authors_alignment(za, zb)
+
+    g_cls = torch.autograd.grad(losses()[0], params)
+
+    def first_block(sign):
+        with torch.no_grad():
+            for p, g in zip(params, g_cls, strict=True):
+                p.add_(sign * eps * g)
+        grad = torch.autograd.grad(losses()[1], params[0])[0]
+        with torch.no_grad():
+            for p, g in zip(params, g_cls, strict=True):
+                p.sub_(sign * eps * g)
+        return grad
+
+    return float(((first_block(1) - first_block(-1)) / (2 * eps)).mean())
+
+
+def test_lfm_alpha_step_and_loss_by_hand(tiny):
+    learner, batch, ref = one_step(tiny, "lfm", alpha=0.5, lr_alpha=1.0)
+    method = learner.method
+    val = tiny.splits["val"].subset(method.val_index)
+    assert len(val) == 8
+    signal = lfm_hand_signal(ref, val.features, val.labels, 0.5)
+    assert signal != 0 and (0.5 - method.alpha) == pytest.approx(signal, rel=1e-3)  # lr_alpha = 1
+    alpha = method.alpha
+    feats = encode(ref, batch)
+    n, y = batch.n_paired, batch.paired_target
+    za, zb = tiny_parts(ref, feats["a"][:n], feats["b"][:n])
+    loss = 2 * ((1 - alpha) * F.cross_entropy((za + zb) / 2, y) + alpha * authors_alignment(za, zb))
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-5)
+    assert_grads(learner.model, grads(loss, [ref.fusion.weight, ref.fusion.bias]),
+                 lambda model: [model.fusion.weight, model.fusion.bias], atol=1e-5)
+    # the monitor head of b learns on its own 20 samples, on detached features
+    head = F.cross_entropy(feats["b"].detach() @ ref.heads["b"].weight.T + ref.heads["b"].bias, batch.targets["b"])
+    assert_grads(learner.model, grads(head, [ref.heads["b"].weight]), lambda model: [model.heads["b"].weight])
+    # once per epoch: the same epoch leaves alpha alone; lr_alpha halves at each multiple of 20 epochs passed
+    learner.method.step(learner._context, batch)
+    assert method.alpha == alpha and method.lr_alpha == 1.0
+    learner.method.step(learner._context, IterationBatch(**{**batch.__dict__, "epoch": 19}))
+    assert method.lr_alpha == 1.0 and method.alpha != alpha
+    learner.method.step(learner._context, IterationBatch(**{**batch.__dict__, "epoch": 20}))
+    assert method.lr_alpha == 0.5
+    learner.method.step(learner._context, IterationBatch(**{**batch.__dict__, "epoch": 61}))
+    assert method.lr_alpha == 0.5 / 4  # 40 and 60 passed
+    # evaluation fuses the mean of the parts, as training
+    _, fused = learner.predict(tiny.splits["test"])
+    model, x = learner.model, tiny.splits["test"].features
+    za, zb = tiny_parts(model, model.encoders["a"](x["a"]), model.encoders["b"](x["b"]))
+    assert np.allclose(fused, ((za + zb) / 2).softmax(1).detach().numpy(), atol=1e-5)
+
+
+def test_lfm_keeps_alpha_in_its_bounds_and_checks_its_arguments(tiny):
+    learner, _, _ = one_step(tiny, "lfm", alpha=0.95, lr_alpha=1e6)
+    assert learner.method.alpha in (0.05, 0.95)
+    with pytest.raises(ConfigError, match=r"lfm alpha must be in \[0.05, 0.95\]"):
+        make_method("lfm", alpha=1.0)
+    with pytest.raises(ConfigError, match="lfm val_samples must be >= 1"):
+        make_method("lfm", val_samples=0)
+
+
+def test_lfm_checkpoint_keeps_alpha_and_the_validation_batch(task, tmp_path):
+    test_a_checkpoint_keeps_the_methods_state(task, tmp_path, "lfm")
+    learner = learner_of(task, "lfm", lr_alpha=10.0)
+    learner.step([16, 8], progress=0.0)
+    learner.save(tmp_path / "lfm.pt")
+    other = learner_of(task, "lfm", lr_alpha=10.0)
+    other.load(tmp_path / "lfm.pt")
+    assert other.method.alpha == learner.method.alpha and other.method.updated_epoch == 0
+    assert torch.equal(other.method.val_index, learner.method.val_index)
+
+
+# --- mbsd -------------------------------------------------------------------------------------------------------
+
+def mbsd_hand_pair(za, zb, y):
+    """BalanceBenchmark's per-sample loop, its KL with log-probabilities as F.kl_div's input: KL(p_s || p_w)."""
+    pa, pb = za.softmax(1), zb.softmax(1)
+    total = 0
+    for i in range(len(y)):
+        a_i, b_i = pa[i, y[i]], pb[i, y[i]]
+        strong, weak = (a_i, b_i) if a_i >= b_i else (b_i, a_i)
+        right = bool(za[i].argmax() == y[i]) or bool(zb[i].argmax() == y[i])
+        weight = strong - weak if right else 0.0
+        kl = F.kl_div(weak.log(), strong, reduction="none")
+        total = total + weight * (((za[i] - zb[i]) ** 2).sum() / za.shape[1] + kl)
+    return total / len(y)
+
+
+def test_mbsd_pair_term_by_hand_for_two_and_three_modalities():
+    from dus_gym.core.methods.mbsd import mbsd_loss, mbsd_pair_loss
+
+    g = torch.Generator().manual_seed(2)
+    y = torch.arange(12) % 4
+    za, zb, zc = (torch.randn(12, 4, generator=g) for _ in range(3))
+    right = (za.argmax(1) == y) | (zb.argmax(1) == y)
+    assert 0 < int(right.sum()) < 12  # both branches of the weight are exercised
+    assert float(mbsd_pair_loss(za, zb, y)) == pytest.approx(float(mbsd_hand_pair(za, zb, y)), rel=1e-5)
+    pairs = [mbsd_hand_pair(za, zb, y), mbsd_hand_pair(za, zc, y), mbsd_hand_pair(zb, zc, y)]
+    assert float(mbsd_loss([za, zb, zc], y)) == pytest.approx(float(sum(pairs) / 3), rel=1e-5)
+    assert float(mbsd_pair_loss(za, za, y)) == 0.0
+
+
+def test_mbsd_gradients_by_hand(tiny):
+    learner, batch, ref = one_step(tiny, "mbsd", progress=0.5)
+    feats = encode(ref, batch)
+    n, y = batch.n_paired, batch.paired_target
+    za, zb = tiny_parts(ref, feats["a"], feats["b"])  # on each modality's own 12 and 20 samples
+    loss = (F.cross_entropy(concat_logits(ref, feats, n), y)
+            + batch.weights["a"] * F.cross_entropy(za, batch.targets["a"])
+            + batch.weights["b"] * F.cross_entropy(zb, batch.targets["b"])
+            + mbsd_hand_pair(za[:n], zb[:n], y))
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-5)
+    assert_grads(learner.model, grads(loss, [ref.fusion.weight, ref.fusion.bias]),
+                 lambda model: [model.fusion.weight, model.fusion.bias], atol=1e-5)
+    # outside the window: the fusion CE alone (and the monitors)
+    learner, batch, ref = one_step(tiny, "mbsd", progress=0.5, end=0.4)
+    feats = encode(ref, batch)
+    fusion = F.cross_entropy(concat_logits(ref, feats, n), y)
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(fusion, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lfm", "mbsd"])
+def test_lfm_and_mbsd_with_three_modalities_and_an_empty_count(method):
+    from dus_gym.core.task import MultimodalSplit, Task
+
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    labels = torch.arange(n) % 3
+    x = {m: torch.randn(n, 4, generator=g) + k * labels[:, None].float() for k, m in enumerate(("a", "b", "c"))}
+
+    def split(rows):
+        return MultimodalSplit({m: v[rows] for m, v in x.items()}, labels[rows])
+
+    three = Task("three", ("a", "b", "c"), 3, {"train": split(slice(0, 40)), "val": split(slice(40, 50)),
+                                                "test": split(slice(50, 60))},
+                 {m: (lambda: MLPEncoder(4, 6)) for m in ("a", "b", "c")})
+    learner = learner_of(three, method)
+    for counts in ([8, 16, 12], [0, 16, 8], [16, 16, 16]):
+        assert learner.step(counts, progress=0.2).finite
+    with pytest.raises(ConfigError, match="is defined for"):
+        check_method_fusion(method, "gated")

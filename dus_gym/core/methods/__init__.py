@@ -26,6 +26,10 @@
 - ``sample``: Wei et al., "Enhancing Multimodal Cooperation via Sample-level Modality Valuation",
   CVPR 2024.
 - ``relearning``: Wei et al., "Diagnosing and Re-learning for Balanced Multimodal Learning", ECCV 2024.
+- ``lfm``: Yang et al., "Facilitating Multimodal Classification via Dynamically Learning Modality
+  Gap", NeurIPS 2024.
+- ``mbsd``: the MBSD objective of BalanceBenchmark's toolkit (cited there as Liu et al., 2023; Xu et
+  al., "BalanceBenchmark: A Survey for Multimodal Imbalance Learning", arXiv 2502.10816).
 
 Each was checked formula by formula against the authors' code; what follows it and what deviates
 is written in each module and in the README's methods section. Every formula has a test against
@@ -59,6 +63,8 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "cml": "dus_gym.core.methods.cml:CML",
     "sample": "dus_gym.core.methods.sample_level:SampleLevel",
     "relearning": "dus_gym.core.methods.relearning:Relearning",
+    "lfm": "dus_gym.core.methods.lfm:LFM",
+    "mbsd": "dus_gym.core.methods.mbsd:MBSD",
 })
 """Method name -> class (or "module:Class", imported on first use)."""
 
