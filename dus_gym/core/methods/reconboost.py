@@ -17,20 +17,17 @@ BOOST_RATE = "reconboost_rate"
 
 
 class Phase(NamedTuple):
-    """Where an iteration falls in ReconBoost's schedule.
-
-    Args:
-        stage: stages completed before this one (stage k trains modality k mod M).
-        learner: index of the modality of this stage.
-        boosting: True in the stage's boosting phase, False in its global rectification phase.
-        ensemble: indices of the modalities in the ensemble (the learners of the earlier stages, and
-            this stage's once its boosting phase is over), in modality order.
-    """
+    """Where an iteration falls in ReconBoost's schedule."""
 
     stage: int
+    """Stages completed before this one (stage k trains modality k mod M)."""
     learner: int
+    """Index of the modality of this stage."""
     boosting: bool
+    """True in the stage's boosting phase, False in its global rectification phase."""
     ensemble: tuple[int, ...]
+    """Indices of the modalities in the ensemble (the learners of the earlier stages, and this stage's once its
+    boosting phase is over), in modality order."""
 
 
 def reconboost_phase(position: float, boost_epochs: float, correct_epochs: float, n_modalities: int) -> Phase:
