@@ -21,7 +21,7 @@ from dus_gym.core.methods import METHODS, IterationBatch, check_method_fusion, m
 from dus_gym.core.methods.agm import agm_coefficients, agm_responses
 from dus_gym.core.methods.amco import class_mask, dependence_shares, mask_ratio
 from dus_gym.core.methods.cml import confidence_penalty, removal_order
-from dus_gym.core.methods.gblending import blending_weights
+from dus_gym.core.methods.gblending import blending_weights, super_epoch_iterations
 from dus_gym.core.methods.greedy import caring_modality
 from dus_gym.core.methods.mla import entropy_fusion, mla_projector_update
 from dus_gym.core.methods.mmpareto import mmpareto_weights
@@ -29,10 +29,9 @@ from dus_gym.core.methods.ogm_ge import modulated_parameters, noise_scale, ogm_g
 from dus_gym.core.methods.opm import opm_drop_probabilities
 from dus_gym.core.methods.pmr import pmr_coefficients
 from dus_gym.core.methods.reconboost import boosting_loss, reconboost_phase
-from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 from dus_gym.core.methods.relearning import kmeans, minmax_scale, purity, relearning_strength
 from dus_gym.core.methods.sample_level import resample_copies, sample_contributions
-from dus_gym.core.task import MLPEncoder, SmallCNNEncoder
+from dus_gym.core.task import MLPEncoder, MultimodalSplit, SmallCNNEncoder, Task
 from dus_gym.tasks import make_task
 from tests.core.conftest import TanhEncoder
 
@@ -291,8 +290,11 @@ def test_pmr_coefficients_go_to_the_modality_behind():
     assert pmr_coefficients(torch.tensor([1.0, 6.0, 2.0]), 1.0).tolist() == [1.0, 0.0, 1.0]
 
 
-def test_pmr_prototypes_and_prototypical_loss_by_hand(tiny):
-    learner, batch, ref = one_step(tiny, "pmr", sample_fraction=1.0, progress=0.1)
+@pytest.mark.parametrize(("proto_lr", "weight"), [(1e-3, 2.0 * 1e-3 / 0.1), (None, 2.0)])
+def test_pmr_prototypes_and_prototypical_loss_by_hand(tiny, proto_lr, weight):
+    # the prototypical CE weighs alpha proto_lr / lr (the learner's lr is 0.1): with SGD its step is
+    # alpha proto_lr times its gradient, the authors' (lr 1e-3); proto_lr None: alpha at the learner's lr
+    learner, batch, ref = one_step(tiny, "pmr", sample_fraction=1.0, progress=0.1, proto_lr=proto_lr)
     train = tiny.splits["train"]
     protos = {}
     for m in tiny.modalities:  # class means of the features over the whole (sampled) training split
@@ -310,10 +312,22 @@ def test_pmr_prototypes_and_prototypical_loss_by_hand(tiny):
     behind = 0 if scores[0] < scores[1] else 1
     m = tiny.modalities[behind]
     loss = (F.cross_entropy(concat_logits(ref, feats, n), y)
-            + 2.0 * batch.weights[m] * F.cross_entropy(neg_dist(m, len(batch.targets[m])), batch.targets[m]))
+            + weight * batch.weights[m] * F.cross_entropy(neg_dist(m, len(batch.targets[m])), batch.targets[m]))
     for x in tiny.modalities:
         assert_grads(learner.model, grads(loss, list(ref.encoders[x].parameters())),
                      lambda model, x=x: model.encoders[x].parameters(), atol=1e-5)
+
+
+def test_pmr_prototypical_step_follows_the_base_lr_through_a_decay(tiny):
+    config = LearnerConfig(batch_size=B, momentum=0.0, weight_decay=0.0, lr=0.1, method="pmr", lr_decay_every=1,
+                           lr_decay_gamma=0.5)
+    learner = Learner(tiny, config, seed=3)
+    learner.step([16, 16], progress=0.1)  # the learner's lr is now 0.05
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    # weight alpha 1e-3 / 0.1 (the base lr): its step alpha 1e-3 x 0.05 / 0.1 decays with the learner's lr
+    assert learner.method.step_ratio(learner._context) == pytest.approx(1e-3 / 0.1)
+    with pytest.raises(ConfigError, match="pmr proto_lr must be a positive number or null"):
+        make_method("pmr", proto_lr=0.0)
 
 
 # --- agm --------------------------------------------------------------------------------------------------------
@@ -406,33 +420,90 @@ def test_blending_weights_by_hand():
     assert blending_weights(before, {"train": before["train"], "val": before["val"] + 1}) is None
 
 
-def test_g_blending_weights_the_head_losses_and_re_estimates_them(tiny):
-    learner, batch, ref = one_step(tiny, "g-blending", super_epoch=1)
+def test_g_blending_uses_fixed_weights_as_given(tiny):
+    # VMZ scales the audio, visual and AV losses by the given weights, not renormalised to sum to 1
+    learner, batch, ref = one_step(tiny, "g-blending", weights=[0.2, 0.3, 1.0])
     feats = encode(ref, batch)
-    n, y = batch.n_paired, batch.paired_target
     heads = [batch.weights[m] * F.cross_entropy(ref.heads[m](feats[m]), batch.targets[m]) for m in ("a", "b")]
-    loss = (heads[0] + heads[1] + F.cross_entropy(concat_logits(ref, feats, n), y)) / 3  # equal weights at first
+    loss = 0.2 * heads[0] + 0.3 * heads[1] + 1.0 * F.cross_entropy(concat_logits(ref, feats, batch.n_paired),
+                                                                   batch.paired_target)
     for m in tiny.modalities:
         assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
                      lambda model, m=m: model.encoders[m].parameters(), atol=1e-6)
 
-    def losses(model, split):  # every head's mean CE on a split, in eval mode
-        x, labels = split.features, split.labels
-        h = {m: model.encoders[m](x[m]) for m in ("a", "b")}
-        outs = [model.heads["a"](h["a"]), model.heads["b"](h["b"]), concat_logits(model, h, len(labels))]
-        return torch.tensor([float(F.cross_entropy(o, labels)) for o in outs], dtype=torch.float64)
 
-    before = {s: losses(ref, tiny.splits[s]) for s in ("train", "val")}
-    assert torch.allclose(learner.method.measured["val"], before["val"])
-    learner.optimizer.step()
-    after_model = copy.deepcopy(learner.model)
-    learner.optimizer.zero_grad()
-    learner.method.step(learner._context, IterationBatch(**{**batch.__dict__, "epoch": 1}))  # a super-epoch later
-    now = {s: losses(after_model, tiny.splits[s]) for s in ("train", "val")}
-    gain = (before["val"] - now["val"]).clamp_min(0)
-    raw = gain / (((now["val"] - now["train"]) - (before["val"] - before["train"])) ** 2 + 1e-8)
-    if raw.sum() > 0:
-        assert learner.method.weights.tolist() == pytest.approx((raw / raw.sum()).tolist(), rel=1e-4)
+def test_super_epoch_in_learner_iterations():
+    assert super_epoch_iterations(10, 1000, 64) == 156  # 10 epochs of 1000 / 64 uniform iterations
+    assert super_epoch_iterations(1, 60, 16) == 4
+    assert super_epoch_iterations(1, 10, 64) == 1
+
+
+def test_g_blending_re_estimates_every_super_epoch_of_learner_iterations(tiny, monkeypatch):
+    learner = learner_of(tiny, "g-blending", super_epoch=1)  # n_train 60, B 16: 4 iterations per super-epoch
+    calls = []
+    monkeypatch.setattr(learner.method, "estimate",
+                        lambda ctx, n, b: calls.append((learner.method.iterations, n, b)))
+    for t in range(9):  # counts like the heuristic's: the data walk finishes epochs faster than uniform would
+        learner.step([16, 48] if t % 2 else [16, 16])
+    assert learner.planner.epoch == 4  # 5 x 16 + 4 x 48 = 272 samples: 4 epochs of 60 walked
+    assert calls == [(0, 4, 16), (4, 4, 16), (8, 4, 16)]  # but one estimate every 4 learner iterations
+
+
+def test_g_blending_estimation_batches_walk_whole_shuffles(tiny):
+    learner = learner_of(tiny, "g-blending")
+    batches = list(learner.method.training_batches(learner._context, 8, 16))  # 128 samples: 2 shuffles of 60 + 8
+    assert [len(y) for _, y in batches] == [16] * 8
+    rows = torch.cat([x["a"] for x, _ in batches])
+    train = tiny.splits["train"].features["a"]
+
+    def same_rows(got, want):
+        return torch.equal(got[torch.argsort(got[:, 0])], want[torch.argsort(want[:, 0])])
+
+    assert same_rows(rows[:60], train) and same_rows(rows[60:120], train)  # every sample once per shuffle
+    assert not torch.equal(rows[:60], rows[60:120])  # two different shuffles
+
+
+def test_g_blending_estimates_from_heads_trained_alone_by_hand(tiny):
+    # B = 60 = the training split and super_epoch 1: one estimation iteration per head, on the whole split
+    config = LearnerConfig(batch_size=60, momentum=0.0, weight_decay=0.0, lr=0.1, method="g-blending",
+                           method_kwargs={"super_epoch": 1})
+    learner = Learner(tiny, config, seed=3)
+    batch = IterationBatch(**{**hand_batch(tiny).__dict__, "batch_size": 60})
+    ref = copy.deepcopy(learner.model)
+    learner.method.step(learner._context, batch)
+
+    def head_logits(model, x):  # the two unimodal heads, then the concatenation head
+        h = {m: model.encoders[m](x[m]) for m in ("a", "b")}
+        return [model.heads["a"](h["a"]), model.heads["b"](h["b"]), concat_logits(model, h, len(x["a"]))]
+
+    def losses(model, split):
+        with torch.no_grad():
+            return [float(F.cross_entropy(o, split.labels)) for o in head_logits(model, split.features)]
+
+    train, val = tiny.splits["train"], tiny.splits["val"]
+    before = {"train": losses(ref, train), "val": losses(ref, val)}
+    raw = []
+    for k in range(3):  # head k alone: one SGD step (lr 0.1) of its CE on the whole split, from the current model
+        model = copy.deepcopy(ref)
+        params = list(model.parameters())
+        g = grads(F.cross_entropy(head_logits(model, train.features)[k], train.labels), params)
+        with torch.no_grad():
+            for p, gp in zip(params, g, strict=True):
+                p -= 0.1 * gp
+        after = {"train": losses(model, train)[k], "val": losses(model, val)[k]}
+        gain = max(before["val"][k] - after["val"], 0.0)
+        overfit = (after["val"] - after["train"]) - (before["val"][k] - before["train"][k])
+        raw.append(gain / (overfit**2 + 1e-8))
+    want = [r / sum(raw) for r in raw]
+    assert learner.method.weights.tolist() == pytest.approx(want, rel=1e-3)
+    # this iteration's loss already uses the estimate; the model itself was not trained by the estimate
+    feats = encode(ref, batch)
+    heads = [batch.weights[m] * F.cross_entropy(ref.heads[m](feats[m]), batch.targets[m]) for m in ("a", "b")]
+    loss = (want[0] * heads[0] + want[1] * heads[1]
+            + want[2] * F.cross_entropy(concat_logits(ref, feats, batch.n_paired), batch.paired_target))
+    for m in tiny.modalities:
+        assert_grads(learner.model, grads(loss, list(ref.encoders[m].parameters())),
+                     lambda model, m=m: model.encoders[m].parameters(), atol=1e-5)
 
 
 def test_g_blending_fixed_weights_need_one_per_head(tiny):

@@ -1,5 +1,8 @@
-"""``greedy``: Wu, Jastrzebski, Cho and Geras, "Characterizing and Overcoming the Greedy Nature of Learning in
-Multi-modal Deep Neural Networks", ICML 2022."""
+"""``greedy``: re-balancing steps against the greedy learning of multimodal networks (Wu et al., ICML 2022).
+
+Wu, Jastrzebski, Cho and Geras, "Characterizing and Overcoming the Greedy Nature of Learning in Multi-modal
+Deep Neural Networks", ICML 2022.
+"""
 
 from __future__ import annotations
 

@@ -44,24 +44,33 @@ class PMR(Method):
     ``sample_fraction`` of the training split, recomputed at the start and at every new epoch of
     the data walk (P <- (1 - momentum) P_new + momentum P_old after the first). Within the window,
     the loss is the fusion CE on the paired samples plus, for the modality behind (the lower
-    prototype score, :func:`pmr_coefficients`), alpha w(m) CE(-|h - P|, y) on its own n(m)
-    samples: the prototypical CE pulls its encoder's features towards its class prototypes.
+    prototype score, :func:`pmr_coefficients`), alpha (proto_lr / lr) w(m) CE(-|h - P|, y) on its
+    own n(m) samples: the prototypical CE pulls its encoder's features towards its class prototypes.
     Outside the window, the fusion CE alone. The unimodal heads learn on detached features (CMD
     monitors), as with ``joint``.
 
+    Why proto_lr / lr: CE(-|h - P|) has no scale anchor (with P re-estimated from the features,
+    scaling every feature up lowers it), so at weight alpha and the project's lr 0.05 with momentum
+    0.9 the features grew until the fusion head diverged (mfeat). The authors train at lr 1e-3;
+    with this ratio (lr the learner's base lr) the prototypical CE takes their step, alpha x 1e-3
+    times its gradient under SGD, while the fusion CE keeps the learner's lr.
+
     Args:
-        alpha: weight of the prototypical CE; 2.0 as in the authors' CREMA-D scripts.
-        momentum: prototype momentum; 0.0 as in those scripts.
+        alpha: weight of the prototypical CE; 2.0 as in the authors' ``bash.sh`` runs of
+            ``main_Prototype_grad.py`` with concatenation fusion (AVE with SGD, CREMA-D with Adam or AdaGrad).
+        momentum: prototype momentum (``--momentum_coef``); 0.0 as in those runs.
         start: the window's start, as a fraction of the budget.
-        end: the window's end (exclusive), as a fraction; 0.55: epochs 0-70 of 130 in those scripts.
+        end: the window's end (exclusive), as a fraction; 0.55: epochs 0-70 (inclusive) of 130 in those runs.
         sample_fraction: share of the training split the prototypes are computed on (the authors'
-            code averages the first tenth of the shuffled training batches).
+            code averages the first tenth of the shuffled training batches for CREMA-D).
+        proto_lr: the learning rate the prototypical CE's step is scaled to (1e-3: every one of those
+            runs); None: weight alpha at the learner's lr (the features may grow without bound).
     """
 
     name = "pmr"
 
     def __init__(self, alpha: float = 2.0, momentum: float = 0.0, start: float = 0.0, end: float = 0.55,
-                 sample_fraction: float = 0.1) -> None:
+                 sample_fraction: float = 0.1, proto_lr: float | None = 1e-3) -> None:
         if not alpha >= 0:
             raise ConfigError(f"pmr alpha must be >= 0, got {alpha}")
         if not 0.0 <= momentum < 1.0:
@@ -70,6 +79,9 @@ class PMR(Method):
             raise ConfigError(f"pmr needs 0 <= start <= end <= 1 (fractions of the budget), got {start}, {end}")
         if not 0.0 < sample_fraction <= 1.0:
             raise ConfigError(f"pmr sample_fraction must be in (0, 1], got {sample_fraction}")
+        if proto_lr is not None and not (proto_lr > 0 and math.isfinite(proto_lr)):
+            raise ConfigError(f"pmr proto_lr must be a positive number or null, got {proto_lr}")
+        self.proto_lr = None if proto_lr is None else float(proto_lr)
         self.alpha, self.momentum = float(alpha), float(momentum)
         self.start, self.end, self.sample_fraction = float(start), float(end), float(sample_fraction)
 
@@ -112,6 +124,18 @@ class PMR(Method):
             new[m] = mean
         self.prototypes = new
 
+    def step_ratio(self, ctx: StepContext) -> float:
+        """proto_lr / the learner's base learning rate (1 without proto_lr).
+
+        Times this ratio, the prototypical CE moves the parameters (plain SGD) by alpha proto_lr times its
+        gradient, the authors' step, whatever the learner's lr; a step decay of the learner's lr decays it
+        too, as the authors' StepLR does. The base lr is the scheduler's ``initial_lr`` when there is one.
+        """
+        if self.proto_lr is None:
+            return 1.0
+        group = ctx.optimizer.param_groups[0]
+        return self.proto_lr / float(group.get("initial_lr", group["lr"]))
+
     def step(self, ctx: StepContext, batch: IterationBatch) -> MethodOutput:
         """Fusion CE (and monitors), plus the prototypical CE of the modality behind, in the window."""
         if self.prototypes is None or batch.epoch != self.prototype_epoch:
@@ -125,7 +149,7 @@ class PMR(Method):
             with torch.no_grad():
                 scores = torch.stack([logits[m][: batch.n_paired].softmax(1).gather(1, target).sum()
                                       for m in self.modalities])
-            coefficients = pmr_coefficients(scores, self.alpha)
+            coefficients = pmr_coefficients(scores, self.alpha) * self.step_ratio(ctx)
             for k, m in enumerate(self.modalities):
                 proto_ce = nn.functional.cross_entropy(logits[m], batch.targets[m])
                 loss = loss + coefficients[k] * batch.weights[m] * proto_ce

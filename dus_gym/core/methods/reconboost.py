@@ -42,7 +42,7 @@ def reconboost_phase(position: float, boost_epochs: float, correct_epochs: float
 
 def boosting_loss(logits: torch.Tensor, ensemble_logits: torch.Tensor | None, labels: torch.Tensor,
                   weight1: float, weight2: float) -> torch.Tensor:
-    """ReconBoost's boosting loss of the stage's learner, the mean over samples of the authors' form
+    """ReconBoost's boosting loss of the stage's learner: the mean over samples of the authors' form.
 
     -w1 mean_c(y_c log p_c) + w2 mean_c(y_c q_c log p_c) = -(w1 - w2 q_y) log p_y / C,
 
@@ -97,7 +97,7 @@ class ReconBoost(Method):
         self.ensemble: tuple[int, ...] = tuple(range(len(modalities)))
 
     def ensemble_logits(self, model: nn.Module, logits: list[torch.Tensor], members: tuple[int, ...]) -> torch.Tensor:
-        """rate * sum of the members' logits."""
+        """The ensemble's logits: rate * sum of the members' logits."""
         rate = getattr(model, BOOST_RATE)
         return rate.to(logits[members[0]].dtype) * torch.stack([logits[k] for k in members]).sum(0)
 

@@ -1,5 +1,7 @@
-"""``umt``: Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023 (Uni-Modal
-Teacher)."""
+"""``umt``: Uni-Modal Teacher (Du et al., ICML 2023).
+
+Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023.
+"""
 
 from __future__ import annotations
 
