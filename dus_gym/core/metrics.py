@@ -1,10 +1,10 @@
-"""Classification metrics (accuracy, macro-F1, mAP), Shapley values of modalities, the linear probe of an encoder."""
+"""Classification metrics, Shapley values of modalities and their balance degree, the linear probe of an encoder."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 
 import numpy as np
@@ -64,3 +64,23 @@ def shapley_values(value: Callable[[frozenset[str]], float], players: Sequence[s
                 total += weight * (v(s | {m}) - v(s))
         phi[m] = total
     return phi
+
+
+def balance_degree(shapley: Mapping[str, float]) -> float | None:
+    """How evenly the modalities share the fused accuracy: 1 - imbalance degree of their Shapley values.
+
+    imbalance = sum over pairs i < j of |phi(i) - phi(j)| / ((M - 1) * sum_i phi(i)), the pairwise
+    spread of the Shapley values (BalanceBenchmark's per-modality contributions, see
+    :func:`shapley_values`) relative to their total; balance = 1 - imbalance. With every phi >= 0 the
+    balance lies in [0, 1]: 1 when the modalities contribute equally, 0 when one carries the whole
+    contribution; a negative phi (a modality that lowers the accuracy) takes it below 0. BalanceBenchmark
+    reports an imbalance degree from these Shapley values without a formula in its code; this
+    normalised spread is our reading (see docs/bench.md). None when it is undefined: fewer than two
+    modalities, or a total contribution <= 0 (the fused model no better than with every input zeroed).
+    """
+    phi = [float(v) for v in shapley.values()]
+    total = sum(phi)
+    if len(phi) < 2 or not total > 0.0:
+        return None
+    spread = sum(abs(a - b) for a, b in combinations(phi, 2))
+    return 1.0 - spread / ((len(phi) - 1) * total)

@@ -223,6 +223,8 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
                "acc": {m: [x["test"][m]["acc"] for x in s] for m in modalities if alone in (None, m)},
                "shapley": ({m: [x["shapley"][m] for x in s if x.get("shapley")] for m in modalities}
                            if alone is None else {}),
+               # BalanceBenchmark's imbalance measure as a balance degree; a record written before it has none
+               "balance": [x["balance"] for x in s if x.get("balance") is not None] if alone is None else [],
                "gap": None if alone else [x["final_gap"] for x in s],
                "iterations": int(np.mean([x["iterations"] for x in s])) if s else None,
                "samples": {m: [x["samples_seen"][m] for x in s] for m in modalities},
@@ -244,8 +246,8 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
             late.append(late_fusion_accuracy([p["probabilities"] for p in parts], parts[0]["labels"]))
         rows.append({"task": task, "method": "late fusion", "sampler": "alone models", "alone": "late",
                      "modalities": modalities, "seeds": [], "diverged": 0, "fused": late, "f1": None, "acc": {},
-                     "shapley": {}, "gap": None, "iterations": None, "samples": {}, "epochs": [], "steps": [],
-                     "flops": [], "seconds": None})
+                     "shapley": {}, "balance": [], "gap": None, "iterations": None, "samples": {}, "epochs": [],
+                     "steps": [], "flops": [], "seconds": None})
     for row in rows:  # paired differences to the same method with the reference samplers, seed by seed
         row["delta"] = {}
         if row["alone"] is not None:
@@ -291,7 +293,8 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
     """Markdown tables (one per task): accuracy with its interval and paired differences, beside what it cost.
 
     Per row: mean ± std over seeds of the fused accuracy and its 95 % interval (clipped to [0, 100]),
-    each modality's head accuracy and Shapley contribution to the fused accuracy, the paired
+    each modality's head accuracy and Shapley contribution to the fused accuracy, the balance degree of
+    those contributions (:func:`dus_gym.core.metrics.balance_degree`, on [0, 1]), the paired
     differences to uniform and to the heuristic sampler (same method, same seeds) with their 95 %
     intervals, final |CMD|, and the cost: samples seen per modality, epochs, optimiser steps, model
     FLOPs per iteration (forward and backward) and wall time per run.
@@ -302,12 +305,12 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
         modalities = task_rows[0]["modalities"]
         iterations = sorted({r["iterations"] for r in task_rows if r["iterations"]})
         head = (["method", "sampler", "fused acc", "95% CI"] + [f"acc {m}" for m in modalities]
-                + [f"Shapley {m}" for m in modalities]
+                + [f"Shapley {m}" for m in modalities] + ["balance"]
                 + ["Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "final abs(CMD)"]
                 + [f"samples {m}" for m in modalities] + ["epochs", "steps", "MFLOP/iter", "wall s", "seeds"])
         budget = ", ".join(str(i) for i in iterations) or "—"
         lines = [f"**{task}** ({budget} learner iterations per run; accuracies, Shapley values and differences in "
-                 "points of test accuracy)", "", *table_header(head)]
+                 "points of test accuracy; balance on [0, 1])", "", *table_header(head)]
         for r in task_rows:
             fused = r["fused"]
             lo, hi = _interval(fused) if fused else (float("nan"), float("nan"))
@@ -318,6 +321,7 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
             row = [method, sampler, _pm(fused), ci]
             row += [_pm(r["acc"].get(m)) for m in modalities]
             row += [_pm(r["shapley"].get(m)) for m in modalities]
+            row += [_pm(r["balance"], scale=1.0, digits=2)]
             row += [format_delta(r["delta"].get(ref)) for ref in REFERENCES]
             row += [_pm(r["gap"], scale=1.0, digits=3)]
             row += [_mean(r["samples"].get(m)) for m in modalities]
@@ -334,12 +338,12 @@ def _seeds_cell(row: dict[str, Any]) -> str:
 
 
 def results_csv(records: list[dict[str, Any]]) -> str:
-    """One line per cell: identifiers, fused and per-modality metrics, |CMD|, counts, iterations, time."""
+    """One line per cell: identifiers, fused and per-modality metrics, balance, |CMD|, counts, iterations, time."""
     modalities = list(dict.fromkeys(m for r in records for m in r["summary"]["modalities"]))
     fields = (["task", "method", "sampler", "seed", "fused_acc", "fused_f1", "fused_map"]
               + [f"{k}_{m}" for m in modalities for k in ("acc", "f1", "mean_count", "samples", "shapley", "final_cmd")]
-              + ["final_abs_cmd", "iterations", "epochs", "optimizer_steps", "flops_per_iteration", "train_seconds",
-                 "diverged"])
+              + ["balance", "final_abs_cmd", "iterations", "epochs", "optimizer_steps", "flops_per_iteration",
+                 "train_seconds", "diverged"])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -357,7 +361,8 @@ def results_csv(records: list[dict[str, Any]]) -> str:
                 "train_seconds": f"{s['train_seconds']:.2f}"}
         if alone is None:
             line.update({"fused_acc": s["test"]["fused"]["acc"], "fused_f1": s["test"]["fused"]["f1"],
-                         "fused_map": s["test"]["fused"]["map"], "final_abs_cmd": s["final_gap"]})
+                         "fused_map": s["test"]["fused"]["map"], "final_abs_cmd": s["final_gap"],
+                         "balance": "" if s.get("balance") is None else s["balance"]})
         for m in s["modalities"]:
             if alone not in (None, m):
                 continue

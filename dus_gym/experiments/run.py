@@ -38,6 +38,7 @@ from dus_gym.core.discrepancy import CMDMonitor
 from dus_gym.core.episode import Episodes
 from dus_gym.core.files import write_bytes_atomic, write_text_atomic
 from dus_gym.core.learner import Evaluation, Learner, LearnerGroup
+from dus_gym.core.metrics import balance_degree
 from dus_gym.core.observation import ObservationLayout
 from dus_gym.error import DivergedError
 from dus_gym.experiments.resume import check_resumable
@@ -505,6 +506,7 @@ def _finish(run: TrainingRun, probe: bool) -> RunResult:
         "val_curve": run.val_curve,
         "train_seconds": train_time,
     }
+    summary["balance"] = balance_degree(summary["shapley"])  # BalanceBenchmark's imbalance measure, as 1 - it
     if run.run_dir is not None:
         learner.save(run.run_dir / "learner.pt")
         save_counts(run.run_dir / "counts.npy", history)

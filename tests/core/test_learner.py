@@ -75,6 +75,20 @@ def test_every_fusion_head_learns(mfeat):
         assert learner.accuracies("val")[0] > 0.8, fusion
 
 
+def test_balance_degree_of_the_shapley_values_by_hand():
+    from dus_gym.core.metrics import balance_degree
+
+    # balance = 1 - sum_{i<j} |phi_i - phi_j| / ((M - 1) sum_i phi_i)
+    assert balance_degree({"a": 0.3, "b": 0.1}) == pytest.approx(0.5)  # 1 - 0.2 / 0.4
+    assert balance_degree({"a": 0.2, "b": 0.2}) == pytest.approx(1.0)  # equal contributions
+    assert balance_degree({"a": 0.4, "b": 0.0}) == pytest.approx(0.0)  # one modality carries it all
+    assert balance_degree({"x": 0.3, "y": 0.2, "z": 0.1}) == pytest.approx(2 / 3)  # 1 - (0.1 + 0.2 + 0.1) / (2 x 0.6)
+    assert balance_degree({"x": 0.6, "y": 0.0, "z": 0.0}) == pytest.approx(0.0)  # 1 - 1.2 / (2 x 0.6)
+    assert balance_degree({"a": 0.5, "b": -0.1}) == pytest.approx(-0.5)  # a harmful modality: 1 - 0.6 / 0.4
+    assert balance_degree({"a": 0.1, "b": -0.1}) is None  # no total contribution to share
+    assert balance_degree({"a": 0.5}) is None
+
+
 def test_shapley_values_of_the_modalities(mfeat):
     from dus_gym.core.metrics import shapley_values
 

@@ -5,6 +5,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dus_gym.cli import main
@@ -130,6 +131,42 @@ def test_paired_differences_use_the_seeds_both_rows_have():
     assert uniform["delta"]["heuristic"][0] == pytest.approx(-0.06) and "uniform" not in uniform["delta"]
     assert format_delta((0.06, 0.01, 0.11)) == "+6.0 [+1.0, +11.0]" and format_delta(None) == "—"
     assert paired_difference([3], [0.5], [0, 1], [0.4, 0.4]) is None
+
+
+def test_the_balance_column_and_a_cell_recorded_before_it(tmp_path):
+    from dus_gym.core.metrics import balance_degree
+    from dus_gym.experiments.bench import format_bench_table, results_csv, summary_rows
+    from dus_gym.experiments.cells import Cell, load_cell
+
+    def record(method, seed, shapley, with_balance=True):
+        summary = {"modalities": ["a", "b"], "test": {"fused": {"acc": 0.7, "f1": 0.7, "map": 0.7},
+                                                      "a": {"acc": 0.5, "f1": 0.5}, "b": {"acc": 0.4, "f1": 0.4}},
+                   "final_gap": 0.1, "final_cmd": {"a": 0.1, "b": 0.1}, "iterations": 10,
+                   "samples_seen": {"a": 100, "b": 50}, "mean_counts": {"a": 10.0, "b": 5.0}, "epochs": 1.5,
+                   "optimizer_steps": 10, "flops_per_iteration": 2e6, "shapley": shapley, "train_seconds": 1.0}
+        if with_balance:
+            summary["balance"] = balance_degree(shapley)
+        return {"key": f"{method}/uniform/{seed}", "task": "t", "method": method, "sampler": "uniform",
+                "seed": seed, "alone": None, "config": {"seed": seed}, "summary": summary, "diverged": None}
+
+    # a cell recorded before the balance field existed still loads (it is not run again)
+    old = record("mla", 0, {"a": 0.3, "b": 0.1}, with_balance=False)
+    cell = Cell(old["key"], "t", "mla", "uniform", 0, {"seed": 0})
+    (tmp_path / f"{cell.file_stem}.json").write_text(json.dumps(old))
+    np.savez(tmp_path / f"{cell.file_stem}.npz", counts=np.zeros((1, 2)), cmd=np.zeros((1, 2)))
+    assert load_cell(cell, tmp_path) == old
+    records = [old, record("mla", 1, {"a": 0.3, "b": 0.1}, with_balance=False),
+               record("joint", 0, {"a": 0.3, "b": 0.1}), record("joint", 1, {"a": 0.2, "b": 0.2})]  # 0.5 and 1.0
+    table = format_bench_table(summary_rows(records, {}))
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    assert names.index("balance") == names.index("Shapley b") + 1
+    balance = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")][names.index("balance")]
+               for line in table.splitlines() if line.startswith(("| joint", "| mla"))}
+    assert balance == {"joint": "0.75 ± 0.35", "mla": "—"}
+    rows = list(csv.DictReader(io.StringIO(results_csv(records))))
+    assert [r["balance"] for r in rows[:2]] == ["", ""]  # an old record has none
+    assert [float(r["balance"]) for r in rows[2:]] == pytest.approx([0.5, 1.0])
 
 
 def test_the_table_shows_the_cost_beside_the_accuracy(bench_out):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from dus_gym.core.config import RunConfig, from_dict
+from dus_gym.core.metrics import balance_degree
 from dus_gym.experiments.family import case_config, family_config
 from dus_gym.experiments.run import RunCallback, run_training
 from dus_gym.tasks.families import TaskFamily
@@ -53,6 +54,7 @@ def test_flops_per_iteration_match_the_layers_by_hand(tmp_path):
     want = sum(4 * n * d * h + 6 * n * h * h + 6 * n * h * C for d in (32, 8)) + 12 * n * h * C
     assert summary["flops_per_iteration"] == want
     assert summary["optimizer_steps"] == 6 and set(summary["shapley"]) == {"dominant", "weak"}
+    assert summary["balance"] == balance_degree(summary["shapley"])  # recorded beside the Shapley values
     for every in (None, 7):  # never; or not within a run of 6 iterations
         other = run_training(RunConfig(**{**config.__dict__, "flops_every": every}), progress=False, probe=False)
         assert other.summary["flops_per_iteration"] is None
