@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from dus_gym.cli.common import add_allow_task_import, check_task_spec, names
+from dus_gym.cli.common import add_allow_task_import, add_preset_argument, check_task_spec, names
 from dus_gym.core.config import ConfigError
 from dus_gym.core.files import read_yaml
 from dus_gym.core.methods import METHODS
@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run-config override for every cell, e.g. --set learner.device=cuda")
     parser.add_argument("--method-kwargs", action="append", metavar="METHOD.KEY=VALUE",
                         help="a keyword of one method, e.g. --method-kwargs ogm-ge.alpha=0.5")
+    add_preset_argument(parser)
     parser.add_argument("--readme", metavar="FILE",
                         help="also write the table into this file's bench block (docs/results/bench.md)")
     parser.add_argument("--no-progress", action="store_true")
@@ -53,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"the bench config {args.config}: overrides must be a mapping of run-config keys")
     overrides = deep_merge(dict(values.get("overrides") or {}), parse_overrides(args.set))
     values.update({k: getattr(args, k) for k in ("tasks", "methods", "samplers", "seeds", "workers", "out_dir",
-                                                  "policy") if getattr(args, k) is not None})
+                                                  "policy", "preset") if getattr(args, k) is not None})
     for task in values.get("tasks") or []:
         if isinstance(task, str):
             check_task_spec(task, args.allow_task_import)

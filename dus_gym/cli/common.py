@@ -9,6 +9,7 @@ from typing import Any
 from dus_gym.core.config import LearnerConfig, RunConfig
 from dus_gym.core.files import read_yaml
 from dus_gym.core.methods import METHODS
+from dus_gym.core.methods.presets import PRESETS
 from dus_gym.core.specs import deep_merge, parse_overrides, resolve_run_config, task_spec_path
 from dus_gym.envs.registration import is_shipped
 from dus_gym.experiments.results import write_readme_block
@@ -41,7 +42,7 @@ def resolve_config(args: argparse.Namespace, sampler: str | None = None,
                            task=args.task is None and "task" not in overrides)
     check_task_spec(args.task, args.allow_task_import)
     return resolve_run_config(args.task, config=config, sampler=sampler or getattr(args, "sampler", None),
-                              flags=flags, overrides=overrides)
+                              flags=flags, overrides=overrides, preset=getattr(args, "preset", None) or "common")
 
 
 def check_task_spec(task: str | None, allow_import: bool) -> None:
@@ -63,6 +64,14 @@ def add_allow_task_import(parser: argparse.ArgumentParser) -> None:
                         help="let files read here (config, task spec, run folder, bench config, PPO YAML, a "
                              "resumed run's args.yml) name a task or family generator as module:function, "
                              "which imports and runs that code: only for files you trust")
+
+
+def add_preset_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--preset`` flag: the project's common recipe or each method's authors' values."""
+    parser.add_argument("--preset", choices=PRESETS,
+                        help="common (default): the task spec's optimiser and lr, the methods' defaults; authors: each "
+                             "method's optimiser, lr, schedule and keywords from its authors' script (docs/bench.md, "
+                             "Presets); --set and --method-kwargs values win over it")
 
 
 def names(table: Any) -> str:

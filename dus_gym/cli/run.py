@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dus_gym.cli.common import add_common_arguments, names, resolve_config
+from dus_gym.cli.common import add_common_arguments, add_preset_argument, names, resolve_config
 from dus_gym.core.config import ConfigError, LearnerConfig, RunConfig, from_dict
 from dus_gym.core.files import new_run_folder, remove_if_empty
 from dus_gym.core.specs import deep_merge
@@ -17,6 +17,7 @@ from dus_gym.samplers import SAMPLERS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of this command."""
     add_common_arguments(parser)
+    add_preset_argument(parser)
     parser.add_argument("--sampler", help=f"sampler: {names(SAMPLERS)} (default {RunConfig.sampler})")
     parser.add_argument("--policy", help="saved policy folder (train_policy.py), for --sampler ppo; trusted input only "
                         "(its policy.zip is unpickled)")
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                  f"learning rate (after a divergence; recorded in RUN/{CHANGES_FILE})")
 
 
-RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", "policy", "seed", "method", "run_dir")
+RESUME_CONFLICTS = ("config", "task", "iterations", "epochs", "set", "sampler", "policy", "seed", "method", "run_dir",
+                    "preset")
 """Flags that would change a run, so they cannot go with ``--resume`` (which uses the run's config.yaml)."""
 
 
@@ -46,6 +48,14 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     return config, folder, new_lr
 
 
+def new_run_config(args: argparse.Namespace) -> RunConfig:
+    """The config of a new run: specs, config file, ``--preset``, flags and ``--set`` overrides (no training)."""
+    data = resolve_config(args)
+    if args.policy:
+        data = deep_merge(data, {"sampler_kwargs": {"policy": args.policy}})
+    return from_dict(RunConfig, data)
+
+
 def main(args: argparse.Namespace) -> int:
     """``dus-gym run``."""
     if args.lr is not None and not args.resume:
@@ -57,13 +67,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"resuming {folder} from {checkpoint}" if checkpoint.is_file()
               else f"no checkpoint yet in {folder}: starting the run again", flush=True)
     else:
-        data = resolve_config(args)
-        if args.policy:
-            data = deep_merge(data, {"sampler_kwargs": {"policy": args.policy}})
-        config = from_dict(RunConfig, data)
+        config = new_run_config(args)
         method = "" if config.learner.method == LearnerConfig.method else f"{config.learner.method}-"
+        preset = f"{args.preset}-" if args.preset not in (None, "common") else ""
         folder = new_run_folder(config.run_dir,
-                                f"{config.task.split(':')[-1]}-{method}{config.sampler}-seed{config.seed}")
+                                f"{config.task.split(':')[-1]}-{method}{preset}{config.sampler}-seed{config.seed}")
     try:
         result = run_training(config, run_dir=folder, progress=not args.no_progress, resume=bool(args.resume),
                               new_lr=new_lr)

@@ -25,6 +25,8 @@ from dus_gym.error import ConfigError
 
 T = TypeVar("T")
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+"""The learner's optimisers (``learner.optimizer``; built by :class:`dus_gym.core.learner.Learner`)."""
 FUSIONS = ("concat", "sum", "gated", "film")
 """The fusion heads of the model (``learner.fusion``; built by :func:`dus_gym.core.model.fusion_head`)."""
 MAX_ITERATIONS = 10_000_000
@@ -50,7 +52,7 @@ class LearnerConfig:
     batch_size: int = 64
     """Base batch size B: what every modality gets under uniform sampling."""
     optimizer: str = "sgd"
-    """"sgd" (with momentum) or "adam"."""
+    """"sgd" (with momentum), "adam" (L2 weight decay) or "adamw" (decoupled weight decay)."""
     lr: float = 0.05
     """Learning rate."""
     momentum: float = 0.9
@@ -92,7 +94,8 @@ class LearnerConfig:
         check_finite(self, "learner")
         _check(1 <= self.batch_size <= MAX_COUNT,
                f"learner.batch_size must be >= 1 and <= {MAX_COUNT:_}, got {self.batch_size}")
-        _check(self.optimizer in ("sgd", "adam"), f"learner.optimizer must be 'sgd' or 'adam', got '{self.optimizer}'")
+        _check(self.optimizer in OPTIMIZERS,
+               f"learner.optimizer must be one of {list(OPTIMIZERS)}, got '{shown(self.optimizer)}'")
         _check(self.lr > 0 and math.isfinite(self.lr), f"learner.lr must be a positive number, got {self.lr}")
         _check(0 <= self.momentum < 1, f"learner.momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"learner.weight_decay must be >= 0, got {self.weight_decay}")

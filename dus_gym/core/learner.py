@@ -118,6 +118,8 @@ class Learner:
         c = self.config
         if c.optimizer == "adam":
             return torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def quantize(self, counts: Sequence[int]) -> np.ndarray:

@@ -8,8 +8,10 @@ A run configuration is built from layers, later wins (:func:`resolve_run_config`
 3. a config file (any ``RunConfig`` keys);
 4. the sampler settings ``agents/<sampler>.yml`` (top-level key: the task name, else ``default``,
    as in the RL Zoo), unless the config file sets ``sampler_kwargs`` itself;
-5. flags (task, sampler, seed, budget, device, method, run folder);
-6. ``key.sub=value`` overrides (:func:`parse_override`).
+5. the method's preset (``--preset authors``: its authors' optimiser, lr, schedule and keywords, from
+   ``dus_gym/core/methods/presets.yaml``; ``common``, the default, adds nothing);
+6. flags (task, sampler, seed, budget, device, method, run folder);
+7. ``key.sub=value`` overrides (:func:`parse_override`).
 
 ``dus-gym run``, ``compare`` and ``bench`` resolve through it; the env side
 (:mod:`dus_gym.envs.registration`) reads the same spec files and merges its overrides the same way.
@@ -96,6 +98,7 @@ def resolve_run_config(
     sampler: str | None = None,
     flags: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    preset: str = "common",
 ) -> dict[str, Any]:
     """The run-config mapping of the layers listed in the module docstring (later wins).
 
@@ -105,6 +108,8 @@ def resolve_run_config(
         sampler: the sampler (its settings in agents/ are used); None: from the overrides or the layers below.
         flags: run-config keys set by flags (e.g. ``{"seed": 3, "learner": {"device": "cuda"}}``).
         overrides: ``key=value`` overrides (:func:`parse_overrides`), applied last.
+        preset: ``common`` or ``authors`` (:mod:`dus_gym.core.methods.presets`), read for the method and the
+            budget of the resolved config (flags and overrides included), applied under the flags.
     """
     user, flags, overrides = config or {}, flags or {}, overrides or {}
     task = task or overrides.get("task") or user.get("task") or RunConfig.task
@@ -115,4 +120,10 @@ def resolve_run_config(
     data["sampler"] = sampler or overrides.get("sampler") or data.get("sampler", RunConfig.sampler)
     if "sampler_kwargs" not in user:
         data["sampler_kwargs"] = sampler_settings(data["sampler"], task)
-    return deep_merge(deep_merge(data, flags), overrides)
+    resolved = deep_merge(deep_merge(data, flags), overrides)
+    from dus_gym.core.methods.presets import preset_layer  # the methods import torch: only when resolving
+
+    layer = preset_layer(preset, resolved, deep_merge(flags, overrides))
+    if not layer:
+        return resolved
+    return deep_merge(deep_merge(deep_merge(data, layer), flags), overrides)

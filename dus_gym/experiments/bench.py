@@ -36,6 +36,7 @@ from dus_gym.core.config import (
 from dus_gym.core.extras import require
 from dus_gym.core.files import atomic_path, write_text_atomic
 from dus_gym.core.methods import METHODS, check_method_fusion, make_method
+from dus_gym.core.methods.presets import check_preset
 from dus_gym.core.specs import deep_merge, resolve_run_config
 from dus_gym.experiments import results as readme_block
 from dus_gym.experiments.cells import Cell, execute_cells
@@ -73,7 +74,9 @@ class BenchConfig:
         policy: a policy folder written by train_policy.py, for the ppo sampler.
         plot_seed: the seed whose CMD and count histories are plotted (None: the first seed).
         overrides: RunConfig keys applied to every cell (e.g. {"learner": {"device": "cuda"}}).
-        method_kwargs: per method, its keyword arguments (e.g. {"ogm-ge": {"alpha": 0.5}}).
+        method_kwargs: per method, its keyword arguments (e.g. {"ogm-ge": {"alpha": 0.5}}); they win over the preset.
+        preset: "common" (the task spec's learner, the methods' defaults) or "authors" (each method's optimiser,
+            lr, schedule and keywords from its authors' script; :mod:`dus_gym.core.methods.presets`).
     """
 
     tasks: tuple[str, ...] = ("synthetic", "mfeat")
@@ -88,8 +91,10 @@ class BenchConfig:
     plot_seed: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     method_kwargs: dict[str, Any] = field(default_factory=dict)
+    preset: str = "common"
 
     def __post_init__(self) -> None:
+        check_preset(self.preset)
         axes = [key for key in AXES if key in self.overrides]
         axes += [f"learner.{key}" for key in ("method", "method_kwargs") if key in self.overrides.get("learner", {})]
         if axes:
@@ -127,7 +132,7 @@ def cell_config(bench: BenchConfig, task: str, sampler: str, flags: dict[str, An
         flags = {"n_iterations": bench.n_iterations, "epochs": None, **flags}
     overrides = overrides_per_sampler(bench.overrides, bench.samplers)[sampler] if sampler in bench.samplers else \
         {k: v for k, v in bench.overrides.items() if k != "sampler_kwargs"}
-    data = resolve_run_config(task, sampler=sampler, flags=flags, overrides=overrides)
+    data = resolve_run_config(task, sampler=sampler, flags=flags, overrides=overrides, preset=bench.preset)
     return deep_merge(data, {"tensorboard": False})
 
 
@@ -146,7 +151,7 @@ def plan_cells(bench: BenchConfig) -> list[Cell]:
                 for seed in bench.seeds:
                     data = cell_config(bench, task, sampler, {"learner": learner, "seed": seed, **policy})
                     cells.append(Cell(f"{task}/{method}/{sampler}/seed{seed}", task, method, sampler, seed,
-                                      _validated(data, len(modalities))))
+                                      _validated(data, len(modalities)), preset=bench.preset))
         if bench.alone:
             B = base.learner.batch_size
             for k, m in enumerate(modalities):
@@ -154,7 +159,7 @@ def plan_cells(bench: BenchConfig) -> list[Cell]:
                 for seed in bench.seeds:
                     data = cell_config(bench, task, "constant", {"sampler_kwargs": {"counts": counts}, "seed": seed})
                     cells.append(Cell(f"{task}/alone-{m}/seed{seed}", task, "alone", m, seed,
-                                      _validated(data, len(modalities)), alone=m))
+                                      _validated(data, len(modalities)), alone=m, preset=bench.preset))
     return cells
 
 
@@ -182,7 +187,9 @@ def run_bench(bench: BenchConfig, progress: bool = True) -> dict[str, Any]:
     cells_dir = out / "cells"
     cells = plan_cells(bench)
     records, ran, workers = execute_cells(cells, cells_dir, bench.workers, progress)
-    ordered = [records[cell.key] for cell in cells]
+    # a record is the cell's when its config is the same: an alone cell (the common recipe under either preset)
+    # is kept across presets and reported under this bench's preset
+    ordered = [{**records[cell.key], "preset": cell.preset} for cell in cells]
     histories = {cell.key: dict(np.load(cells_dir / f"{cell.file_stem}.npz")) for cell in cells}
     rows = summary_rows(ordered, histories)
     write_text_atomic(out / "results.csv", results_csv(ordered))
@@ -216,7 +223,8 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
         s = [r["summary"] for r in rs]
         modalities = group[0]["summary"]["modalities"]
         alone = group[0]["alone"]
-        row = {"task": task, "method": method, "sampler": sampler, "alone": alone, "modalities": modalities,
+        row = {"task": task, "method": method, "sampler": sampler, "preset": group[0].get("preset", "common"),
+               "alone": alone, "modalities": modalities,
                "seeds": [r["seed"] for r in rs], "diverged": len(group) - len(rs),
                "fused": None if alone else [x["test"]["fused"]["acc"] for x in s],
                "f1": [x["test"][alone]["f1"] for x in s] if alone else [x["test"]["fused"]["f1"] for x in s],
@@ -244,7 +252,8 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
             if len(parts) != len(modalities):
                 continue
             late.append(late_fusion_accuracy([p["probabilities"] for p in parts], parts[0]["labels"]))
-        rows.append({"task": task, "method": "late fusion", "sampler": "alone models", "alone": "late",
+        rows.append({"task": task, "method": "late fusion", "sampler": "alone models",
+                     "preset": alone[0].get("preset", "common"), "alone": "late",
                      "modalities": modalities, "seeds": [], "diverged": 0, "fused": late, "f1": None, "acc": {},
                      "shapley": {}, "balance": [], "gap": None, "iterations": None, "samples": {}, "epochs": [],
                      "steps": [], "flops": [], "seconds": None})
@@ -292,19 +301,20 @@ def format_delta(delta: tuple[float, float, float] | None) -> str:
 def format_bench_table(rows: list[dict[str, Any]]) -> str:
     """Markdown tables (one per task): accuracy with its interval and paired differences, beside what it cost.
 
-    Per row: mean ± std over seeds of the fused accuracy and its 95 % interval (clipped to [0, 100]),
-    each modality's head accuracy and Shapley contribution to the fused accuracy, the balance degree of
-    those contributions (:func:`dus_gym.core.metrics.balance_degree`, on [0, 1]), the paired
-    differences to uniform and to the heuristic sampler (same method, same seeds) with their 95 %
-    intervals, final |CMD|, and the cost: samples seen per modality, epochs, optimiser steps, model
-    FLOPs per iteration (forward and backward) and wall time per run.
+    Per row: the method preset it ran with (common or authors), mean ± std over seeds of the fused
+    accuracy and its 95 % interval (clipped to [0, 100]), each modality's head accuracy and Shapley
+    contribution to the fused accuracy, the balance degree of those contributions
+    (:func:`dus_gym.core.metrics.balance_degree`, on [0, 1]), the paired differences to uniform and to
+    the heuristic sampler (same method, same seeds) with their 95 % intervals, final |CMD|, and the
+    cost: samples seen per modality, epochs, optimiser steps, model FLOPs per iteration (forward and
+    backward) and wall time per run.
     """
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
         modalities = task_rows[0]["modalities"]
         iterations = sorted({r["iterations"] for r in task_rows if r["iterations"]})
-        head = (["method", "sampler", "fused acc", "95% CI"] + [f"acc {m}" for m in modalities]
+        head = (["method", "sampler", "preset", "fused acc", "95% CI"] + [f"acc {m}" for m in modalities]
                 + [f"Shapley {m}" for m in modalities] + ["balance"]
                 + ["Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "final abs(CMD)"]
                 + [f"samples {m}" for m in modalities] + ["epochs", "steps", "MFLOP/iter", "wall s", "seeds"])
@@ -318,7 +328,7 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
             ci = f"[{max(0.0, 100 * lo):.1f}, {min(100.0, 100 * hi):.1f}]" if fused and len(fused) > 1 else "—"
             method = f"alone ({r['sampler']})" if r["alone"] not in (None, "late") else r["method"]
             sampler = "—" if r["alone"] not in (None, "late") else r["sampler"]
-            row = [method, sampler, _pm(fused), ci]
+            row = [method, sampler, r.get("preset", "common"), _pm(fused), ci]
             row += [_pm(r["acc"].get(m)) for m in modalities]
             row += [_pm(r["shapley"].get(m)) for m in modalities]
             row += [_pm(r["balance"], scale=1.0, digits=2)]
@@ -338,9 +348,9 @@ def _seeds_cell(row: dict[str, Any]) -> str:
 
 
 def results_csv(records: list[dict[str, Any]]) -> str:
-    """One line per cell: identifiers, fused and per-modality metrics, balance, |CMD|, counts, iterations, time."""
+    """One line per cell: identifiers (the preset too), fused and per-modality metrics, balance, |CMD|, counts, time."""
     modalities = list(dict.fromkeys(m for r in records for m in r["summary"]["modalities"]))
-    fields = (["task", "method", "sampler", "seed", "fused_acc", "fused_f1", "fused_map"]
+    fields = (["task", "method", "sampler", "preset", "seed", "fused_acc", "fused_f1", "fused_map"]
               + [f"{k}_{m}" for m in modalities for k in ("acc", "f1", "mean_count", "samples", "shapley", "final_cmd")]
               + ["balance", "final_abs_cmd", "iterations", "epochs", "optimizer_steps", "flops_per_iteration",
                  "train_seconds", "diverged"])
@@ -351,10 +361,11 @@ def results_csv(records: list[dict[str, Any]]) -> str:
         s = r["summary"]
         alone = r["alone"]
         if r.get("diverged"):
-            writer.writerow({"task": r["task"], "method": r["method"], "sampler": r["sampler"], "seed": r["seed"],
-                             "diverged": r["diverged"]})
+            writer.writerow({"task": r["task"], "method": r["method"], "sampler": r["sampler"],
+                             "preset": r.get("preset", "common"), "seed": r["seed"], "diverged": r["diverged"]})
             continue
-        line = {"task": r["task"], "method": r["method"], "sampler": r["sampler"], "seed": r["seed"],
+        line = {"task": r["task"], "method": r["method"], "sampler": r["sampler"], "preset": r.get("preset", "common"),
+                "seed": r["seed"],
                 "iterations": s["iterations"], "epochs": f"{s['epochs']:.3f}",
                 "optimizer_steps": s.get("optimizer_steps", ""),
                 "flops_per_iteration": s.get("flops_per_iteration") or "",

@@ -50,6 +50,7 @@ class Cell:
         alone: the modality trained alone, or None (its test probabilities are kept for late fusion).
         run_dir: a folder for the run's own files (config.yaml, results.json, TensorBoard), or None.
         probe: fit the linear probe of every encoder at the end (``probe_acc`` in the summary).
+        preset: the method preset the config was resolved with ("common" or "authors"), kept in the record.
     """
 
     key: str
@@ -61,6 +62,7 @@ class Cell:
     alone: str | None = None
     run_dir: str | None = None
     probe: bool = False
+    preset: str = "common"
 
     @property
     def file_stem(self) -> str:
@@ -94,8 +96,8 @@ def run_cell(cell: Cell, cells_dir: str) -> dict[str, Any]:
     np.savez_compressed(buffer, **arrays)
     write_bytes_atomic(folder / f"{cell.file_stem}.npz", buffer.getvalue())
     record = {"key": cell.key, "task": cell.task, "method": cell.method, "sampler": cell.sampler,
-              "seed": cell.seed, "alone": cell.alone, "config": cell.config, "summary": summary,
-              "diverged": diverged}
+              "seed": cell.seed, "alone": cell.alone, "preset": cell.preset, "config": cell.config,
+              "summary": summary, "diverged": diverged}
     write_text_atomic(folder / f"{cell.file_stem}.json", json.dumps(record, indent=1))
     return record
 
