@@ -348,7 +348,7 @@ def _seeds_cell(row: dict[str, Any]) -> str:
 
 
 def results_csv(records: list[dict[str, Any]]) -> str:
-    """One line per cell: identifiers (the preset too), fused and per-modality metrics, balance, |CMD|, counts, time."""
+    """One line per cell: identifiers (the preset too), fused and per-modality metrics, balance, |CMD|, time."""
     modalities = list(dict.fromkeys(m for r in records for m in r["summary"]["modalities"]))
     fields = (["task", "method", "sampler", "preset", "seed", "fused_acc", "fused_f1", "fused_map"]
               + [f"{k}_{m}" for m in modalities for k in ("acc", "f1", "mean_count", "samples", "shapley", "final_cmd")]
