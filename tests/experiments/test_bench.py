@@ -84,7 +84,7 @@ def test_a_diverged_cell_is_counted_not_fatal(tmp_path):
                          overrides={**SMALL, "learner": {"batch_size": 16, "lr": 1e30}})
     summary = run_bench(config, progress=False)  # every run's loss becomes NaN
     assert summary["ran"] == 4
-    assert "| unimodal-aux | uniform | — | — |" in summary["table"] and "0 (+2 diverged)" in summary["table"]
+    assert "| unimodal-aux | uniform | common | — | — |" in summary["table"] and "0 (+2 diverged)" in summary["table"]
     rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
     assert len(rows) == 4 and all("loss became" in r["diverged"] and r["fused_acc"] == "" for r in rows)
     assert run_bench(config, progress=False)["ran"] == 0  # a diverged cell is a finished cell
