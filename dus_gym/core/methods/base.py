@@ -153,6 +153,17 @@ def modality_logits(model: nn.Module, features: list[torch.Tensor]) -> list[torc
     return [h @ w.to(h.dtype).T + b.to(h.dtype) for h, (w, b) in zip(features, parts, strict=True)]
 
 
+def modality_scores(model: nn.Module, features: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """OGM-GE's score s(m) of every modality on paired features: sum over the samples of softmax(out_m)[y].
+
+    out_m is the fusion head restricted to m's features (:func:`modality_logits`); no gradient flows.
+    OGM-GE and OPM compare the modalities by it.
+    """
+    with torch.no_grad():
+        logits = modality_logits(model, [h.detach().float() for h in features])
+        return torch.stack([out.softmax(1).gather(1, target.view(-1, 1)).sum() for out in logits])
+
+
 def nan_scalar(device: torch.device) -> torch.Tensor:
     """A 0-d NaN (a loss that was not computed)."""
     return torch.full((), float("nan"), device=device)

@@ -42,11 +42,12 @@ class ModalityGates(nn.Module):
 
 def relative_speed(params: Iterable[nn.Parameter]) -> float:
     """One iteration's learning speed of a parameter group: sum |grad|^2 / sum |weight|^2 (no gradient: 0)."""
-    grad_sq, weight_sq = 0.0, 0.0
-    for p in params:
-        weight_sq += float((p.detach().float() ** 2).sum())
-        if p.grad is not None:
-            grad_sq += float((p.grad.float() ** 2).sum())
+    params = list(params)
+    # one host transfer for the group (not two per parameter): this runs at every learner iteration
+    weight_sq = torch.stack([p.detach().float().square().sum() for p in params]).double().sum()
+    grads = [p.grad.float().square().sum() for p in params if p.grad is not None]
+    grad_sq = torch.stack(grads).double().sum() if grads else torch.zeros_like(weight_sq)
+    grad_sq, weight_sq = torch.stack([grad_sq, weight_sq]).tolist()
     return grad_sq / weight_sq if weight_sq > 0 else 0.0
 
 

@@ -16,7 +16,7 @@ from dus_gym.core.methods.base import (
     StepContext,
     forward,
     in_window,
-    modality_logits,
+    modality_scores,
     total_loss,
 )
 
@@ -106,21 +106,14 @@ class OGMGE(Method):
         self.generator = torch.Generator(device=device).manual_seed(seed + 7919)
         self.modulated = {m: modulated_parameters(model.encoders[m], self.params) for m in modalities}
 
-    def scores(self, model: nn.Module, encoded: dict[str, torch.Tensor], n_paired: int,
-               target: torch.Tensor) -> torch.Tensor:
-        """s(m) of every modality on the paired samples, from the fusion head split by modality."""
-        with torch.no_grad():
-            logits = modality_logits(model, [encoded[m][:n_paired].detach().float() for m in self.modalities])
-            return torch.stack([out.softmax(1).gather(1, target.view(-1, 1)).sum() for out in logits])
-
     def step(self, ctx: StepContext, batch: IterationBatch) -> MethodOutput:
         """Backward of the fusion CE (and monitors), then modulate each encoder's gradients in the window."""
         out = forward(ctx, batch, self.modalities, detach_heads=not self.aux)
         loss = total_loss(out, batch, self.modalities, weighted=self.aux)
         loss.backward()
         if batch.n_paired > 0 and in_window(batch.progress, self.start, self.end):
-            coefficients = ogm_ge_coefficients(
-                self.scores(ctx.model, out.encoded, batch.n_paired, batch.paired_target), self.alpha)
+            paired = [out.encoded[m][: batch.n_paired] for m in self.modalities]
+            coefficients = ogm_ge_coefficients(modality_scores(ctx.model, paired, batch.paired_target), self.alpha)
             scale = noise_scale(batch.n_paired, batch.batch_size) if batch.batch_size else 1.0
             for k, m in enumerate(self.modalities):
                 for p in self.modulated[m]:

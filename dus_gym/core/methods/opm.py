@@ -15,7 +15,7 @@ from dus_gym.core.methods.base import (
     StepContext,
     forward,
     in_window,
-    modality_logits,
+    modality_scores,
     total_loss,
 )
 
@@ -97,15 +97,9 @@ class OPM(Method):
         super().setup(model, modalities, device, seed)
         self.generator = torch.Generator(device=device).manual_seed(seed + 6143)
 
-    def scores(self, model: nn.Module, features: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """s(m) of every modality on the paired samples, from the fusion head split by modality."""
-        with torch.no_grad():
-            logits = modality_logits(model, [h.detach().float() for h in features])
-            return torch.stack([out.softmax(1).gather(1, target.view(-1, 1)).sum() for out in logits])
-
     def dropped_fusion(self, model: nn.Module, features: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """The fused logits of the paired features after OPM's drop."""
-        q = opm_drop_probabilities(self.scores(model, features, target), self.q_base, self.lam)
+        q = opm_drop_probabilities(modality_scores(model, features, target), self.q_base, self.lam)
         execute = torch.rand((), generator=self.generator, device=q.device) < self.p_exe
         return model.fuse(drop_features(features, q, execute, self.generator))
 
