@@ -156,11 +156,14 @@ def stop_vec_env(venv: VecEnv) -> None:
         inner.closed = True
 
 
-def learner_iteration_times(venv: VecDUSEnv, iterations: int = 5, seed: int = 0) -> tuple[float, float]:
+def learner_iteration_times(venv: VecDUSEnv, iterations: int = 5, seed: int = 0,
+                            rounds: int = 3) -> tuple[float, float]:
     """Seconds per iteration of ``venv``'s N learners batched, and of one of them alone on one torch thread (CPU).
 
     Fresh learners on the env's task and settings (the env's own are untouched, and so is torch's random
-    state) take the counts that uniform random actions give, after one warm-up iteration.
+    state) take the counts that uniform random actions give, after one warm-up iteration. The two are
+    timed in turn for ``rounds`` rounds and each keeps its best round, so that a burst of load from
+    another process during one of them does not decide the kind.
     """
     template = venv.template
     task, config, n = template.task, template.learner_config, venv.num_envs
@@ -170,7 +173,6 @@ def learner_iteration_times(venv: VecDUSEnv, iterations: int = 5, seed: int = 0)
     sync = (lambda: torch.cuda.synchronize()) if torch.device(venv.learners.device).type == "cuda" else (lambda: None)
 
     def seconds_per_step(step: Callable[[], object]) -> float:
-        step()
         sync()
         start = time.perf_counter()
         for _ in range(iterations):
@@ -183,11 +185,17 @@ def learner_iteration_times(venv: VecDUSEnv, iterations: int = 5, seed: int = 0)
         batched = BatchedLearner(task, config, n)
         for i in range(n):
             batched.reset_learner(i, seed + i)
-        batched_time = seconds_per_step(lambda: batched.step(counts))
         single = Learner(task, config, seed=seed)
-        torch.set_num_threads(1)  # as a subprocess env runs
+        batched_time = single_time = math.inf
         try:
-            single_time = seconds_per_step(lambda: single.step(counts[0]))
+            batched.step(counts)  # warm-ups
+            torch.set_num_threads(1)  # the single learner runs as a subprocess env does
+            single.step(counts[0])
+            for _ in range(rounds):
+                torch.set_num_threads(threads)
+                batched_time = min(batched_time, seconds_per_step(lambda: batched.step(counts)))
+                torch.set_num_threads(1)
+                single_time = min(single_time, seconds_per_step(lambda: single.step(counts[0])))
         finally:
             torch.set_num_threads(threads)
     return batched_time, single_time
