@@ -11,9 +11,9 @@ from dus_gym.core.config import ConfigError
 from dus_gym.core.files import read_yaml
 from dus_gym.core.methods import METHODS
 from dus_gym.core.specs import deep_merge, parse_overrides
-from dus_gym.experiments.bench import README_BLOCK as BENCH_BLOCK
-from dus_gym.experiments.bench import BenchConfig, bench_config_from_args, run_bench
-from dus_gym.experiments.results import check_readme_block, write_readme_block
+from dus_gym.experiments.bench import BenchConfig, bench_config_from_args, readme_block_name, run_bench
+from dus_gym.experiments.bench import write_readme_block as write_bench_block
+from dus_gym.experiments.results import check_readme_block
 from dus_gym.samplers import SAMPLERS
 from dus_gym.tasks import check_task_source
 
@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a keyword of one method, e.g. --method-kwargs ogm-ge.alpha=0.5")
     add_preset_argument(parser)
     parser.add_argument("--readme", metavar="FILE",
-                        help="also write the table into this file's bench block (docs/results/bench.md)")
+                        help="also write the table into this file's bench block (docs/results/bench.md): "
+                             "bench, or bench-authors under --preset authors")
     parser.add_argument("--no-progress", action="store_true")
     add_allow_task_import(parser)
 
@@ -66,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     values["method_kwargs"] = deep_merge(dict(values.get("method_kwargs") or {}), parse_overrides(args.method_kwargs))
     bench = bench_config_from_args(values)
     if args.readme:
-        check_readme_block(Path(args.readme), BENCH_BLOCK)  # before hours of runs, not after
+        check_readme_block(Path(args.readme), readme_block_name(bench.preset))  # before hours of runs, not after
     start = time.perf_counter()
     summary = run_bench(bench, progress=not args.no_progress)
     minutes = (time.perf_counter() - start) / 60
@@ -76,6 +77,6 @@ def main(args: argparse.Namespace) -> int:
           f"{minutes:.1f} min; results: {Path(bench.out_dir) / 'results.csv'}, table.md, "
           + ", ".join(Path(p).name for p in summary["plots"]))
     if args.readme:
-        write_readme_block(Path(args.readme), BENCH_BLOCK, summary["table"], "dus-gym " + " ".join(args.argv))
+        write_bench_block(Path(args.readme), bench, summary, "dus-gym " + " ".join(args.argv))
         print(f"table written into {args.readme}")
     return 0

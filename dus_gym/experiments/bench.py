@@ -58,6 +58,11 @@ README_BLOCK = "bench"
 README_START, README_END = readme_block.readme_markers(README_BLOCK)
 
 
+def readme_block_name(preset: str) -> str:
+    """The block a bench of ``preset`` fills: ``bench`` (common recipe) or ``bench-authors``, so both fit one page."""
+    return README_BLOCK if preset == "common" else f"{README_BLOCK}-{preset}"
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What ``dus-gym bench`` runs.
@@ -479,8 +484,11 @@ def _smooth(y: np.ndarray, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_readme_block(readme: Path, bench: BenchConfig, summary: dict[str, Any], command: str) -> None:
-    """Replace the bench block of ``readme`` with the bench's table (see :mod:`dus_gym.experiments.results`)."""
-    readme_block.write_readme_block(readme, README_BLOCK, summary["table"], command)
+    """Replace the bench's block of ``readme`` (:func:`readme_block_name`) with its table.
+
+    See :mod:`dus_gym.experiments.results` for the block's markers.
+    """
+    readme_block.write_readme_block(readme, readme_block_name(bench.preset), summary["table"], command)
 
 
 def bench_config_from_args(values: dict[str, Any]) -> BenchConfig:

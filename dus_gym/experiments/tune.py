@@ -7,9 +7,11 @@ left running is marked failed and queued again with its parameters. Trials are p
 intermediate validation accuracy (Optuna's median rule); a trial whose learner diverges ends as
 pruned at its last validation. The best settings are written in the formats ``agents/`` uses.
 
-This module tunes the DUS heuristic (alpha, n_min, warm-up) on training runs of a task, then
-measures the tuned settings against the default ones on held-out seeds, paired (the table says
-whether tuning helped); :mod:`dus_gym.experiments.tune_ppo` tunes PPO on a DUS env with the same study
+This module tunes the DUS heuristic (alpha, n_min, warm-up, or a subset of them) on training runs
+of a task and one balancing method, then measures the tuned and the default settings against each
+other and against uniform sampling on held-out seeds, paired (the table says whether tuning helped,
+and whether the heuristic helps that method at all); :func:`studies_table` puts several studies
+(one per method) in one table; :mod:`dus_gym.experiments.tune_ppo` tunes PPO on a DUS env with the same study
 machinery. Optuna is the ``tune`` extra (``pip install "dus-gym[tune]"``).
 """
 
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     import optuna
 
 STUDY_FILE = "study.db"
+SEARCHABLE = ("alpha", "n_min", "warmup")
+"""The heuristic's settings ``dus-gym tune heuristic`` can search (n_max is the task's ceiling)."""
 
 
 def import_optuna() -> Any:
@@ -256,6 +260,8 @@ class HeuristicTuneConfig:
     """Random trials before TPE, and trials before pruning starts."""
     alpha_range: tuple[float, float] = (0.3, 100.0)
     """Log-uniform range of alpha (the sampler bounds it to [0, 100])."""
+    search: tuple[str, ...] = SEARCHABLE
+    """The settings searched; the others stay at the base's (e.g. ``("alpha",)``: alpha alone)."""
     workers: int | None = 1
     """Processes of the final comparison's runs (1: in this process; None: the CPU count). A trial's
     seeds run in turn in this process, so that Optuna's pruner sees each run's curve."""
@@ -274,6 +280,8 @@ class HeuristicTuneConfig:
         lo, hi = self.alpha_range
         if not 0 < lo < hi <= 100:
             raise ConfigError(f"alpha_range must satisfy 0 < low < high <= 100, got {self.alpha_range}")
+        if not self.search or len(set(self.search)) != len(self.search) or not set(self.search) <= set(SEARCHABLE):
+            raise ConfigError(f"search must name some of {', '.join(SEARCHABLE)}, each once, got {list(self.search)}")
         check_workers(self.workers)
         if self.base.sampler != "heuristic":
             raise ConfigError(f"dus-gym tune heuristic tunes the heuristic sampler, the config has "
@@ -281,16 +289,18 @@ class HeuristicTuneConfig:
 
 
 def heuristic_space(trial: optuna.Trial, config: HeuristicTuneConfig, n_iterations: int) -> dict[str, Any]:
-    """The heuristic's settings of one trial: alpha (log), n_min (log, up to B), warmup (up to a quarter of the run).
+    """The searched settings of one trial: alpha (log), n_min (log, up to B), warmup (up to a quarter of the run).
 
-    n_max stays at the task's setting (the ceiling of a modality's count).
+    Only the settings in ``config.search`` are drawn; n_max stays at the task's setting (the ceiling
+    of a modality's count).
     """
     n_max = int(config.base.sampler_kwargs.get("n_max", 256))
     batch = config.base.learner.batch_size
     step = max(1, n_iterations // 40)
-    return {"alpha": trial.suggest_float("alpha", *config.alpha_range, log=True),
-            "n_min": trial.suggest_int("n_min", 1, max(1, min(batch, n_max)), log=True),
-            "warmup": trial.suggest_int("warmup", 0, (n_iterations // 4) // step * step, step=step)}
+    draw = {"alpha": lambda: trial.suggest_float("alpha", *config.alpha_range, log=True),
+            "n_min": lambda: trial.suggest_int("n_min", 1, max(1, min(batch, n_max)), log=True),
+            "warmup": lambda: trial.suggest_int("warmup", 0, (n_iterations // 4) // step * step, step=step)}
+    return {name: draw[name]() for name in SEARCHABLE if name in config.search}
 
 
 def tuned_settings(params: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -301,10 +311,10 @@ def tuned_settings(params: dict[str, Any], base: dict[str, Any]) -> dict[str, An
 
 
 def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
-    """Search the heuristic's settings, write them, and compare them with the default ones on held-out seeds.
+    """Search the heuristic's settings, write them, and compare them with the default ones and uniform, held out.
 
-    Returns the record written to ``folder/evaluation.json`` (best trial, settings, per-seed test
-    accuracies, paired difference and its interval, aggregates, the table).
+    Returns the record written to ``folder/evaluation.json`` (method, best trial, settings, per-seed
+    test accuracies, paired differences and their intervals, samples per modality, aggregates, the table).
     """
     base = config.base
     task = make_task(base.task, **base.task_kwargs)
@@ -313,6 +323,8 @@ def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
     settings = {"task": base.task, "task_kwargs": base.task_kwargs, "n_iterations": n_iterations,
                 "seeds": list(config.seeds), "learner": learner, "cmd": asdict(base.cmd),
                 "sampler_kwargs": base.sampler_kwargs, "alpha_range": list(config.alpha_range)}
+    if config.search != SEARCHABLE:  # studies of the whole space, from before the choice, resume as they were
+        settings["search"] = list(config.search)
     study = open_study(config.folder, f"{task.name}-heuristic", config.sampler_seed, config.n_startup_trials,
                        n_warmup_steps=n_iterations // 2, settings=settings)
     default = dict(base.sampler_kwargs)
@@ -342,7 +354,8 @@ def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
     write_text_atomic(folder / "best.yaml", yaml.safe_dump(run_config, sort_keys=False))
     record = evaluate_heuristic(base, task, default, tuned, config.eval_seeds, folder / "cells", config.workers,
                                 config.progress)
-    record.update({"study": study.study_name, "best_trial": best.number, "best_val_acc": best.value,
+    record.update({"method": base.learner.method, "search": list(config.search), "study": study.study_name,
+                   "best_trial": best.number, "best_val_acc": best.value,
                    "trials_finished": finished_trials(study), "tuning_seeds": list(config.seeds)})
     write_results(folder, "evaluation", record)
     return record
@@ -351,31 +364,85 @@ def tune_heuristic(config: HeuristicTuneConfig) -> dict[str, Any]:
 def evaluate_heuristic(base: RunConfig, task: Any, default: dict[str, Any], tuned: dict[str, Any],
                        seeds: Sequence[int], cells_dir: Path, workers: int | None = 1, progress: bool = True
                        ) -> dict[str, Any]:
-    """Train the default and the tuned settings on ``seeds``; the paired difference of test accuracy and its CI.
+    """Train uniform sampling and the default and tuned heuristics on ``seeds``; paired differences of test accuracy.
 
-    The runs are cells (:mod:`dus_gym.experiments.cells`) in ``cells_dir``: ``workers`` processes run
-    them, and a comparison interrupted after the search continues where it stopped.
+    Uniform sampling (B samples of every modality) is the reference that says whether the heuristic
+    helps the method at all; default vs tuned says whether tuning helped. The runs are cells
+    (:mod:`dus_gym.experiments.cells`) in ``cells_dir``: ``workers`` processes run them, and a
+    comparison interrupted after the search continues where it stopped.
     """
+    runs = (("uniform", "uniform", {}), ("default", "heuristic", default), ("tuned", "heuristic", tuned))
     cells = [Cell(f"{label}/seed{seed}", task.name, base.learner.method, label, seed,
-                  to_dict(replace(base, sampler_kwargs=dict(kwargs), seed=seed)))
-             for label, kwargs in (("default", default), ("tuned", tuned)) for seed in seeds]
+                  to_dict(replace(base, sampler=sampler, sampler_kwargs=dict(kwargs), seed=seed)))
+             for label, sampler, kwargs in runs for seed in seeds]
     records = execute_cells(cells, cells_dir, workers, progress, "evaluation runs")[0]
-    acc: dict[str, list[float]] = {"default": [], "tuned": []}
+    acc: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    samples: dict[str, list[dict[str, int]]] = {label: [] for label, _, _ in runs}
     for cell in cells:
         record = records[cell.key]
         if record["diverged"]:
             raise DivergedError(f"{cell.key}: {record['diverged']}")
         acc[cell.sampler].append(record["summary"]["test"]["fused"]["acc"])
+        samples[cell.sampler].append(record["summary"]["samples_seen"])
     d, lo, hi = paired_interval(acc["tuned"], acc["default"])
+    vs_uniform = {label: dict(zip(("mean", "low", "high"), paired_interval(acc[label], acc["uniform"]), strict=True))
+                  for label in ("default", "tuned")}
+    mean_samples = {label: {m: float(np.mean([s[m] for s in per_seed])) for m in per_seed[0]}
+                    for label, per_seed in samples.items()}
     aggregates = aggregate_scores(acc, reference="default")
 
     def settings(kwargs: dict[str, Any]) -> str:
         return ", ".join(f"{k} {_short(kwargs[k])}" for k in ("alpha", "n_min", "n_max", "warmup") if k in kwargs)
 
-    lines = [*table_header(["heuristic", "settings", "test fused acc", "Δ tuned vs default [95% CI]"]),
-             table_row(["default", settings(default), format_mean_std(acc["default"]), "—"]),
-             table_row(["tuned", settings(tuned), format_mean_std(acc["tuned"]), format_difference((d, lo, hi))])]
+    def versus(label: str) -> str:
+        return format_difference(tuple(vs_uniform[label].values()))
+
+    lines = [*table_header(["sampler", "settings", "test fused acc", "samples most/least", "Δ vs uniform [95% CI]",
+                            "Δ tuned vs default [95% CI]"]),
+             table_row(["uniform", "B of every modality", format_mean_std(acc["uniform"]),
+                        sample_ratio(mean_samples["uniform"]), "—", "—"]),
+             table_row(["heuristic, default", settings(default), format_mean_std(acc["default"]),
+                        sample_ratio(mean_samples["default"]), versus("default"), "—"]),
+             table_row(["heuristic, tuned", settings(tuned), format_mean_std(acc["tuned"]),
+                        sample_ratio(mean_samples["tuned"]), versus("tuned"), format_difference((d, lo, hi))])]
     table = ("\n".join(lines) + "\n\n" + format_aggregates(aggregates, "default", label="heuristic"))
     return {"task": task.name, "eval_seeds": list(seeds), "default": default, "tuned": tuned, "test_acc": acc,
-            "paired_difference": {"mean": d, "low": lo, "high": hi},
-            "aggregates": {k: asdict(v) for k, v in aggregates.items()}, "table": table}
+            "paired_difference": {"mean": d, "low": lo, "high": hi}, "vs_uniform": vs_uniform,
+            "samples": mean_samples, "aggregates": {k: asdict(v) for k, v in aggregates.items()}, "table": table}
+
+
+def sample_ratio(samples: dict[str, float]) -> str:
+    """The most-sampled modality and its samples over the least-sampled one's, e.g. ``"4.1x weak"``."""
+    most = max(samples, key=lambda m: samples[m])
+    least = min(samples.values())
+    return f"{samples[most] / least:.1f}x {most}" if least > 0 else f"all {most}"
+
+
+def studies_table(records: Sequence[dict[str, Any]]) -> str:
+    """One row per study (``evaluation.json`` records of :func:`tune_heuristic`): the heuristic as a plug-in.
+
+    Per study: task, method, the tuned settings that were searched, test accuracy of uniform and of the
+    default and tuned heuristics (mean ± std over the held-out seeds), their paired differences with
+    95 % intervals, and the most-sampled modality's samples over the least-sampled one's.
+
+    Raises:
+        ValueError: a record from before the comparison had its uniform runs (run its study again).
+    """
+    lines = table_header(["task", "method", "tuned", "uniform", "heuristic default", "heuristic tuned",
+                          "Δ default vs uniform [95% CI]", "Δ tuned vs uniform [95% CI]",
+                          "Δ tuned vs default [95% CI]", "samples most/least default", "tuned", "seeds"])
+    for record in records:
+        if "uniform" not in record.get("test_acc", {}):
+            raise ValueError(f"the study of {record.get('task')} ({record.get('method', 'unimodal-aux')}) was "
+                             "evaluated without uniform runs: run its dus-gym tune heuristic command again")
+        acc, searched = record["test_acc"], record.get("search", list(SEARCHABLE))
+        tuned = ", ".join(f"{k} {_short(record['tuned'][k])}" for k in SEARCHABLE if k in searched)
+        lines.append(table_row([
+            record["task"], record["method"], tuned, format_mean_std(acc["uniform"]),
+            format_mean_std(acc["default"]), format_mean_std(acc["tuned"]),
+            format_difference(tuple(record["vs_uniform"]["default"].values())),
+            format_difference(tuple(record["vs_uniform"]["tuned"].values())),
+            format_difference(tuple(record["paired_difference"].values())),
+            sample_ratio(record["samples"]["default"]), sample_ratio(record["samples"]["tuned"]),
+            str(len(record["eval_seeds"]))]))
+    return "\n".join(lines)

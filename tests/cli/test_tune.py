@@ -33,8 +33,16 @@ def test_tune_heuristic_writes_settings_and_a_paired_comparison(tmp_path, capsys
     acc = record["test_acc"]
     d, lo, hi = paired_interval(acc["tuned"], acc["default"])
     assert record["paired_difference"] == {"mean": d, "low": lo, "high": hi} and len(acc["tuned"]) == 2
+    for label in ("default", "tuned"):  # each heuristic against uniform sampling on the same seeds
+        d, lo, hi = paired_interval(acc[label], acc["uniform"])
+        assert record["vs_uniform"][label] == {"mean": d, "low": lo, "high": hi}
+    assert record["method"] == "unimodal-aux" and record["search"] == ["alpha", "n_min", "warmup"]
+    uniform = record["samples"]["uniform"]  # B = 64 of each modality at each of the 30 iterations
+    assert uniform == {"dominant": 64 * 30, "weak": 64 * 30}
+    assert record["samples"]["default"] != uniform
     cells = sorted(p.name for p in (study / "cells").glob("*.json"))  # the comparison's runs are cells
-    assert cells == ["default_seed7.json", "default_seed8.json", "tuned_seed7.json", "tuned_seed8.json"]
+    assert cells == ["default_seed7.json", "default_seed8.json", "tuned_seed7.json", "tuned_seed8.json",
+                     "uniform_seed7.json", "uniform_seed8.json"]
     default_written = (study / "cells" / "default_seed7.json").stat().st_mtime_ns
     # resumable: the same command with more trials adds only the missing ones; a stale running trial is redone
     stale = optuna.load_study(study_name="synthetic-heuristic", storage=f"sqlite:///{study / 'study.db'}")
@@ -48,6 +56,48 @@ def test_tune_heuristic_writes_settings_and_a_paired_comparison(tmp_path, capsys
     assert trials[-1].params["alpha"] == alpha  # the stale trial's parameters, queued again
     # the default settings' runs are finished cells of the same config: the second comparison reused them
     assert (study / "cells" / "default_seed7.json").stat().st_mtime_ns == default_written
+
+
+def test_tune_searches_alpha_alone_and_reports_studies_in_one_table(small_study, tmp_path, capsys):
+    study = tmp_path / "alpha"
+    argv = ["tune", "heuristic", *SMALL, "--method", "ogm-ge", "--search", "alpha", "--trials", "2", "--seeds", "0",
+            "--eval-seeds", "7", "8", "--study", str(study), "--no-progress"]
+    assert main(argv) == 0
+    tuned = yaml.safe_load((study / "heuristic.yml").read_text())["synthetic"]
+    assert (tuned["n_min"], tuned["warmup"]) == (8, 0)  # not searched: the task's settings
+    trials = optuna.load_study(study_name="synthetic-heuristic", storage=f"sqlite:///{study / 'study.db'}").trials
+    assert all(set(t.params) == {"alpha"} for t in trials)
+    # the study of the whole space cannot be resumed as an alpha-only one
+    err = _one_line(capsys, [*argv[:-4], "--study", str(small_study), "--no-progress"])
+    assert "search None (now ['alpha'])" in err
+    page = tmp_path / "page.md"
+    page.write_text("# plug-in\n<!-- tune-report:start -->\n<!-- tune-report:end -->\ntext after\n")
+    capsys.readouterr()
+    assert main(["tune", "report", str(small_study), str(study), "--readme", str(page)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| synthetic")]
+    assert [row.split(" | ")[1] for row in rows] == ["unimodal-aux", "ogm-ge"]
+    record = json.loads((study / "evaluation.json").read_text())
+    assert f"alpha {record['tuned']['alpha']:.4g} |" in rows[1] and "n_min" not in rows[1]  # the searched settings
+    assert rows[1].endswith("| 2 |") and "Δ tuned vs uniform" in page.read_text()
+    assert page.read_text().endswith("<!-- tune-report:end -->\ntext after\n")
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("{not json", "is not a study's evaluation"),
+    ('{"task": "synthetic", "test_acc": {"default": [0.5], "tuned": [0.5]}}', "evaluated without uniform runs"),
+])
+def test_tune_report_bad_study_is_one_line(content, message, tmp_path, capsys):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    if content is not None:
+        (folder / "evaluation.json").write_text(content)
+    assert message in _one_line(capsys, ["tune", "report", str(folder)])
+
+
+def test_tune_search_names_known_settings(capsys, tmp_path):
+    err = _one_line(capsys, ["tune", "heuristic", *SMALL, "--search", "alpha", "alpha", "--study", str(tmp_path / "s")])
+    assert "search must name some of alpha, n_min, warmup, each once" in err and not (tmp_path / "s").exists()
 
 
 def test_tune_ppo_on_a_family_env_trains_its_modality_policy(tmp_path):

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from dus_gym.cli import main
 from dus_gym.core.config import ConfigError
 from dus_gym.experiments.bench import README_END, README_START, BenchConfig, run_bench, write_readme_block
+from dus_gym.experiments.results import readme_markers
 
 SMALL = {"task_kwargs": {"n_samples": 300, "dominant_dim": 32, "weak_dim": 8, "hidden_dim": 16},
          "eval_every": 15, "learner": {"batch_size": 16}, "flops_every": 10}
@@ -76,6 +78,11 @@ def test_readme_block_is_replaced_by_the_table(bench_out, tmp_path):
     text = readme.read_text()
     assert "old" not in text and summary["table"] in text and text.endswith("\n\nafter\n")
     assert "`dus-gym bench --x`" in text
+    # the authors preset's bench fills its own block of the same page, leaving the common one as it is
+    start, end = readme_markers("bench-authors")
+    readme.write_text(text + f"{start}\nold\n{end}\n")
+    write_readme_block(readme, replace(config, preset="authors"), {"table": "| authors table |"}, "dus-gym bench -p")
+    assert readme.read_text().startswith(text) and "| authors table |" in readme.read_text()
 
 
 def test_a_diverged_cell_is_counted_not_fatal(tmp_path):
