@@ -215,6 +215,9 @@ def _interval(values: list[float]) -> tuple[float, float]:
 
 REFERENCES = ("uniform", "heuristic")
 """Samplers every other row of the same method is compared with, seed by seed (paired differences)."""
+DUS = ("unimodal-aux", "heuristic")
+"""DUS itself (its base method with the heuristic sampler): every other row of the task is compared with it,
+seed by seed, so that methods acting at the data level (``sample``, ``relearning``) meet DUS in one column."""
 
 
 def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
@@ -271,6 +274,10 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
                         and r["sampler"] == reference and r["alone"] is None), None)
             if ref is not None and row["sampler"] != reference:
                 row["delta"][reference] = paired_difference(row["seeds"], row["fused"], ref["seeds"], ref["fused"])
+        dus = next((r for r in rows if r["task"] == row["task"] and (r["method"], r["sampler"]) == DUS
+                    and r["alone"] is None), None)
+        if dus is not None and dus is not row:
+            row["delta"]["dus"] = paired_difference(row["seeds"], row["fused"], dus["seeds"], dus["fused"])
     return rows
 
 
@@ -310,7 +317,8 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
     accuracy and its 95 % interval (clipped to [0, 100]), each modality's head accuracy and Shapley
     contribution to the fused accuracy, the balance degree of those contributions
     (:func:`dus_gym.core.metrics.balance_degree`, on [0, 1]), the paired differences to uniform and to
-    the heuristic sampler (same method, same seeds) with their 95 % intervals, final |CMD|, and the
+    the heuristic sampler (same method, same seeds) and to DUS (:data:`DUS`, same seeds) with their
+    95 % intervals (a dash where the bench has no such row), final |CMD|, and the
     cost: samples seen per modality, epochs, optimiser steps, model FLOPs per iteration (forward and
     backward) and wall time per run.
     """
@@ -321,7 +329,7 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
         iterations = sorted({r["iterations"] for r in task_rows if r["iterations"]})
         head = (["method", "sampler", "preset", "fused acc", "95% CI"] + [f"acc {m}" for m in modalities]
                 + [f"Shapley {m}" for m in modalities] + ["balance"]
-                + ["Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "final abs(CMD)"]
+                + ["Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "Δ vs DUS [95% CI]", "final abs(CMD)"]
                 + [f"samples {m}" for m in modalities] + ["epochs", "steps", "MFLOP/iter", "wall s", "seeds"])
         budget = ", ".join(str(i) for i in iterations) or "—"
         lines = [f"**{task}** ({budget} learner iterations per run; accuracies, Shapley values and differences in "
@@ -337,7 +345,7 @@ def format_bench_table(rows: list[dict[str, Any]]) -> str:
             row += [_pm(r["acc"].get(m)) for m in modalities]
             row += [_pm(r["shapley"].get(m)) for m in modalities]
             row += [_pm(r["balance"], scale=1.0, digits=2)]
-            row += [format_delta(r["delta"].get(ref)) for ref in REFERENCES]
+            row += [format_delta(r["delta"].get(ref)) for ref in (*REFERENCES, "dus")]
             row += [_pm(r["gap"], scale=1.0, digits=3)]
             row += [_mean(r["samples"].get(m)) for m in modalities]
             row += [_mean(r["epochs"], 1), _mean(r["steps"]), _mean(r["flops"], 2, 1e-6),

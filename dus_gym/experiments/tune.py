@@ -412,9 +412,11 @@ def evaluate_heuristic(base: RunConfig, task: Any, default: dict[str, Any], tune
 
 
 def sample_ratio(samples: dict[str, float]) -> str:
-    """The most-sampled modality and its samples over the least-sampled one's, e.g. ``"4.1x weak"``."""
+    """The most-sampled modality and its samples over the least-sampled one's, e.g. ``"4.1x weak"`` (or ``"equal"``)."""
     most = max(samples, key=lambda m: samples[m])
     least = min(samples.values())
+    if samples[most] == least:
+        return "equal"
     return f"{samples[most] / least:.1f}x {most}" if least > 0 else f"all {most}"
 
 

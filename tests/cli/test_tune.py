@@ -23,7 +23,8 @@ def test_tune_heuristic_writes_settings_and_a_paired_comparison(tmp_path, capsys
     argv = ["tune", "heuristic", *SMALL, "--trials", "2", "--seeds", "0", "--eval-seeds", "7", "8",
             "--study", str(study), "--no-progress"]
     assert main(argv) == 0
-    assert "Δ tuned vs default" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Δ tuned vs default" in out and "| uniform | B of every modality |" in out and "| equal |" in out
     tuned = yaml.safe_load((study / "heuristic.yml").read_text())["synthetic"]
     assert set(tuned) == {"alpha", "n_min", "n_max", "warmup"} and 0.3 <= tuned["alpha"] <= 100
     assert 1 <= tuned["n_min"] <= 64 and tuned["n_max"] == 256 and 0 <= tuned["warmup"] <= 30 // 4

@@ -136,6 +136,15 @@ def test_paired_differences_use_the_seeds_both_rows_have():
     assert heuristic["delta"]["uniform"][0] == pytest.approx(0.06) and heuristic["diverged"] == 1
     uniform = next(r for r in rows if r["sampler"] == "uniform")
     assert uniform["delta"]["heuristic"][0] == pytest.approx(-0.06) and "uniform" not in uniform["delta"]
+    assert "dus" not in uniform["delta"]  # no unimodal-aux + heuristic row: no DUS column entry
+    # every row of the task meets DUS (unimodal-aux with the heuristic) on the seeds both have
+    dus = [record("unimodal-aux", "heuristic", 0, 0.80), record("unimodal-aux", "heuristic", 2, 0.81)]
+    rows = summary_rows(records + dus, {})
+    mla = {r["sampler"]: r for r in rows if r["method"] == "mla"}
+    assert mla["uniform"]["delta"]["dus"] == pytest.approx(paired_difference([0, 2], [0.70, 0.71], [0, 2],
+                                                                              [0.80, 0.81]))
+    assert mla["heuristic"]["delta"]["dus"][0] == pytest.approx(-0.04)
+    assert "dus" not in next(r for r in rows if r["method"] == "unimodal-aux")["delta"]
     assert format_delta((0.06, 0.01, 0.11)) == "+6.0 [+1.0, +11.0]" and format_delta(None) == "—"
     assert paired_difference([3], [0.5], [0, 1], [0.4, 0.4]) is None
 
@@ -179,7 +188,8 @@ def test_the_balance_column_and_a_cell_recorded_before_it(tmp_path):
 def test_the_table_shows_the_cost_beside_the_accuracy(bench_out):
     _, summary = bench_out
     header = next(line for line in summary["table"].splitlines() if line.startswith("| method"))
-    for column in ("Shapley dominant", "Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "samples dominant",
+    for column in ("Shapley dominant", "Δ vs uniform [95% CI]", "Δ vs heuristic [95% CI]", "Δ vs DUS [95% CI]",
+                   "samples dominant",
                    "samples weak", "epochs", "steps", "MFLOP/iter", "wall s"):
         assert column in header
     row = next(line for line in summary["table"].splitlines() if line.startswith("| unimodal-aux | uniform"))
