@@ -367,52 +367,83 @@ def evaluate_heuristic(base: RunConfig, task: Any, default: dict[str, Any], tune
     """Train uniform sampling and the default and tuned heuristics on ``seeds``; paired differences of test accuracy.
 
     Uniform sampling (B samples of every modality) is the reference that says whether the heuristic
-    helps the method at all; default vs tuned says whether tuning helped. The runs are cells
-    (:mod:`dus_gym.experiments.cells`) in ``cells_dir``: ``workers`` processes run them, and a
-    comparison interrupted after the search continues where it stopped.
+    helps the method at all; default vs tuned says whether tuning helped. A run that diverges is a
+    result: its accuracy is recorded as None, counted in the table, and the paired differences use
+    the seeds both sides finished. The runs are cells (:mod:`dus_gym.experiments.cells`) in
+    ``cells_dir``: ``workers`` processes run them, and a comparison interrupted after the search
+    continues where it stopped.
     """
     runs = (("uniform", "uniform", {}), ("default", "heuristic", default), ("tuned", "heuristic", tuned))
     cells = [Cell(f"{label}/seed{seed}", task.name, base.learner.method, label, seed,
                   to_dict(replace(base, sampler=sampler, sampler_kwargs=dict(kwargs), seed=seed)))
              for label, sampler, kwargs in runs for seed in seeds]
     records = execute_cells(cells, cells_dir, workers, progress, "evaluation runs")[0]
-    acc: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    acc: dict[str, list[float | None]] = {label: [] for label, _, _ in runs}
     samples: dict[str, list[dict[str, int]]] = {label: [] for label, _, _ in runs}
+    diverged: dict[str, list[str]] = {label: [] for label, _, _ in runs}
     for cell in cells:
         record = records[cell.key]
         if record["diverged"]:
-            raise DivergedError(f"{cell.key}: {record['diverged']}")
+            acc[cell.sampler].append(None)
+            diverged[cell.sampler].append(f"seed {cell.seed}: {record['diverged']}")
+            continue
         acc[cell.sampler].append(record["summary"]["test"]["fused"]["acc"])
         samples[cell.sampler].append(record["summary"]["samples_seen"])
-    d, lo, hi = paired_interval(acc["tuned"], acc["default"])
-    vs_uniform = {label: dict(zip(("mean", "low", "high"), paired_interval(acc[label], acc["uniform"]), strict=True))
+    d, lo, hi = paired_finished(acc["tuned"], acc["default"])
+    vs_uniform = {label: dict(zip(("mean", "low", "high"), paired_finished(acc[label], acc["uniform"]), strict=True))
                   for label in ("default", "tuned")}
-    mean_samples = {label: {m: float(np.mean([s[m] for s in per_seed])) for m in per_seed[0]}
+    mean_samples = {label: {m: float(np.mean([s[m] for s in per_seed])) for m in per_seed[0]} if per_seed else {}
                     for label, per_seed in samples.items()}
-    aggregates = aggregate_scores(acc, reference="default")
+    finished = {label: [a for a in values if a is not None] for label, values in acc.items()}
+    aggregates = (aggregate_scores(finished, reference="default") if all(finished.values()) else {})
 
     def settings(kwargs: dict[str, Any]) -> str:
         return ", ".join(f"{k} {_short(kwargs[k])}" for k in ("alpha", "n_min", "n_max", "warmup") if k in kwargs)
 
     def versus(label: str) -> str:
-        return format_difference(tuple(vs_uniform[label].values()))
+        return difference_cell(tuple(vs_uniform[label].values()))
 
     lines = [*table_header(["sampler", "settings", "test fused acc", "samples most/least", "Δ vs uniform [95% CI]",
                             "Δ tuned vs default [95% CI]"]),
-             table_row(["uniform", "B of every modality", format_mean_std(acc["uniform"]),
+             table_row(["uniform", "B of every modality", accuracy_cell(acc["uniform"]),
                         sample_ratio(mean_samples["uniform"]), "—", "—"]),
-             table_row(["heuristic, default", settings(default), format_mean_std(acc["default"]),
+             table_row(["heuristic, default", settings(default), accuracy_cell(acc["default"]),
                         sample_ratio(mean_samples["default"]), versus("default"), "—"]),
-             table_row(["heuristic, tuned", settings(tuned), format_mean_std(acc["tuned"]),
-                        sample_ratio(mean_samples["tuned"]), versus("tuned"), format_difference((d, lo, hi))])]
-    table = ("\n".join(lines) + "\n\n" + format_aggregates(aggregates, "default", label="heuristic"))
+             table_row(["heuristic, tuned", settings(tuned), accuracy_cell(acc["tuned"]),
+                        sample_ratio(mean_samples["tuned"]), versus("tuned"), difference_cell((d, lo, hi))])]
+    table = "\n".join(lines) + "\n\n" + (format_aggregates(aggregates, "default", label="heuristic") if aggregates
+                                           else "(no IQM: every run of a sampler diverged)")
     return {"task": task.name, "eval_seeds": list(seeds), "default": default, "tuned": tuned, "test_acc": acc,
-            "paired_difference": {"mean": d, "low": lo, "high": hi}, "vs_uniform": vs_uniform,
+            "diverged": diverged, "paired_difference": {"mean": d, "low": lo, "high": hi}, "vs_uniform": vs_uniform,
             "samples": mean_samples, "aggregates": {k: asdict(v) for k, v in aggregates.items()}, "table": table}
+
+
+def paired_finished(values: Sequence[float | None], reference: Sequence[float | None]) -> tuple[float, float, float]:
+    """:func:`paired_interval` over the seeds where both runs finished (None: diverged); nan when none did."""
+    pairs = [(v, r) for v, r in zip(values, reference, strict=True) if v is not None and r is not None]
+    if not pairs:
+        return float("nan"), float("nan"), float("nan")
+    return paired_interval([v for v, _ in pairs], [r for _, r in pairs])
+
+
+def difference_cell(delta: tuple[float, float, float]) -> str:
+    """:func:`format_difference`, or a dash when no seed finished on both sides."""
+    return "— (no seed finished on both sides)" if math.isnan(delta[0]) else format_difference(delta)
+
+
+def accuracy_cell(values: Sequence[float | None]) -> str:
+    """Mean ± std of the finished runs' accuracies in %, with ``(+k diverged)`` for the runs that diverged."""
+    finished = [v for v in values if v is not None]
+    lost = len(values) - len(finished)
+    if not finished:
+        return f"all {lost} diverged"
+    return format_mean_std(finished) + (f" (+{lost} diverged)" if lost else "")
 
 
 def sample_ratio(samples: dict[str, float]) -> str:
     """The most-sampled modality and its samples over the least-sampled one's, e.g. ``"4.1x weak"`` (or ``"equal"``)."""
+    if not samples:  # every run diverged
+        return "—"
     most = max(samples, key=lambda m: samples[m])
     least = min(samples.values())
     if samples[most] == least:
@@ -440,11 +471,11 @@ def studies_table(records: Sequence[dict[str, Any]]) -> str:
         acc, searched = record["test_acc"], record.get("search", list(SEARCHABLE))
         tuned = ", ".join(f"{k} {_short(record['tuned'][k])}" for k in SEARCHABLE if k in searched)
         lines.append(table_row([
-            record["task"], record["method"], tuned, format_mean_std(acc["uniform"]),
-            format_mean_std(acc["default"]), format_mean_std(acc["tuned"]),
-            format_difference(tuple(record["vs_uniform"]["default"].values())),
-            format_difference(tuple(record["vs_uniform"]["tuned"].values())),
-            format_difference(tuple(record["paired_difference"].values())),
+            record["task"], record["method"], tuned, accuracy_cell(acc["uniform"]),
+            accuracy_cell(acc["default"]), accuracy_cell(acc["tuned"]),
+            difference_cell(tuple(record["vs_uniform"]["default"].values())),
+            difference_cell(tuple(record["vs_uniform"]["tuned"].values())),
+            difference_cell(tuple(record["paired_difference"].values())),
             sample_ratio(record["samples"]["default"]), sample_ratio(record["samples"]["tuned"]),
             str(len(record["eval_seeds"]))]))
     return "\n".join(lines)

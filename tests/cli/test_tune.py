@@ -229,3 +229,23 @@ def test_tune_ppo_on_a_family_env_with_the_shipped_hyperparameters(tmp_path):
     best = json.loads((study / "best.json").read_text())
     assert best["entry"]["normalize"] == "dict(norm_obs=False, norm_reward=False)"
     assert 0.0 <= best["best_val_acc"] <= 1.0
+
+
+def test_a_diverged_comparison_run_is_counted_and_left_out_of_the_pairs():
+    from dus_gym.experiments.tune import accuracy_cell, paired_finished, studies_table
+
+    uniform, default, tuned = [0.70, 0.72, None], [0.80, None, 0.84], [0.81, 0.79, 0.85]
+    d, lo, hi = paired_finished(default, uniform)  # seed 0 only: no interval
+    assert d == pytest.approx(0.10) and np.isnan(lo) and np.isnan(hi)
+    assert paired_finished(tuned, default) == pytest.approx(paired_interval([0.81, 0.85], [0.80, 0.84]))
+    assert np.isnan(paired_finished([None], [0.5])[0])
+    assert accuracy_cell(default) == "82.0 ± 2.8 (+1 diverged)" and accuracy_cell([None, None]) == "all 2 diverged"
+    record = {"task": "synthetic", "method": "mbsd", "search": ["alpha"], "eval_seeds": [0, 1, 2],
+              "tuned": {"alpha": 3.0}, "test_acc": {"uniform": uniform, "default": default, "tuned": tuned},
+              "vs_uniform": {k: dict(zip(("mean", "low", "high"), paired_finished(v, uniform), strict=True))
+                             for k, v in (("default", default), ("tuned", tuned))},
+              "paired_difference": dict(zip(("mean", "low", "high"), paired_finished(tuned, default), strict=True)),
+              "samples": {"uniform": {"a": 10.0, "b": 10.0}, "default": {"a": 5.0, "b": 20.0}, "tuned": {}}}
+    row = studies_table([record]).splitlines()[-1]
+    assert "| mbsd | alpha 3 | 71.0 ± 1.4 (+1 diverged) | 82.0 ± 2.8 (+1 diverged) |" in row
+    assert "+10.0 (one pair: no interval)" in row and "| 4.0x b | — | 3 |" in row
