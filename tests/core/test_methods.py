@@ -506,6 +506,28 @@ def test_g_blending_estimates_from_heads_trained_alone_by_hand(tiny):
                      lambda model, m=m: model.encoders[m].parameters(), atol=1e-5)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_g_blending_estimates_with_the_learners_optimiser(tiny, optimizer, monkeypatch):
+    # the heads trained alone take the learner's optimiser class and its current hyper-parameters
+    config = LearnerConfig(batch_size=B, lr=0.01, weight_decay=0.01, optimizer=optimizer, method="g-blending",
+                           method_kwargs={"super_epoch": 1})
+    learner = Learner(tiny, config, seed=3)
+    built = []
+    original = type(learner.optimizer).__init__
+
+    def record(self, params, *args, **kwargs):
+        original(self, params, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(type(learner.optimizer), "__init__", record)
+    learner.method.step(learner._context, hand_batch(tiny))
+    assert len(built) == 3 and all(type(o) is type(learner.optimizer) for o in built)  # one copy per head
+    for copy_optimizer in built:
+        group = copy_optimizer.param_groups[0]
+        assert (group["lr"], group["weight_decay"]) == (0.01, 0.01)
+    assert float(learner.method.weights.sum()) == pytest.approx(1.0)
+
+
 def test_g_blending_fixed_weights_need_one_per_head(tiny):
     with pytest.raises(ConfigError, match="need 3 entries"):
         learner_of(tiny, "g-blending", weights=[0.5, 0.5])

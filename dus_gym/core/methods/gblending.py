@@ -132,7 +132,10 @@ class GBlending(Method):
         model = copy.deepcopy(ctx.model)
         model.train()
         source = ctx.optimizer
-        optimizer = type(source)(model.parameters(), **{**source.defaults, "lr": source.param_groups[0]["lr"]})
+        # the learner's optimiser class with its current hyper-parameters (lr after the schedule), as one param group:
+        # the constructor's keywords differ between classes and torch versions, a group's keys do not
+        group = {key: value for key, value in source.param_groups[0].items() if key != "params"}
+        optimizer = type(source)([{**group, "params": list(model.parameters())}])
         for features, labels in self.training_batches(ctx, n_iterations, batch_size):
             with ctx.autocast():
                 if k < len(self.modalities):
