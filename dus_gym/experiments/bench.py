@@ -46,7 +46,7 @@ from dus_gym.experiments.stats import (
     format_mean_std,
     late_fusion_accuracy,
     mean_interval,
-    paired_interval,
+    paired_difference,
 )
 from dus_gym.samplers import make_sampler, overrides_per_sampler
 from dus_gym.tasks import cached_task
@@ -279,18 +279,6 @@ def summary_rows(records: list[dict[str, Any]], histories: dict[str, dict[str, n
         if dus is not None and dus is not row:
             row["delta"]["dus"] = paired_difference(row["seeds"], row["fused"], dus["seeds"], dus["fused"])
     return rows
-
-
-def paired_difference(seeds: list[int], values: list[float], ref_seeds: list[int], ref_values: list[float]
-                      ) -> tuple[float, float, float] | None:
-    """Mean paired difference ``values - ref_values`` over the seeds both have, with its 95 % t interval.
-
-    None when the two have no seed in common (every run of one of them diverged).
-    """
-    common = [seed for seed in seeds if seed in ref_seeds]
-    if not common:
-        return None
-    return paired_interval([values[seeds.index(x)] for x in common], [ref_values[ref_seeds.index(x)] for x in common])
 
 
 def _pm(values: Iterable[float] | None, scale: float = 100.0, digits: int = 1) -> str:

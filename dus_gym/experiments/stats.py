@@ -56,6 +56,18 @@ def late_fusion_accuracy(probabilities: Sequence[np.ndarray], labels: np.ndarray
     return float((log_p.argmax(1) == labels).mean())
 
 
+def paired_difference(seeds: Sequence[int], values: Sequence[float], ref_seeds: Sequence[int],
+                      ref_values: Sequence[float]) -> tuple[float, float, float] | None:
+    """Mean paired difference ``values - ref_values`` over the seeds both have, with its 95 % t interval.
+
+    None when the two have no seed in common (every run of one of them diverged).
+    """
+    common = [seed for seed in seeds if seed in ref_seeds]
+    if not common:
+        return None
+    return paired_interval([values[seeds.index(x)] for x in common], [ref_values[ref_seeds.index(x)] for x in common])
+
+
 def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
     """``"mean ± std"`` of ``values`` times ``scale`` (percent by default)."""
     mean, std = mean_std([v * scale for v in values])

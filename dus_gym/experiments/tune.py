@@ -40,7 +40,7 @@ from dus_gym.experiments.stats import (
     format_aggregates,
     format_difference,
     format_mean_std,
-    paired_interval,
+    paired_difference,
 )
 from dus_gym.tasks import make_task
 
@@ -419,11 +419,12 @@ def evaluate_heuristic(base: RunConfig, task: Any, default: dict[str, Any], tune
 
 
 def paired_finished(values: Sequence[float | None], reference: Sequence[float | None]) -> tuple[float, float, float]:
-    """:func:`paired_interval` over the seeds where both runs finished (None: diverged); nan when none did."""
-    pairs = [(v, r) for v, r in zip(values, reference, strict=True) if v is not None and r is not None]
-    if not pairs:
-        return float("nan"), float("nan"), float("nan")
-    return paired_interval([v for v, _ in pairs], [r for _, r in pairs])
+    """:func:`paired_difference` over the seeds where both runs finished (None: diverged); nan when none did."""
+    def finished(runs: Sequence[float | None]) -> tuple[list[int], list[float]]:
+        kept = [(i, v) for i, v in enumerate(runs) if v is not None]
+        return [i for i, _ in kept], [v for _, v in kept]
+
+    return paired_difference(*finished(values), *finished(reference)) or (float("nan"),) * 3
 
 
 def difference_cell(delta: tuple[float, float, float]) -> str:
